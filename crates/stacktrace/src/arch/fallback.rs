@@ -1,0 +1,27 @@
+//! Architectures without a port: every backend but libgcc answers `NotCompiled`.
+
+use crate::Regs;
+
+pub(crate) fn read_fp() -> usize {
+    0
+}
+
+pub(crate) fn read_sp() -> usize {
+    0
+}
+
+macro_rules! caller_regs {
+    () => {{
+        $crate::Regs::default()
+    }};
+}
+
+pub(crate) fn frame_record_regs(_fp: usize) -> Regs {
+    Regs::default()
+}
+
+/// # Safety
+/// None needed: the context is not read.
+pub(crate) unsafe fn regs_from_ucontext(_uc: *const libc::c_void) -> Regs {
+    Regs::default()
+}
