@@ -149,8 +149,8 @@ mod tests {
         let mut buf = [0; 16];
         assert_eq!(walk(&img, &regs, &mut buf), 4);
         let (mut img, regs) = chain(5);
-        img.words[4] = img.base + 33; // misaligned next fp
-        assert_eq!(walk(&img, &regs, &mut buf), 2);
+        img.words[4] = img.base + 33; // misaligned next fp after record 1
+        assert_eq!(walk(&img, &regs, &mut buf), 3);
         let (mut img, regs) = chain(5);
         img.words[4 + 1] = 12; // return address in page zero
         assert_eq!(walk(&img, &regs, &mut buf), 2);

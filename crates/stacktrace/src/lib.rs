@@ -9,6 +9,7 @@
 //! | [`Backend::Cet`] | x86-64 CET shadow stack (`rdsspq`) | a copy |
 //! | [`Backend::Gcs`] | arm64 Guarded Control Stack (`GCSPR_EL0`) | a copy |
 //! | [`Backend::Scs`] | compiler Shadow Call Stack (aarch64 `x18`) | a copy |
+//! | [`Backend::Shadow`] | ukasan's software shadow stack (patched return slots) | a copy + new frames |
 //! | [`Backend::FramePointer`] | the `rbp`/`x29` chain, with guard rails | ~1 ns/frame |
 //! | [`Backend::Dwarf`] | `.eh_frame` CFI, in process, cached | a few ns/frame warm |
 //! | [`Backend::Libgcc`] | `_Unwind_Backtrace` (what glibc `backtrace()` and std use) | ~100 ns/frame |
@@ -18,8 +19,7 @@
 //! return addresses as found (symbolize `ra - 1`); the buffer length is the depth cap.
 //!
 //! What it does not do: symbolize (see `ukasan-symbolize`), store or deduplicate (see
-//! `ukasan-stackdepot`), or patch the stack (the software shadow stack lives in `ukasan`'s
-//! runtime once it lands).
+//! `ukasan-stackdepot`).
 //!
 //! # Signal safety
 //! Every capture function here is async-signal-safe: it takes no lock, never allocates and
@@ -38,9 +38,12 @@
 
 mod arch;
 pub mod bounds;
+pub mod dwarf;
 pub mod fp;
 pub mod libgcc;
 pub mod maps;
+pub mod shadow;
+pub mod softshadow;
 
 use core::fmt;
 
@@ -54,6 +57,8 @@ pub enum Backend {
     Gcs,
     /// Compiler Shadow Call Stack (aarch64 `x18`).
     Scs,
+    /// ukasan's software shadow stack (return-address patching with a trampoline).
+    Shadow,
     /// Frame-pointer chain walk.
     FramePointer,
     /// In-process DWARF CFI unwinder.
@@ -64,10 +69,11 @@ pub enum Backend {
 
 impl Backend {
     /// Every backend, in the default fallback order (fastest first).
-    pub const ALL: [Backend; 6] = [
+    pub const ALL: [Backend; 7] = [
         Backend::Cet,
         Backend::Gcs,
         Backend::Scs,
+        Backend::Shadow,
         Backend::FramePointer,
         Backend::Dwarf,
         Backend::Libgcc,
@@ -79,6 +85,7 @@ impl Backend {
             Backend::Cet => "cet",
             Backend::Gcs => "gcs",
             Backend::Scs => "scs",
+            Backend::Shadow => "shadow",
             Backend::FramePointer => "fp",
             Backend::Dwarf => "dwarf",
             Backend::Libgcc => "libgcc",
@@ -197,7 +204,9 @@ fn capture_chain(regs: &Regs, buf: &mut [usize]) -> Result<Captured, Unsupported
             break;
         }
         // Shadow stacks hold no entry for an interrupted PC: start from registers instead.
-        if regs.pc_is_exact && matches!(backend, Backend::Cet | Backend::Gcs | Backend::Scs) {
+        if regs.pc_is_exact
+            && matches!(backend, Backend::Cet | Backend::Gcs | Backend::Scs | Backend::Shadow)
+        {
             continue;
         }
         match dispatch(backend, regs, buf) {
@@ -211,11 +220,13 @@ fn capture_chain(regs: &Regs, buf: &mut [usize]) -> Result<Captured, Unsupported
 /// Runs one backend from `regs`.
 fn dispatch(backend: Backend, regs: &Regs, buf: &mut [usize]) -> Result<usize, Unsupported> {
     match backend {
+        Backend::Cet => shadow::cet::capture_from(regs, buf),
+        Backend::Gcs => shadow::gcs::capture_from(regs, buf),
+        Backend::Scs => shadow::scs::capture_from(regs, buf),
+        Backend::Shadow => softshadow::capture_from(regs, buf),
         Backend::FramePointer => fp::capture_from(regs, buf),
+        Backend::Dwarf => dwarf::capture_from(regs, buf),
         Backend::Libgcc => libgcc::capture_from(regs, buf),
-        Backend::Cet | Backend::Gcs | Backend::Scs | Backend::Dwarf => {
-            Err(Unsupported::NotCompiled)
-        }
     }
 }
 
