@@ -132,6 +132,8 @@ impl fmt::Display for Unsupported {
     }
 }
 
+impl std::error::Error for Unsupported {}
+
 /// A successful capture: how many entries were written and by whom.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Captured {
