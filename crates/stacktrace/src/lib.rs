@@ -181,6 +181,24 @@ pub fn capture_with(backend: Backend, buf: &mut [usize]) -> Result<usize, Unsupp
     dispatch(backend, &regs, buf)
 }
 
+/// The registers of the caller of the function this macro is expanded in, as they will be when
+/// that function returns: pass them to [`capture_from`] or a backend's `capture_from` to get a
+/// trace whose entry 0 is the return address into that caller. An allocator hook expands it
+/// in `malloc` so its own frames never appear, whatever the inlining.
+///
+/// The function must have a frame record (the ukasan workspace forces frame pointers).
+#[macro_export]
+macro_rules! caller_regs {
+    () => {{
+        $crate::__private::frame_record_regs($crate::__private::read_fp())
+    }};
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::arch::{frame_record_regs, read_fp};
+}
+
 /// Captures starting from explicit registers, e.g. a signal handler's `ucontext` (so the
 /// interrupted frames appear), with the default chain (no libgcc).
 ///

@@ -4,36 +4,18 @@ use crate::Regs;
 
 /// Reads the current function's frame pointer (`x29`).
 #[inline(always)]
-pub(crate) fn read_fp() -> usize {
+pub fn read_fp() -> usize {
     let v: usize;
     // SAFETY: reads a register, touches no memory.
     unsafe { core::arch::asm!("mov {}, x29", out(reg) v, options(nomem, nostack, preserves_flags)) };
     v
 }
 
-/// Reads the current stack pointer.
-#[inline(always)]
-pub(crate) fn read_sp() -> usize {
-    let v: usize;
-    // SAFETY: reads a register, touches no memory.
-    unsafe { core::arch::asm!("mov {}, sp", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
-}
 
-/// The caller's registers as seen from an `#[inline(never)]` entry point with a frame record.
-/// On aarch64 the record sits at the bottom of the frame, so the caller's `sp` is only bounded
-/// below by `x29 + 16`; the frame-pointer walk does not need it and the DWARF walker treats it
-/// as a lower bound.
-macro_rules! caller_regs {
-    () => {{
-        let fp = $crate::arch::read_fp();
-        $crate::arch::frame_record_regs(fp)
-    }};
-}
 
 /// Registers of the caller of the function whose frame record is at `fp`.
 #[inline(always)]
-pub(crate) fn frame_record_regs(fp: usize) -> Regs {
+pub fn frame_record_regs(fp: usize) -> Regs {
     // SAFETY: `fp` is the live frame record of the calling entry point: `{x29, x30}`.
     let (saved_fp, lr) = unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) };
     Regs { pc: crate::strip_pac(lr), sp: fp + 16, fp: saved_fp, pc_is_exact: false }

@@ -2,21 +2,13 @@
 
 use crate::Regs;
 
-pub(crate) fn read_fp() -> usize {
+pub fn read_fp() -> usize {
     0
 }
 
-pub(crate) fn read_sp() -> usize {
-    0
-}
 
-macro_rules! caller_regs {
-    () => {{
-        $crate::Regs::default()
-    }};
-}
 
-pub(crate) fn frame_record_regs(_fp: usize) -> Regs {
+pub fn frame_record_regs(_fp: usize) -> Regs {
     Regs::default()
 }
 

@@ -1,22 +1,20 @@
 //! The one switch on the architecture axis. Every arch module exports the same names:
-//! `caller_regs!()`, `regs_from_ucontext`, `read_fp`, `read_sp`.
+//! `read_fp`, `frame_record_regs`, `regs_from_ucontext`.
 
 #[cfg(target_arch = "x86_64")]
-#[macro_use]
 mod x86_64;
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86_64::*;
+pub use x86_64::*;
 
 #[cfg(target_arch = "aarch64")]
-#[macro_use]
 mod aarch64;
 #[cfg(target_arch = "aarch64")]
-pub(crate) use aarch64::*;
+pub use aarch64::*;
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-#[macro_use]
 mod fallback;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-pub(crate) use fallback::*;
+pub use fallback::*;
 
-pub(crate) use caller_regs;
+// The entry-point macro is exported at the crate root; this alias keeps `arch::caller_regs!`.
+pub(crate) use crate::caller_regs;

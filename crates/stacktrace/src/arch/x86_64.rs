@@ -4,37 +4,18 @@ use crate::Regs;
 
 /// Reads the current function's frame pointer (`rbp`).
 #[inline(always)]
-pub(crate) fn read_fp() -> usize {
+pub fn read_fp() -> usize {
     let v: usize;
     // SAFETY: reads a register, touches no memory.
     unsafe { core::arch::asm!("mov {}, rbp", out(reg) v, options(nomem, nostack, preserves_flags)) };
     v
 }
 
-/// Reads the current stack pointer.
-#[inline(always)]
-pub(crate) fn read_sp() -> usize {
-    let v: usize;
-    // SAFETY: reads a register, touches no memory.
-    unsafe { core::arch::asm!("mov {}, rsp", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
-}
 
-/// The caller's registers as seen from an `#[inline(never)]` entry point built with frame
-/// pointers (the workspace forces them): `rbp` points at `{saved rbp, return address}` and the
-/// caller's stack pointer after the return is `rbp + 16`.
-///
-/// A macro so that the `rbp` read happens in the entry function itself.
-macro_rules! caller_regs {
-    () => {{
-        let fp = $crate::arch::read_fp();
-        $crate::arch::frame_record_regs(fp)
-    }};
-}
 
 /// Registers of the caller of the function whose frame record is at `fp`.
 #[inline(always)]
-pub(crate) fn frame_record_regs(fp: usize) -> Regs {
+pub fn frame_record_regs(fp: usize) -> Regs {
     // SAFETY: `fp` is the live frame pointer of the calling entry point, which was built with
     // frame pointers, so `[fp]` and `[fp + 8]` are its saved rbp and return address.
     let (saved_fp, ra) = unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) };
