@@ -1,1 +1,4 @@
-//! Integration tests of the capture API.
+//! Integration tests of the capture API: one binary, a module per area.
+
+mod alloc_count;
+mod api;
