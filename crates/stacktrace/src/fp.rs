@@ -17,6 +17,13 @@ use crate::{bounds, Regs, Unsupported};
 pub trait Memory {
     /// The word at `addr`.
     fn read(&self, addr: usize) -> Option<usize>;
+
+    /// The two words at `addr` and `addr + 8` (a frame record). One bounds check suffices
+    /// for a contiguous reader: override it on hot paths.
+    #[inline]
+    fn read_pair(&self, addr: usize) -> Option<(usize, usize)> {
+        Some((self.read(addr)?, self.read(addr.checked_add(8)?)?))
+    }
 }
 
 /// Reads the live stack of the current thread, refusing anything outside its bounds.
@@ -32,6 +39,16 @@ impl Memory for LiveStack {
         // SAFETY: `addr` is aligned and inside the current thread's stack mapping, which is
         // readable for the thread's whole life.
         Some(unsafe { core::ptr::read_volatile(addr as *const usize) })
+    }
+
+    #[inline]
+    fn read_pair(&self, addr: usize) -> Option<(usize, usize)> {
+        if addr % core::mem::size_of::<usize>() != 0 || !self.0.contains(addr, 16) {
+            return None;
+        }
+        let p = addr as *const usize;
+        // SAFETY: both words are aligned and inside the current thread's stack mapping.
+        Some(unsafe { (p.read(), p.add(1).read()) })
     }
 }
 
@@ -55,7 +72,7 @@ pub fn walk<M: Memory>(mem: &M, regs: &Regs, buf: &mut [usize]) -> usize {
         if fp < floor || fp % core::mem::size_of::<usize>() != 0 {
             break;
         }
-        let (Some(next), Some(ra)) = (mem.read(fp), mem.read(fp + 8)) else { break };
+        let Some((next, ra)) = mem.read_pair(fp) else { break };
         let ra = strip(ra);
         if ra < MIN_PC {
             break;
