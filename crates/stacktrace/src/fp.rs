@@ -73,7 +73,7 @@ pub fn walk<M: Memory>(mem: &M, regs: &Regs, buf: &mut [usize]) -> usize {
             break;
         }
         let Some((next, ra)) = mem.read_pair(fp) else { break };
-        let ra = strip(ra);
+        let ra = crate::softshadow::real_return_address(fp + 8, strip(ra));
         if ra < MIN_PC {
             break;
         }

@@ -35,6 +35,11 @@ extern "C" fn on_frame(ctx: *mut c_void, arg: *mut c_void) -> _Unwind_Reason_Cod
     let st = unsafe { &mut *(arg as *mut State<'_>) };
     // SAFETY: `ctx` is the live context libgcc hands to the callback.
     let ip = unsafe { _Unwind_GetIP(ctx) };
+    // A patched frame shows as a pseudo-frame at the software shadow stack's trampoline
+    // before its real caller: not a frame of the program.
+    if crate::softshadow::is_trampoline(ip) {
+        return URC_NO_REASON;
+    }
     if !st.started {
         // Our own frames come first; the caller's frame is the one returning to `start_pc`.
         if ip != st.start_pc {

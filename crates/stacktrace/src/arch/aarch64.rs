@@ -7,11 +7,11 @@ use crate::Regs;
 pub fn read_fp() -> usize {
     let v: usize;
     // SAFETY: reads a register, touches no memory.
-    unsafe { core::arch::asm!("mov {}, x29", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, x29", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
-
-
 
 /// Registers of the caller of the function whose frame record is at `fp`.
 #[inline(always)]
@@ -29,4 +29,39 @@ pub(crate) unsafe fn regs_from_ucontext(uc: *const libc::c_void) -> Regs {
     // SAFETY: the caller guarantees `uc` is a live ucontext_t.
     let m = unsafe { &(*(uc as *const libc::ucontext_t)).uc_mcontext };
     Regs { pc: m.pc as usize, sp: m.sp as usize, fp: m.regs[29] as usize, pc_is_exact: true }
+}
+
+/// x86-64 only: always 0 here.
+#[inline(always)]
+pub(crate) fn read_cet_ssp() -> usize {
+    0
+}
+
+/// Reads `GCSPR_EL0`: the address of the newest Guarded Control Stack entry.
+///
+/// # Safety
+/// The CPU must implement FEAT_GCS (`HWCAP_GCS` in `AT_HWCAP`): otherwise the instruction is
+/// undefined and raises SIGILL.
+#[inline(always)]
+pub(crate) unsafe fn read_gcspr() -> usize {
+    let v: usize;
+    // SAFETY: FEAT_GCS per the caller's contract; `mrs` of GCSPR_EL0 (S3_3_C2_C5_1) only reads
+    // a system register.
+    unsafe {
+        core::arch::asm!("mrs {}, S3_3_C2_C5_1", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+/// Reads x18: the shadow-call-stack pointer (one past the newest entry) in code built with
+/// `-Zsanitizer=shadow-call-stack -Zfixed-x18`, an arbitrary value otherwise: callers check
+/// `shadow::scs::COMPILED` first.
+#[inline(always)]
+pub(crate) fn read_scs_pointer() -> usize {
+    let v: usize;
+    // SAFETY: reads a register, touches no memory.
+    unsafe {
+        core::arch::asm!("mov {}, x18", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
+    v
 }

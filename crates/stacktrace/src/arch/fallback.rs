@@ -6,8 +6,6 @@ pub fn read_fp() -> usize {
     0
 }
 
-
-
 pub fn frame_record_regs(_fp: usize) -> Regs {
     Regs::default()
 }
@@ -16,4 +14,23 @@ pub fn frame_record_regs(_fp: usize) -> Regs {
 /// None needed: the context is not read.
 pub(crate) unsafe fn regs_from_ucontext(_uc: *const libc::c_void) -> Regs {
     Regs::default()
+}
+
+/// Not available on this architecture: 0.
+pub(crate) fn read_cet_ssp() -> usize {
+    0
+}
+
+/// Not available on this architecture: 0.
+///
+/// # Safety
+/// None needed: no register is read.
+#[allow(dead_code)] // every arch module exports the same names
+pub(crate) unsafe fn read_gcspr() -> usize {
+    0
+}
+
+/// Not available on this architecture: 0.
+pub(crate) fn read_scs_pointer() -> usize {
+    0
 }

@@ -7,11 +7,11 @@ use crate::Regs;
 pub fn read_fp() -> usize {
     let v: usize;
     // SAFETY: reads a register, touches no memory.
-    unsafe { core::arch::asm!("mov {}, rbp", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, rbp", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
-
-
 
 /// Registers of the caller of the function whose frame record is at `fp`.
 #[inline(always)]
@@ -35,4 +35,34 @@ pub(crate) unsafe fn regs_from_ucontext(uc: *const libc::c_void) -> Regs {
         fp: g[libc::REG_RBP as usize] as usize,
         pc_is_exact: true,
     }
+}
+
+/// Reads the CET shadow-stack pointer (`rdsspq`): the address of the newest shadow-stack entry,
+/// or 0 when shadow stacks are off for this thread or the CPU has no CET (then `rdsspq` is a
+/// NOP and leaves the zero it was given).
+#[inline(always)]
+pub(crate) fn read_cet_ssp() -> usize {
+    let v: usize;
+    // SAFETY: the register starts at 0; `rdsspq` only copies the SSP into it (a NOP without
+    // CET or with shadow stacks off) and touches no memory or flags.
+    unsafe {
+        core::arch::asm!("rdsspq {0}", inout(reg) 0usize => v, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+/// arm64 only: always 0 here.
+///
+/// # Safety
+/// None needed here (the aarch64 version requires FEAT_GCS).
+#[allow(dead_code)] // every arch module exports the same names
+#[inline(always)]
+pub(crate) unsafe fn read_gcspr() -> usize {
+    0
+}
+
+/// aarch64 only: always 0 here.
+#[inline(always)]
+pub(crate) fn read_scs_pointer() -> usize {
+    0
 }

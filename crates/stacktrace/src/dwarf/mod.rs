@@ -1,8 +1,113 @@
-//! In-process DWARF CFI unwinder (work in progress: answers `NotCompiled` until its backend lands).
+//! In-process DWARF CFI unwinder: walks `.eh_frame` rules of every loaded object, so it
+//! passes through code built without frame pointers (Debian's glibc, most C libraries).
+//!
+//! How a capture works:
+//! - per frame, a lookup in a process-wide set-associative rule cache (`cache.rs`: 1024 sets
+//!   x 4 ways, two words a slot, lock-free), keyed by the lookup address (`pc - 1` for a
+//!   return address, `pc` for an exact signal-context pc) and holding a compact rule:
+//!   CFA = sp/fp + offset, return address and saved fp at CFA-relative offsets;
+//! - on a miss (`cfi.rs`), the object is found with glibc's `_dl_find_object`, or a
+//!   `dl_iterate_phdr` snapshot on older glibc (`module.rs`), and its `.eh_frame_hdr` binary
+//!   search table and CFI program are evaluated by gimli into fixed on-stack storage;
+//! - the signal trampoline (`__restore_rt`, recognised by its bytes) continues the walk in
+//!   the interrupted context from the `ucontext_t` on the stack, on whatever stack that is.
+//!
+//! Registers tracked: pc, sp, fp. Stops at the outermost frame (return address undefined,
+//! e.g. `_start`, `clone3`), at code without usable CFI (rules other than offsets from
+//! sp/fp), at any read outside the current thread's stacks, when the CFA does not grow, and
+//! when the buffer is full.
+//!
+//! Cost (x86-64 here, `benches/capture.rs`, warm): about 5 ns per frame at depth 32 (24x
+//! faster than libgcc's `_Unwind_Backtrace` in the same run), under 4 ns per frame at 128;
+//! frames with frame records take a branch-predicted fast path. A rule cache miss costs a
+//! few hundred ns. Memory: a 64 KiB static rule table and a 10 KiB static module snapshot
+//! (used only without `_dl_find_object`). Stack, measured on a painted 16 KiB `sigaltstack`
+//! in `tests/it/dwarf.rs`: the kernel's signal frame plus the test handler take 3.3 KiB; with
+//! a capture the peak is 8.1 KiB in a release build (warm or cold alike), 5.4 KiB warm and
+//! 11 KiB cold in the dev profile. Unoptimised, gimli's parser (generic, instantiated here)
+//! would need ~14 KiB on a miss: the workspace builds this crate at opt-level 1 in dev.
+//!
+//! # Signal Safe Methods
+//! [`capture`], [`capture_from`] and [`flush_cache`] take no lock, never allocate and never
+//! panic. With glibc >= 2.35 they are async-signal-safe: `_dl_find_object` is documented
+//! MT-Safe, AS-Safe, AC-Safe and is found by `dlsym` at load time, not at capture. On older
+//! glibc the module snapshot may be refreshed with `dl_iterate_phdr`, which takes the
+//! loader's lock: [`capture_from`] never refreshes when `regs.pc_is_exact` (a signal
+//! context), so in a handler start from [`crate::regs_from_ucontext`]. The first capture on
+//! a thread reads `/proc/self/maps` for the stack bounds (async-signal-safe syscalls), as does
+//! each capture from a stack other than the thread's own (a `sigaltstack`).
+//!
+//! # Known limits
+//! The cache is keyed by address: after `dlclose` and a `dlopen` that reuses the range, call
+//! [`flush_cache`]. A frame whose return address is still in a register (an aarch64 leaf
+//! interrupted by a signal) ends the walk.
+//!
+//! # Example
+//! ```
+//! let mut buf = [0usize; 64];
+//! let n = stacktrace::dwarf::capture(&mut buf).unwrap();
+//! assert!(n >= 1);
+//! ```
 
 use crate::{Regs, Unsupported};
 
-/// Captures from explicit registers.
-pub fn capture_from(_regs: &Regs, _buf: &mut [usize]) -> Result<usize, Unsupported> {
-    Err(Unsupported::NotCompiled)
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[path = "x86_64.rs"]
+mod arch;
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+#[path = "aarch64.rs"]
+mod arch;
+
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod cache;
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod cfi;
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod module;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub(crate) mod step;
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod walk;
+
+/// Captures with the DWARF unwinder; entry 0 is the return address into the caller.
+///
+/// Async-signal-safe with glibc >= 2.35 (see the module docs); no allocation, no lock.
+#[inline(never)]
+pub fn capture(buf: &mut [usize]) -> Result<usize, Unsupported> {
+    let regs = crate::arch::caller_regs!();
+    capture_from(&regs, buf)
+}
+
+/// DWARF walk from explicit registers (e.g. a signal `ucontext`); entry 0 is `regs.pc`.
+///
+/// Async-signal-safe with glibc >= 2.35, and on older glibc when `regs.pc_is_exact`.
+pub fn capture_from(regs: &Regs, buf: &mut [usize]) -> Result<usize, Unsupported> {
+    #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+    return walk::capture_from(regs, buf);
+    #[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64"))))]
+    {
+        let _ = (regs, buf);
+        Err(Unsupported::NotCompiled)
+    }
+}
+
+/// Whether module lookup uses glibc's lock-free `_dl_find_object` (glibc >= 2.35) rather
+/// than the `dl_iterate_phdr` snapshot.
+///
+/// Async-signal-safe, except that it calls `dlsym` if the crate's load-time constructor did
+/// not run.
+pub fn has_dl_find_object() -> bool {
+    #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+    return module::has_dl_find_object();
+    #[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64"))))]
+    false
+}
+
+/// Empties the rule cache: after `dlclose` and a `dlopen` that reuses the address range, or
+/// to measure the cold path. Other threads capturing meanwhile just miss.
+///
+/// Async-signal-safe (relaxed stores to a static table; 64 KiB of writes).
+pub fn flush_cache() {
+    #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+    cache::clear();
 }

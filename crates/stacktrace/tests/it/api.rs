@@ -39,31 +39,19 @@ type ChainFn = fn(Entry, &mut [usize]) -> Result<usize, Unsupported>;
 
 /// Start addresses of the chain's functions, innermost first.
 fn chain_fns() -> [usize; 3] {
-    [
-        leaf as ChainFn as usize,
-        mid as ChainFn as usize,
-        top as ChainFn as usize,
-    ]
+    [leaf as ChainFn as usize, mid as ChainFn as usize, top as ChainFn as usize]
 }
 
 /// Asserts that `trace` starts with return addresses inside leaf, mid, top in that order.
 fn assert_chain(what: &str, trace: &[usize]) {
-    assert!(
-        trace.len() >= 3,
-        "{what}: only {} frames: {trace:x?}",
-        trace.len()
-    );
+    assert!(trace.len() >= 3, "{what}: only {} frames: {trace:x?}", trace.len());
     let fns = chain_fns();
     let mut starts: Vec<usize> = fns.to_vec();
     starts.sort_unstable();
     for (i, &f) in fns.iter().enumerate() {
         let ra = trace[i];
         // Inside `f`: above its entry, below the next known function and within 4 KiB.
-        let next = starts
-            .iter()
-            .copied()
-            .find(|&s| s > f)
-            .unwrap_or(usize::MAX);
+        let next = starts.iter().copied().find(|&s| s > f).unwrap_or(usize::MAX);
         assert!(
             ra > f && ra < next && ra - f < 4096,
             "{what}: frame {i} = {ra:#x} is not inside function at {f:#x} (trace {trace:x?})"
@@ -80,14 +68,8 @@ fn run(entry: Entry) -> Result<Vec<usize>, Unsupported> {
 #[test]
 fn skip_count_entry_zero_is_the_callers_return_address() {
     assert_chain("capture", &run(Entry::Default).unwrap());
-    assert_chain(
-        "fp::capture",
-        &run(Entry::Module(stacktrace::fp::capture)).unwrap(),
-    );
-    assert_chain(
-        "libgcc::capture",
-        &run(Entry::Module(stacktrace::libgcc::capture)).unwrap(),
-    );
+    assert_chain("fp::capture", &run(Entry::Module(stacktrace::fp::capture)).unwrap());
+    assert_chain("libgcc::capture", &run(Entry::Module(stacktrace::libgcc::capture)).unwrap());
     for b in [Backend::FramePointer, Backend::Libgcc] {
         assert_chain(b.name(), &run(Entry::With(b)).unwrap());
     }
@@ -98,11 +80,7 @@ fn default_chain_reports_its_backend() {
     let mut buf = [0usize; DEPTH];
     let c = stacktrace::capture(&mut buf).unwrap();
     assert!(c.len > 0);
-    assert_ne!(
-        c.backend,
-        Backend::Libgcc,
-        "the default chain never uses libgcc"
-    );
+    assert_ne!(c.backend, Backend::Libgcc, "the default chain never uses libgcc");
 }
 
 #[test]
@@ -153,10 +131,7 @@ fn eight_threads_capture_at_once() {
         .map(|_| {
             std::thread::spawn(|| {
                 for _ in 0..2000 {
-                    assert_chain(
-                        "thread fp",
-                        &run(Entry::With(Backend::FramePointer)).unwrap(),
-                    );
+                    assert_chain("thread fp", &run(Entry::With(Backend::FramePointer)).unwrap());
                     assert_chain("thread default", &run(Entry::Default).unwrap());
                 }
             })
@@ -240,5 +215,34 @@ mod signal {
         let n = LEN.load(Ordering::Relaxed);
         assert!(n >= 1, "the handler captured nothing");
         assert_ne!(INTERRUPTED_PC.load(Ordering::Relaxed), 0);
+    }
+}
+
+/// Captures with `first` (twice, so the software shadow stack has patched the frames above
+/// it), then with `second`, from the same frame.
+#[inline(never)]
+fn patched_then(depth: usize, second: Backend) -> Option<(Vec<usize>, Vec<usize>)> {
+    if depth > 0 {
+        return black_box(patched_then(black_box(depth - 1), second));
+    }
+    let mut a = [0usize; DEPTH];
+    let mut b = [0usize; DEPTH];
+    stacktrace::capture_with(Backend::Shadow, &mut a).ok()?;
+    let n = stacktrace::capture_with(Backend::Shadow, &mut a).ok()?;
+    let m = stacktrace::capture_with(second, &mut b).unwrap();
+    Some((a[..n].to_vec(), b[..m].to_vec()))
+}
+
+#[test]
+fn walkers_see_real_return_addresses_through_patched_frames() {
+    // The shadow backend patches the return slots of the recursion; every other walker must
+    // still report the real return addresses (through the stack shadow), not the trampoline.
+    for b in [Backend::FramePointer, Backend::Dwarf, Backend::Libgcc] {
+        let Some((shadow, other)) = patched_then(20, b) else {
+            return; // not served on this thread: nothing was patched
+        };
+        assert!(shadow.len() > 20 && other.len() > 20, "{b}: {shadow:x?} / {other:x?}");
+        // Entry 0 is each call site in `patched_then`; the callers above must agree.
+        assert_eq!(shadow[1..21], other[1..21], "{b} differs from shadow");
     }
 }

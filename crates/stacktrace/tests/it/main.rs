@@ -2,3 +2,6 @@
 
 mod alloc_count;
 mod api;
+mod dwarf;
+mod shadow;
+mod softshadow;

@@ -1,0 +1,229 @@
+//! ukasan's software shadow stack (x86-64 Linux): return-address patching with a trampoline,
+//! so that a capture copies most of the stack instead of unwinding it.
+//!
+//! # How it works
+//! A capture walks frame records from its caller. The first time it meets a frame it records
+//! `{return address, slot + 8}` in a per-thread array and overwrites the return-address slot
+//! with the address of a trampoline; the real return address also goes to the thread's
+//! *stack shadow*, a mapping at a fixed distance below the stack. Later captures walk only
+//! the frames pushed since and stop at the first patched slot: the rest is a copy of the
+//! array. When a patched function returns, the trampoline pops its entry and jumps to the
+//! real return address ([`is_trampoline`]; see `x86_64.rs` for the asm and its CFI).
+//!
+//! Which frames are patched:
+//! - only frames whose return-address slot is *proven*: the DWARF CFI at the frame's pc
+//!   says its frame record is at `fp` (CFA = fp + 16, return address at CFA - 8), and so
+//!   did every newer frame of the walk (a garbage `rbp` in code without frame pointers,
+//!   e.g. Debian's glibc, is never followed into a patch);
+//! - never the capture's own frames nor the allocator hook's (the walk starts from the
+//!   hook caller's [`Regs`]);
+//! - not the newest few frames, which change between captures ([`set_min_unpatched`],
+//!   adaptive per thread, see `policy.rs`);
+//! - new frames are committed oldest first, after their entries, before the length that
+//!   publishes them. When they cannot be joined to the array (the anchor is beyond reach,
+//!   an unproven frame lies between, the array is full) they form a *segment*: a later copy
+//!   that reaches its oldest entry walks the frames below it. 8192 entries per thread;
+//!   deeper frames are simply walked.
+//!
+//! # Hazards and how each is handled
+//! - **Unwinders** (Rust panics, C++ exceptions, `pthread_exit`/`pthread_cancel`, glibc
+//!   `backtrace()`, `std::backtrace`, gdb): the trampoline's CFI recovers the real return
+//!   address and stack pointer from the CFA alone, through the stack shadow; no symbol is
+//!   interposed. They show one extra pseudo-frame (the trampoline) per patched frame; this
+//!   backend's own output never contains it ([`real_return_address`] for other walkers).
+//! - **longjmp, caught panics, cancelled threads**: frames vanish without returning. The
+//!   trampoline compares the entry with `rsp`, drops entries of frames already gone, and in
+//!   any case takes the real address from the stack shadow, so it never jumps wrong; a
+//!   patched slot with no entry stops patching on the thread. Captures drop such entries too.
+//! - **Signals**: entries are written before the length that publishes them; the trampoline
+//!   pops with one instruction; a capture in a handler that interrupted a capture answers
+//!   [`Unsupported::Reentered`]; a handler's walk never patches across the signal frame
+//!   (`__restore_rt` keeps no frame record), so interrupted frames are never patched by it.
+//! - **Thread exit**: a pthread key destructor releases the array and the stack shadow once
+//!   the start routine is gone; if a patched frame may still be live (a thread calling
+//!   `exit()`), both are kept. Later captures on the exiting thread answer `NotEnabled`.
+//! - **fork**: the child's only thread is a copy of the forking one, on the same addresses;
+//!   the array and the shadow are private anonymous mappings (no `MADV_DONTFORK`, no
+//!   `MADV_WIPEONFORK`) and the state block is in TLS, all copied by fork: consistent.
+//! - **Stack switching** (fibers, `swapcontext`): a capture whose `sp` is outside the
+//!   thread's stack answers `NotEnabled` and the thread stops patching.
+//! - **Programs that read their return addresses** (JITs, some GC stack scanners): turn it
+//!   off with [`set_enabled`] / [`set_thread_enabled`]. Off means "patch nothing new":
+//!   frames already patched keep working and drain as they return.
+//! - **CET shadow stacks** exclude this mechanism (a patched `ret` would fault): use the CET
+//!   backend when it is on (it comes first in [`crate::Backend::ALL`]).
+//!
+//! # Costs
+//! A capture: the frames pushed since the last one (~1.5 ns each walked here) plus ~12 ns
+//! of fixed work, and a copy of the rest. Measured (`benches/capture.rs`, `softshadow/*`,
+//! a loaded 2-core VM): 32 frames 25 ns against 48 ns for the frame-pointer walk and
+//! 2.6 us for libgcc; 128 frames 45 ns against 168 ns; 512 frames 160-240 ns against
+//! 0.7-1.1 us. A frame that is new at every capture costs ~14 ns more than walking it
+//! (patch + a mispredicted trampolined return, ~6.5 ns), hence the policy. A program that
+//! never captures pays nothing. Memory per capturing thread: a 128 KiB array and a stack
+//! shadow the size of the stack, both `MAP_NORESERVE`, touched only where used.
+//!
+//! # Limits
+//! Trampoline scratch registers are `r10` and `r11`, which no SysV return value uses;
+//! code that expects them preserved across a return (LLVM's `preserve_most`) must not be
+//! patched. Indirect-branch tracking (CET IBT) would reject the `jmp` (Linux has no user IBT).
+//! Return values in `ymm`/`zmm` upper halves are untouched by the fast path but not saved by
+//! the slow path (`fxsave64` covers x87 and `xmm` only). The stack shadow sits 32 TiB below
+//! each stack: a thread whose mirror range is taken (or a stack below 32 TiB, as under
+//! valgrind) is not served (`NotEnabled`), nor is a new thread reusing the stack of one that
+//! exited with patched frames still looking live (its shadow was kept).
+//! Other architectures answer [`Unsupported::NotCompiled`].
+//!
+//! # Example
+//! ```
+//! let mut buf = [0usize; 64];
+//! match stacktrace::softshadow::capture(&mut buf) {
+//!     Ok(n) => assert!(n >= 1),
+//!     Err(e) => println!("no software shadow stack here: {e}"),
+//! }
+//! ```
+
+use crate::{Regs, Unsupported};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+pub mod policy;
+// Compiled and unit-tested on every host; used by the live backend on x86-64 Linux only.
+#[cfg_attr(not(all(target_os = "linux", target_arch = "x86_64")), allow(dead_code))]
+mod walk;
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[path = "x86_64.rs"]
+mod arch;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod live;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod state;
+
+pub use policy::set_min_unpatched;
+
+/// Process-wide switch (see [`set_enabled`]).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+/// Debug cross-check switch (see [`set_cross_check`]).
+static CROSS_CHECK: AtomicBool = AtomicBool::new(false);
+static CROSS_CHECKS: AtomicU64 = AtomicU64::new(0);
+static CROSS_CHECK_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// Captures with the software shadow stack; entry 0 is the return address into the caller.
+///
+/// Async-signal-safe (see the module docs); no allocation, no lock.
+#[inline(never)]
+pub fn capture(buf: &mut [usize]) -> Result<usize, Unsupported> {
+    let regs = crate::caller_regs!();
+    capture_from(&regs, buf)
+}
+
+/// Captures from explicit registers: those of a live frame on the current thread's stack
+/// (a signal context, `pc_is_exact`, is refused: the shadow stack has no entry for an
+/// interrupted pc, use the DWARF backend there).
+///
+/// Frames newer than `regs` are never patched. Answers `NotEnabled` when switched off with
+/// nothing patched on this thread, when `regs.sp` is not on the thread's stack, or when
+/// set-up failed; `Reentered` in a signal handler that interrupted a capture.
+pub fn capture_from(regs: &Regs, buf: &mut [usize]) -> Result<usize, Unsupported> {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    return live::capture_from(regs, buf);
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        let _ = (regs, buf);
+        Err(Unsupported::NotCompiled)
+    }
+}
+
+/// Turns patching on or off for the whole process (default on). Off: no new frame is
+/// patched; frames already patched keep working and drain as they return, and captures on
+/// threads that still have some answer from them.
+pub fn set_enabled(on: bool) {
+    // Relaxed: a switch read by each capture; nothing is published with it.
+    ENABLED.store(on, Relaxed);
+}
+
+/// Whether patching is on for the process (see [`set_enabled`]).
+pub fn is_enabled() -> bool {
+    // Relaxed: see `set_enabled`.
+    ENABLED.load(Relaxed)
+}
+
+/// Turns patching on or off for the calling thread only (default on). Async-signal-safe.
+pub fn set_thread_enabled(on: bool) {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    live::set_thread_enabled(on);
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    let _ = on;
+}
+
+/// Debug mode: compare every successful capture with a full frame-pointer walk that reads
+/// patched slots through the stack shadow (independent of the array), and count the
+/// differences ([`cross_check_stats`]). Costs a full walk per capture.
+pub fn set_cross_check(on: bool) {
+    // Relaxed: a debug switch; see `set_enabled`.
+    CROSS_CHECK.store(on, Relaxed);
+}
+
+/// Counters of the cross-check mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CrossCheck {
+    /// Captures compared.
+    pub checks: u64,
+    /// Captures that differed from the reference walk.
+    pub failures: u64,
+}
+
+/// The cross-check counters since the process started.
+pub fn cross_check_stats() -> CrossCheck {
+    // Relaxed: statistics, read without ordering.
+    CrossCheck { checks: CROSS_CHECKS.load(Relaxed), failures: CROSS_CHECK_FAILURES.load(Relaxed) }
+}
+
+/// The calling thread's shadow-stack state (for tests and diagnostics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadStats {
+    /// Set up and not exited.
+    pub active: bool,
+    /// Entries in the array: patched frames not yet returned (or dropped).
+    pub patched: usize,
+    /// The policy's current number of newest frame records left unpatched.
+    pub unpatched_top: usize,
+    /// Patched returns that found no entry.
+    pub orphans: usize,
+    /// The thread may patch (not switched off, no stack switch or orphan seen).
+    pub patching: bool,
+}
+
+/// The calling thread's state. Async-signal-safe.
+pub fn thread_stats() -> ThreadStats {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    return live::thread_stats();
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    ThreadStats::default()
+}
+
+/// Whether `addr` is the trampoline's address: what other unwinders see in a patched slot
+/// (libgcc and gdb show it as a pseudo-frame right before the real caller).
+#[inline]
+pub fn is_trampoline(addr: usize) -> bool {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    return addr == arch::trampoline();
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        let _ = addr;
+        false
+    }
+}
+
+/// For a walker that read `value` from the return-address slot at `slot` on the current
+/// thread's stack: the real return address (from the stack shadow) if the slot is patched,
+/// else `value`. Async-signal-safe.
+#[inline]
+pub fn real_return_address(slot: usize, value: usize) -> usize {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    if is_trampoline(value) {
+        return live::real_return_address(slot, value);
+    }
+    let _ = slot;
+    value
+}
