@@ -1,0 +1,237 @@
+//! Leak detection at exit: a conservative reachability scan, as LeakSanitizer does.
+//!
+//! Roots: the writable segments of every loaded module (`dl_iterate_phdr`), the exiting
+//! thread's stack from the current stack pointer up and the mapping holding its thread
+//! pointer (static TLS), the contents of raw chunks (made before init or by the runtime
+//! itself), and the chunks the dynamic loader allocated (DTVs, TLS blocks; never reported). Every aligned word that points into a tracked live object (interior pointers
+//! count) marks it, and marked objects are scanned in turn. What stays unmarked is leaked.
+//!
+//! Limits: the stacks and registers of *other* threads still running at exit are not
+//! scanned (their objects may be reported), nor memory mapped directly with `mmap`.
+//!
+//! Works in `mmap`-ed scratch arrays (no allocation) while every registry shard is locked.
+
+use crate::chunk::{Header, F_LOADER, F_RAW};
+use core::ptr::null_mut;
+
+#[derive(Clone, Copy)]
+pub(crate) struct Entry {
+    pub start: usize,
+    pub end: usize,
+    pub h: *const Header,
+    /// 0: candidate, 1: reached, 2: root (raw or the loader's chunk).
+    pub mark: u8,
+}
+
+/// Scratch memory from `mmap`.
+pub(crate) struct Scratch<T> {
+    ptr: *mut T,
+    cap: usize,
+}
+
+impl<T: Copy> Scratch<T> {
+    pub(crate) fn new(cap: usize) -> Option<Scratch<T>> {
+        let bytes = cap.max(1).checked_mul(core::mem::size_of::<T>())?;
+        // SAFETY: anonymous private mapping; no address hint.
+        let p = unsafe {
+            libc::mmap(
+                null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        (p != libc::MAP_FAILED).then_some(Scratch { ptr: p.cast(), cap })
+    }
+
+    pub(crate) fn slice(&mut self, len: usize) -> &mut [T] {
+        // SAFETY: the mapping holds `cap` zero-initialized T (callers only use T for which
+        // all-zero is valid); len is clamped.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr, len.min(self.cap)) }
+    }
+}
+
+impl<T> Drop for Scratch<T> {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.cap.max(1) * core::mem::size_of::<T>()) };
+    }
+}
+
+/// Marks the entries reachable from the roots. `entries` is sorted by `start`.
+pub(crate) fn mark(entries: &mut [Entry], work: &mut [u32]) {
+    let mut top = 0usize;
+    let scan = |entries: &mut [Entry], work: &mut [u32], top: &mut usize, lo: usize, hi: usize| {
+        let mut a = lo.next_multiple_of(8);
+        while a + 8 <= hi {
+            // SAFETY: every region passed here is mapped and readable (module segments, the
+            // live stack, chunk objects owned by the runtime).
+            let w = unsafe { core::ptr::read_volatile(a as *const usize) };
+            a += 8;
+            if let Some(i) = find(entries, w) {
+                if entries[i].mark == 0 {
+                    entries[i].mark = 1;
+                    if *top < work.len() {
+                        work[*top] = i as u32;
+                        *top += 1;
+                    }
+                }
+            }
+        }
+    };
+    for r in roots() {
+        scan(entries, work, &mut top, r.0, r.1);
+    }
+    for i in 0..entries.len() {
+        if entries[i].mark == 2 {
+            let (s, e) = (entries[i].start, entries[i].end);
+            scan(entries, work, &mut top, s, e);
+        }
+    }
+    while top > 0 {
+        top -= 1;
+        let i = work[top] as usize;
+        let (s, e) = (entries[i].start, entries[i].end);
+        scan(entries, work, &mut top, s, e);
+    }
+}
+
+/// The entry whose object contains `w` (a zero-size object matches its start).
+fn find(entries: &[Entry], w: usize) -> Option<usize> {
+    let i = entries.partition_point(|e| e.start <= w).checked_sub(1)?;
+    let e = &entries[i];
+    (w < e.end || w == e.start).then_some(i)
+}
+
+/// Builds an entry for a listed chunk.
+pub(crate) fn entry(h: &Header) -> Entry {
+    let start = h.user();
+    // Raw chunks and the loader's chunks (TLS blocks hold program pointers) are roots.
+    let mark = if h.flags & (F_RAW | F_LOADER) != 0 { 2 } else { 0 };
+    Entry { start, end: start + h.size, h, mark }
+}
+
+/// The address range of the dynamic loader's loaded segments (`AT_BASE` and its program
+/// headers); `(0, 0)` when unknown. Its allocations (thread DTVs and TLS blocks, kept in
+/// glibc's cache of exited threads' stacks, which the scan does not reach) are the
+/// loader's business, not the program's leaks.
+pub(crate) fn loader_range() -> (usize, usize) {
+    // SAFETY: getauxval has no preconditions.
+    let base = unsafe { libc::getauxval(libc::AT_BASE) } as usize;
+    if base == 0 {
+        return (0, 0);
+    }
+    let mut range = (base, base);
+    extern "C" fn cb(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `data` is the `(usize, usize)` passed below; `info` is valid during the call.
+        let (r, info) = unsafe { (&mut *(data as *mut (usize, usize)), &*info) };
+        if info.dlpi_addr as usize != r.0 {
+            return 0;
+        }
+        for k in 0..info.dlpi_phnum as usize {
+            // SAFETY: `dlpi_phdr` has `dlpi_phnum` entries.
+            let ph = unsafe { &*info.dlpi_phdr.add(k) };
+            if ph.p_type == libc::PT_LOAD {
+                r.1 = r.1.max(r.0 + (ph.p_vaddr + ph.p_memsz) as usize);
+            }
+        }
+        1
+    }
+    // SAFETY: `cb` matches the callback type and `range` outlives the call.
+    unsafe {
+        libc::dl_iterate_phdr(Some(cb), &mut range as *mut (usize, usize) as *mut libc::c_void)
+    };
+    range
+}
+
+/// Root ranges: up to 512 module segments, the stack, the TLS mapping.
+fn roots() -> impl Iterator<Item = (usize, usize)> {
+    let mut out = [(0usize, 0usize); 512];
+    let mut n = 0usize;
+    struct Acc<'a> {
+        out: &'a mut [(usize, usize)],
+        n: &'a mut usize,
+    }
+    extern "C" fn cb(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `data` is the `Acc` passed below; `info` is valid during the callback.
+        let (acc, info) = unsafe { (&mut *(data as *mut Acc<'_>), &*info) };
+        for k in 0..info.dlpi_phnum as usize {
+            // SAFETY: `dlpi_phdr` has `dlpi_phnum` entries.
+            let ph = unsafe { &*info.dlpi_phdr.add(k) };
+            if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_W != 0 && *acc.n < acc.out.len()
+            {
+                let lo = info.dlpi_addr as usize + ph.p_vaddr as usize;
+                acc.out[*acc.n] = (lo, lo + ph.p_memsz as usize);
+                *acc.n += 1;
+            }
+        }
+        0
+    }
+    {
+        let mut acc = Acc { out: &mut out[..510], n: &mut n };
+        // SAFETY: `cb` matches the callback type and `acc` outlives the call.
+        unsafe { libc::dl_iterate_phdr(Some(cb), &mut acc as *mut Acc<'_> as *mut libc::c_void) };
+    }
+    let here = 0u8;
+    let sp = core::hint::black_box(&here) as *const u8 as usize;
+    if let Some(b) = stacktrace::bounds::current(sp) {
+        out[n] = (sp, b.hi);
+        n += 1;
+    }
+    let tp: usize;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads the TCB self-pointer at %fs:0 (glibc x86-64 ABI).
+    unsafe {
+        core::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags))
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: reads the thread pointer register.
+    unsafe {
+        core::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let tp = 0usize;
+    if let Some(m) = stacktrace::maps::find_mapping(tp).filter(|m| m.read && m.write) {
+        if !(m.start..m.end).contains(&sp) {
+            out[n] = (m.start, m.end);
+            n += 1;
+        }
+    }
+    out.into_iter().take(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_matches_interior_and_zero_size() {
+        let mk = |start, end| Entry { start, end, h: core::ptr::null(), mark: 0 };
+        let e = [mk(100, 110), mk(200, 200), mk(300, 340)];
+        assert_eq!(find(&e, 99), None);
+        assert_eq!(find(&e, 100), Some(0));
+        assert_eq!(find(&e, 109), Some(0));
+        assert_eq!(find(&e, 110), None);
+        assert_eq!(find(&e, 200), Some(1));
+        assert_eq!(find(&e, 201), None);
+        assert_eq!(find(&e, 339), Some(2));
+    }
+
+    #[test]
+    fn scratch_maps_zeroed_memory() {
+        let mut s = Scratch::<u64>::new(1000).unwrap();
+        assert!(s.slice(1000).iter().all(|&v| v == 0));
+        s.slice(1000)[999] = 5;
+        assert_eq!(s.slice(2000).len(), 1000);
+    }
+}

@@ -1,0 +1,314 @@
+//! Options: `UKASAN_OPTIONS="key=value:key=value"`, parsed without allocating.
+//!
+//! The same syntax configures [`crate::Ukasan::with_options`]; the environment is applied
+//! after the constructor string, so it wins. An unknown key or a bad value prints one line
+//! naming it and the accepted values, and that key keeps its default.
+
+use crate::sys::{write_all, FixedBuf};
+use core::fmt::Write;
+
+/// Which stack-capture backend records alloc and free stacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stacks {
+    /// The default chain of `stacktrace` (hardware/software shadow stack, then frame pointers,
+    /// then DWARF).
+    Auto,
+    /// The software shadow stack (frame pointers where it cannot serve).
+    Shadow,
+    /// The frame-pointer walk.
+    Fp,
+    /// The in-process DWARF unwinder.
+    Dwarf,
+    /// libgcc's `_Unwind_Backtrace` (not signal-safe).
+    Libgcc,
+    /// No stacks: tracks carry only the thread and the sequence number.
+    Off,
+}
+
+/// Output format of reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Format {
+    /// KASAN's text layout.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Longest `log_path` accepted (bytes).
+pub const MAX_PATH: usize = 240;
+/// Deepest stack recorded.
+pub const MAX_DEPTH: usize = 256;
+
+/// Every option of the runtime, with its value.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// `stacks`: capture backend.
+    pub stacks: Stacks,
+    /// `depth`: frames per stack, 1..=256 (default 64).
+    pub depth: usize,
+    /// `quarantine_size_mb`: byte budget of freed objects kept poisoned (default 64 MiB).
+    pub quarantine_bytes: usize,
+    /// `redzone`: minimum redzone on each side in bytes, 16..=4096, rounded up to 16.
+    pub redzone: usize,
+    /// `halt_on_error`: exit after the first report.
+    pub halt_on_error: bool,
+    /// `exitcode`: exit status when a report was printed and the program would exit 0.
+    pub exitcode: i32,
+    /// `log_path`: reports go to `<log_path>.<pid>` instead of stderr (empty: stderr).
+    pub log_path: [u8; MAX_PATH],
+    /// Length of `log_path`.
+    pub log_path_len: usize,
+    /// `report_format`: `text` or `json`.
+    pub format: Format,
+    /// `detect_leaks`: `None` leaves the mode's default (on for LD_PRELOAD, off for GlobalAlloc).
+    pub detect_leaks: Option<bool>,
+    /// `verbosity`: 0 quiet, 1 a start line and statistics at exit, 2 more.
+    pub verbosity: u8,
+    /// `symbolize`: names in reports (0: raw `module+offset` only).
+    pub symbolize: bool,
+    /// `depot`: save stacks in the stack depot (0: capture and drop; tracks say
+    /// "stack is not available").
+    pub depot: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Accepted keys, for the error line.
+const KEYS: &str =
+    "stacks, depth, quarantine_size_mb, redzone, halt_on_error, exitcode, log_path, \
+                    report_format, detect_leaks, verbosity, symbolize, depot";
+
+impl Options {
+    /// The defaults.
+    pub const DEFAULT: Options = Options {
+        stacks: Stacks::Auto,
+        depth: 64,
+        quarantine_bytes: 64 << 20,
+        redzone: 16,
+        halt_on_error: false,
+        exitcode: 1,
+        log_path: [0; MAX_PATH],
+        log_path_len: 0,
+        format: Format::Text,
+        detect_leaks: None,
+        verbosity: 0,
+        symbolize: true,
+        depot: true,
+    };
+
+    /// `log_path` as bytes (empty: stderr).
+    pub fn log_path(&self) -> &[u8] {
+        &self.log_path[..self.log_path_len]
+    }
+
+    /// Applies `key=value:key=value` (also `,` or whitespace separated). Each problem is passed
+    /// to `err` as one finished line; the key keeps its previous value.
+    pub fn apply(&mut self, spec: &[u8], err: &mut dyn FnMut(&str)) {
+        for item in spec.split(|&c| c == b':' || c == b',' || c == b' ' || c == b'\n') {
+            if item.is_empty() {
+                continue;
+            }
+            let mut line = FixedBuf::<512>::new();
+            let Some(eq) = item.iter().position(|&c| c == b'=') else {
+                let _ =
+                    write!(line, "ukasan: option '{}' has no value (write key=value)", Lossy(item));
+                err(line.as_str());
+                continue;
+            };
+            let (key, value) = (&item[..eq], &item[eq + 1..]);
+            if let Err(accepted) = self.set(key, value) {
+                let _ = if accepted.is_empty() {
+                    write!(
+                        line,
+                        "ukasan: unknown option '{}' ignored (accepted: {KEYS})",
+                        Lossy(key)
+                    )
+                } else {
+                    write!(
+                        line,
+                        "ukasan: bad value '{}' for option '{}' ignored (accepted: {accepted})",
+                        Lossy(value),
+                        Lossy(key)
+                    )
+                };
+                err(line.as_str());
+            }
+        }
+    }
+
+    /// Sets one key; `Err(accepted values)` for a bad value, `Err("")` for an unknown key.
+    fn set(&mut self, key: &[u8], v: &[u8]) -> Result<(), &'static str> {
+        const BOOL: &str = "0, 1, true, false";
+        match key {
+            b"stacks" => {
+                self.stacks = match v {
+                    b"auto" => Stacks::Auto,
+                    b"shadow" => Stacks::Shadow,
+                    b"fp" => Stacks::Fp,
+                    b"dwarf" => Stacks::Dwarf,
+                    b"libgcc" => Stacks::Libgcc,
+                    b"off" => Stacks::Off,
+                    _ => return Err("auto, shadow, fp, dwarf, libgcc, off"),
+                }
+            }
+            b"depth" => {
+                self.depth = parse_num(v)
+                    .filter(|d| (1..=MAX_DEPTH as u64).contains(d))
+                    .ok_or("an integer 1..=256")? as usize
+            }
+            b"quarantine_size_mb" => {
+                self.quarantine_bytes = parse_num(v)
+                    .filter(|&m| m <= 1 << 20)
+                    .ok_or("an integer number of MiB, 0..=1048576")?
+                    as usize
+                    * (1 << 20)
+            }
+            b"redzone" => {
+                let r = parse_num(v).filter(|r| (1..=4096).contains(r)).ok_or("16..=4096 bytes")?;
+                self.redzone = (r as usize).next_multiple_of(16);
+            }
+            b"halt_on_error" => self.halt_on_error = parse_bool(v).ok_or(BOOL)?,
+            b"exitcode" => {
+                self.exitcode =
+                    parse_num(v).filter(|&c| c <= 255).ok_or("an integer 0..=255")? as i32
+            }
+            b"log_path" => {
+                if v.len() > MAX_PATH || v.contains(&0) {
+                    return Err("a path of at most 240 bytes");
+                }
+                self.log_path[..v.len()].copy_from_slice(v);
+                self.log_path_len = v.len();
+            }
+            b"report_format" => {
+                self.format = match v {
+                    b"text" => Format::Text,
+                    b"json" => Format::Json,
+                    _ => return Err("text, json"),
+                }
+            }
+            b"detect_leaks" => self.detect_leaks = Some(parse_bool(v).ok_or(BOOL)?),
+            b"verbosity" => self.verbosity = parse_num(v).filter(|&n| n <= 9).ok_or("0..=9")? as u8,
+            b"symbolize" => self.symbolize = parse_bool(v).ok_or(BOOL)?,
+            b"depot" => self.depot = parse_bool(v).ok_or(BOOL)?,
+            _ => return Err(""),
+        }
+        Ok(())
+    }
+
+    /// Applies a constructor string and then `UKASAN_OPTIONS`, reporting problems on stderr.
+    pub fn load(spec: &[u8]) -> Options {
+        let mut o = Options::DEFAULT;
+        let mut err = |line: &str| {
+            write_all(2, line.as_bytes());
+            write_all(2, b"\n");
+        };
+        o.apply(spec, &mut err);
+        if let Some(env) = getenv(b"UKASAN_OPTIONS\0") {
+            o.apply(env, &mut err);
+        }
+        o
+    }
+}
+
+/// Reads an environment variable without allocating (`getenv` returns a pointer into the
+/// environment block).
+pub fn getenv(name_nul: &[u8]) -> Option<&'static [u8]> {
+    debug_assert_eq!(name_nul.last(), Some(&0));
+    // SAFETY: `name_nul` is NUL-terminated; getenv reads the environment without allocating.
+    let p = unsafe { libc::getenv(name_nul.as_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: getenv returned a NUL-terminated string that lives as long as the environment
+    // entry; the runtime reads it once at start-up.
+    Some(unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes())
+}
+
+fn parse_num(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 12 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0')))
+}
+
+fn parse_bool(v: &[u8]) -> Option<bool> {
+    match v {
+        b"1" | b"true" | b"yes" => Some(true),
+        b"0" | b"false" | b"no" => Some(false),
+        _ => None,
+    }
+}
+
+/// Displays bytes as text, replacing what is not UTF-8.
+struct Lossy<'a>(&'a [u8]);
+
+impl core::fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("\u{fffd}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> (Options, Vec<String>) {
+        let mut o = Options::DEFAULT;
+        let mut errs = Vec::new();
+        o.apply(s.as_bytes(), &mut |l| errs.push(l.to_string()));
+        (o, errs)
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let (o, errs) = parse(
+            "stacks=fp:depth=8:quarantine_size_mb=2:redzone=20:halt_on_error=1:exitcode=23:\
+             log_path=/tmp/x:report_format=json:detect_leaks=0:verbosity=2:symbolize=0:depot=0",
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(o.stacks, Stacks::Fp);
+        assert_eq!(o.depth, 8);
+        assert_eq!(o.quarantine_bytes, 2 << 20);
+        assert_eq!(o.redzone, 32);
+        assert!(o.halt_on_error);
+        assert_eq!(o.exitcode, 23);
+        assert_eq!(o.log_path(), b"/tmp/x");
+        assert_eq!(o.format, Format::Json);
+        assert_eq!(o.detect_leaks, Some(false));
+        assert_eq!(o.verbosity, 2);
+        assert!(!o.symbolize && !o.depot);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_value_name_themselves_and_keep_defaults() {
+        let (o, errs) = parse("stackz=fp:depth=0:stacks=frame:verbosity=3");
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(
+            errs[0].contains("unknown option 'stackz'") && errs[0].contains("quarantine_size_mb")
+        );
+        assert!(errs[1].contains("'0' for option 'depth'") && errs[1].contains("1..=256"));
+        assert!(errs[2].contains("'frame'") && errs[2].contains("libgcc"));
+        assert_eq!(o.depth, 64);
+        assert_eq!(o.stacks, Stacks::Auto);
+        assert_eq!(o.verbosity, 3);
+    }
+
+    #[test]
+    fn missing_value_is_reported() {
+        let (_, errs) = parse("halt_on_error");
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].contains("no value"));
+    }
+}

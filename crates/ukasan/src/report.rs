@@ -1,0 +1,704 @@
+//! Reports in KASAN's layout (or JSON Lines), serialized, deduplicated, written whole.
+//!
+//! Every report is formatted into one fixed buffer under the report lock and written with a
+//! single `write(2)` loop, so reports never interleave and a report is complete even if the
+//! program aborts right after. The caller holds the re-entrancy guard, so whatever the
+//! symbolizer allocates goes untracked to the backing allocator.
+
+use crate::chunk::{Damage, Family, Header, Track};
+use crate::options::{Format, Options};
+use crate::runtime::Runtime;
+use crate::sys::{self, FixedBuf, SpinLock};
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+/// Kind of finding, as printed after `BUG: KASAN: `.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Kind {
+    /// A chunk freed twice.
+    DoubleFree,
+    /// A pointer that is not the start of a chunk of ours.
+    InvalidFree,
+    /// Rust `dealloc`/`realloc` with a `Layout` other than the allocation's.
+    LayoutMismatch,
+    /// malloc/free vs new/delete vs new[]/delete[].
+    AllocDeallocMismatch,
+    /// A redzone byte changed.
+    OutOfBounds,
+    /// A freed object's poison changed.
+    UseAfterFree,
+    /// Still allocated at exit.
+    MemoryLeak,
+}
+
+impl Kind {
+    /// The name in the header line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::DoubleFree => "double-free",
+            Kind::InvalidFree => "invalid-free",
+            Kind::LayoutMismatch => "layout-mismatch",
+            Kind::AllocDeallocMismatch => "alloc-dealloc-mismatch",
+            Kind::OutOfBounds => "out-of-bounds",
+            Kind::UseAfterFree => "use-after-free",
+            Kind::MemoryLeak => "memory-leak",
+        }
+    }
+}
+
+impl core::fmt::Display for Kind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the program did (the access line).
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum Access {
+    /// A free of `addr`.
+    Free {
+        /// The pointer passed.
+        addr: usize,
+    },
+    /// A free with the wrong function.
+    Mismatch {
+        /// The pointer passed.
+        addr: usize,
+        /// How it was allocated.
+        alloc: Family,
+        /// How it is being freed.
+        free: Family,
+    },
+    /// A dealloc with a `Layout` (or sized delete) that does not match.
+    Layout {
+        /// The pointer passed.
+        addr: usize,
+        /// Size given.
+        size: usize,
+        /// Alignment given.
+        align: usize,
+        /// Freeing function family.
+        family: Family,
+    },
+    /// Bytes found modified, detected later.
+    Corrupt {
+        /// The modified range.
+        damage: Damage,
+        /// Where it was detected (`free`, `quarantine eviction`, `exit`).
+        when: &'static str,
+    },
+}
+
+impl Access {
+    fn addr(&self) -> usize {
+        match *self {
+            Access::Free { addr } | Access::Mismatch { addr, .. } | Access::Layout { addr, .. } => {
+                addr
+            }
+            Access::Corrupt { damage, .. } => damage.start,
+        }
+    }
+}
+
+/// One finding, ready to print.
+#[derive(Debug)]
+pub struct Report<'a> {
+    /// Kind.
+    pub kind: Kind,
+    /// The access line.
+    pub access: Access,
+    /// Thread that detected it.
+    pub tid: u32,
+    /// Stack where it was detected (newest first, return addresses).
+    pub stack: &'a [usize],
+    /// The chunk involved, when there is one.
+    pub chunk: Option<&'a Header>,
+}
+
+const BUF: usize = 64 << 10;
+const SEEN: usize = 512;
+
+pub(crate) struct ReportState {
+    buf: FixedBuf<BUF>,
+    seen: [u64; SEEN],
+    nseen: usize,
+    fd: i32,
+}
+
+/// Serializes and deduplicates reports.
+pub(crate) struct Reporter {
+    state: SpinLock<ReportState>,
+    count: AtomicU32,
+}
+
+impl Reporter {
+    pub(crate) const fn new() -> Reporter {
+        Reporter {
+            state: SpinLock::new(ReportState {
+                buf: FixedBuf::new(),
+                seen: [0; SEEN],
+                nseen: 0,
+                fd: -1,
+            }),
+            count: AtomicU32::new(0),
+        }
+    }
+
+    pub(crate) fn count(&self) -> u32 {
+        // Relaxed: a counter read at exit or by tests, after the reports themselves.
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn raw_lock(&self) {
+        self.state.raw_lock();
+    }
+
+    /// # Safety
+    /// Held through `raw_lock`.
+    pub(crate) unsafe fn force_unlock(&self) {
+        // SAFETY: forwarded.
+        unsafe { self.state.force_unlock() };
+    }
+
+    /// Prints a report unless an identical one was printed; applies `halt_on_error`.
+    pub(crate) fn emit(&self, o: &Options, r: &Report<'_>) {
+        let sig = signature(r);
+        let mut st = self.state.lock();
+        if st.seen[..st.nseen].contains(&sig) {
+            return;
+        }
+        if st.nseen < SEEN {
+            let n = st.nseen;
+            st.seen[n] = sig;
+            st.nseen += 1;
+        }
+        let st = &mut *st;
+        st.buf.clear();
+        match o.format {
+            Format::Text => text(&mut st.buf, o, r),
+            Format::Json => json(&mut st.buf, o, r),
+        }
+        self.flush(o, st);
+        // Relaxed: a counter; the report itself is already written.
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if o.halt_on_error {
+            // SAFETY: leaving the process without running handlers, as KASAN's panic would.
+            unsafe { libc::_exit(o.exitcode) };
+        }
+    }
+
+    /// Writes a free-form block (leak reports, statistics) under the lock.
+    pub(crate) fn emit_with(&self, o: &Options, counts: bool, f: impl FnOnce(&mut FixedBuf<BUF>)) {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        st.buf.clear();
+        f(&mut st.buf);
+        if st.buf.as_bytes().is_empty() {
+            return;
+        }
+        self.flush(o, st);
+        if counts {
+            // Relaxed: a counter.
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn flush(&self, o: &Options, st: &mut ReportState) {
+        if st.buf.truncated() {
+            st.buf.push_bytes(b"\n[report truncated]\n");
+        }
+        if st.fd < 0 {
+            st.fd = open_log(o);
+        }
+        sys::write_all(st.fd, st.buf.as_bytes());
+    }
+}
+
+fn open_log(o: &Options) -> i32 {
+    let path = o.log_path();
+    if path.is_empty() {
+        return 2;
+    }
+    let mut p = FixedBuf::<300>::new();
+    p.push_bytes(path);
+    // SAFETY: getpid has no preconditions.
+    let _ = write!(p, ".{}\0", unsafe { libc::getpid() });
+    // SAFETY: `p` is NUL-terminated.
+    let fd = unsafe {
+        libc::open(
+            p.as_bytes().as_ptr().cast(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        2
+    } else {
+        fd
+    }
+}
+
+fn signature(r: &Report<'_>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ r.kind as u64;
+    let mut mix = |v: u64| {
+        h ^= v;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    for &f in r.stack.iter().take(4) {
+        mix(f as u64);
+    }
+    if let Some(c) = r.chunk {
+        mix(u64::from(c.alloc.stack));
+        if r.stack.is_empty() || c.alloc.stack == 0 {
+            mix(c.user() as u64);
+        }
+    } else {
+        mix(r.access.addr() as u64);
+    }
+    h
+}
+
+const RULE: &str = "==================================================================\n";
+
+fn text(b: &mut FixedBuf<BUF>, o: &Options, r: &Report<'_>) {
+    let _ = b.write_str(RULE);
+    let _ = write!(b, "BUG: KASAN: {} in ", r.kind);
+    function_name(b, o, r.stack.first().copied());
+    let _ = b.write_str("\n");
+    access_line(b, r);
+    format_stack(b, o, r.stack);
+    let _ = b.write_str("\n");
+    if let Some(c) = r.chunk {
+        track(b, o, "Allocated", &c.alloc);
+        if c.free.tid != 0 {
+            track(b, o, "Freed", &c.free);
+        }
+        object(b, r, c);
+        memory(b, r.access.addr(), c);
+    } else {
+        let _ = writeln!(
+            b,
+            "The buggy address 0x{:x} is not the start of any chunk of ukasan.",
+            r.access.addr()
+        );
+    }
+    module_map(b, o);
+    let _ = b.write_str(RULE);
+}
+
+fn access_line<const N: usize>(b: &mut FixedBuf<N>, r: &Report<'_>) {
+    let _ = match r.access {
+        Access::Free { addr } => writeln!(b, "Free of addr 0x{addr:x} by thread {}", r.tid),
+        Access::Mismatch { addr, alloc, free } => writeln!(
+            b,
+            "Free of addr 0x{addr:x} by thread {} with {}, but it was allocated with {}",
+            r.tid,
+            free.free_name(),
+            alloc.alloc_name()
+        ),
+        Access::Layout { addr, size, align, family } => writeln!(
+            b,
+            "{} of addr 0x{addr:x} by thread {} with Layout {{ size: {size}, align: {align} }}, but it was allocated with Layout {{ size: {}, align: {} }}",
+            family.free_name(),
+            r.tid,
+            r.chunk.map_or(0, |c| c.size),
+            r.chunk.map_or(0, |c| c.align),
+        ),
+        Access::Corrupt { damage, when } => {
+            let _ = write!(
+                b,
+                "Write of unknown size at addr 0x{:x}, detected at {when} by thread {}: {} byte(s) [0x{:x}, 0x{:x}) modified:",
+                damage.start,
+                r.tid,
+                damage.end - damage.start,
+                damage.start,
+                damage.end
+            );
+            let n = (damage.end - damage.start).min(16);
+            for i in 0..n {
+                // SAFETY: the damaged range lies inside a chunk the runtime owns.
+                let v = unsafe { *((damage.start + i) as *const u8) };
+                let _ = write!(b, " {v:02x}");
+            }
+            if damage.end - damage.start > n {
+                let _ = b.write_str(" ...");
+            }
+            b.write_str("\n")
+        }
+    };
+}
+
+fn track(b: &mut FixedBuf<BUF>, o: &Options, what: &str, t: &Track) {
+    let _ = writeln!(b, "{what} by thread {}:", t.tid);
+    match stackdepot::fetch(stackdepot::Handle::from_raw(t.stack)) {
+        Some(frames) if t.stack != 0 => format_stack(b, o, frames),
+        _ => {
+            let _ = b.write_str(" (stack is not available)\n");
+        }
+    }
+    let _ = b.write_str("\n");
+}
+
+fn object(b: &mut FixedBuf<BUF>, r: &Report<'_>, c: &Header) {
+    let (start, end) = (c.user(), c.user() + c.size);
+    let _ = writeln!(b, "The buggy address belongs to the object at 0x{start:x}");
+    let _ = writeln!(b, " which belongs to a {}-byte region [0x{start:x}, 0x{end:x})", c.size);
+    let a = r.access.addr();
+    let _ = if a < start {
+        writeln!(b, "The buggy address is located {} bytes to the left of {}-byte region [0x{start:x}, 0x{end:x})", start - a, c.size)
+    } else if a >= end {
+        writeln!(b, "The buggy address is located {} bytes to the right of {}-byte region [0x{start:x}, 0x{end:x})", a - end, c.size)
+    } else {
+        writeln!(b, "The buggy address is located {} bytes inside of {}-byte region [0x{start:x}, 0x{end:x})", a - start, c.size)
+    };
+    let _ = b.write_str("\n");
+}
+
+/// Rows of 16 bytes around `addr`, clipped to the chunk's block; the row holding `addr` is
+/// marked `>` and the byte under a `^`.
+fn memory(b: &mut FixedBuf<BUF>, addr: usize, c: &Header) {
+    let lo = c.user() - crate::chunk::LEFT_RZ;
+    let hi = c.user() + c.size + c.right_rz();
+    let row0 = (addr & !15).saturating_sub(32).max(lo & !15);
+    let _ = b.write_str("Memory state around the buggy address:\n");
+    let mut row = row0;
+    while row < hi && row < row0 + 5 * 16 {
+        let mark = if (row..row + 16).contains(&addr) { '>' } else { ' ' };
+        let _ = write!(b, "{mark}0x{row:016x}:");
+        for a in row..row + 16 {
+            if (lo..hi).contains(&a) {
+                // SAFETY: inside the chunk's redzones or object, owned by the runtime.
+                let v = unsafe { *(a as *const u8) };
+                let _ = write!(b, " {v:02x}");
+            } else {
+                let _ = b.write_str(" ..");
+            }
+        }
+        let _ = b.write_str("\n");
+        if mark == '>' {
+            let col = 1 + 18 + 1 + (addr - row) * 3;
+            for _ in 0..col {
+                let _ = b.write_str(" ");
+            }
+            let _ = b.write_str("^\n");
+        }
+        row += 16;
+    }
+}
+
+/// The function name for the header: the first frame's innermost function, else its module
+/// and offset, else its raw address.
+fn function_name<const N: usize>(b: &mut FixedBuf<N>, o: &Options, ra: Option<usize>) {
+    let Some(ra) = ra else {
+        let _ = b.write_str("<unknown>");
+        return;
+    };
+    if o.symbolize {
+        let frames = symbolize::with_global(|s| s.symbolize(ra, true));
+        if let Some(f) = frames.iter().find(|f| f.function.is_some()) {
+            let name = f.function.as_deref().unwrap_or("");
+            let _ = write!(b, "{name}+0x{:x}", f.offset);
+            return;
+        }
+    }
+    match dl_symbol(ra.wrapping_sub(1)) {
+        Some(s) => {
+            let module = s.module.rsplit(|&c| c == b'/').next().unwrap_or(s.module);
+            let _ = write!(b, "{}+0x{:x}", Name(module), ra - s.fbase);
+        }
+        None => {
+            let _ = write!(b, "0x{ra:x}");
+        }
+    }
+}
+
+/// One line per frame (and per inlined function): `#i 0xADDR in function+0xoff/0xlen
+/// file:line (module+0xoff)` with `symbolize=1` (the `ukasan-symbolize` crate: DWARF, symbol
+/// tables, demangling), or the symbolizer's raw form `#i [<0x...>] module+0xoff` with
+/// `symbolize=0` (the report then ends with the module map for offline symbolization).
+///
+/// Allocates (the symbolizer): call under the re-entrancy guard only.
+pub fn format_stack<const N: usize>(b: &mut FixedBuf<N>, o: &Options, frames: &[usize]) {
+    for (i, &ra) in frames.iter().enumerate() {
+        if !o.symbolize {
+            let _ = writeln!(b, " #{i}{}", symbolize::format_raw_frame(ra));
+            continue;
+        }
+        let module = dl_symbol(ra.wrapping_sub(1));
+        let syms = symbolize::with_global(|s| s.symbolize(ra, true));
+        let mut named = false;
+        for f in syms.iter().filter(|f| f.function.is_some()) {
+            named = true;
+            let _ = write!(b, " #{i} 0x{ra:x} in{}", symbolize::format_frame(f));
+            if !f.inlined {
+                if let Some(m) = &module {
+                    let _ = write!(b, " ({}+0x{:x})", Name(m.module), ra - m.fbase);
+                }
+            }
+            let _ = b.write_str("\n");
+        }
+        if named {
+            continue;
+        }
+        let _ = write!(b, " #{i} 0x{ra:x}");
+        if let Some(s) = &module {
+            if s.saddr != 0 && !s.name.is_empty() {
+                let _ = write!(b, " in {}+0x{:x}", Name(s.name), ra - 1 - s.saddr);
+            }
+            let _ = write!(b, " ({}+0x{:x})", Name(s.module), ra - s.fbase);
+        }
+        let _ = b.write_str("\n");
+    }
+    if frames.is_empty() {
+        let _ = b.write_str(" (stack is not available)\n");
+    }
+}
+
+/// The module map, for reports printed with `symbolize=0`.
+fn module_map<const N: usize>(b: &mut FixedBuf<N>, o: &Options) {
+    if !o.symbolize {
+        let _ = b.write_str("Module map:\n");
+        let _ = b.write_str(&symbolize::module_map());
+    }
+}
+
+struct DlSym {
+    name: &'static [u8],
+    saddr: usize,
+    module: &'static [u8],
+    fbase: usize,
+}
+
+fn dl_symbol(addr: usize) -> Option<DlSym> {
+    // SAFETY: Dl_info is plain data; zeroed is a valid initial value.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: dladdr only reads loader tables; `info` is a valid out-parameter.
+    if unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) } == 0 {
+        return None;
+    }
+    let cstr = |p: *const libc::c_char| -> &'static [u8] {
+        if p.is_null() {
+            b""
+        } else {
+            // SAFETY: dladdr returns NUL-terminated strings owned by the loader, alive while
+            // the module is loaded (for the duration of the report).
+            unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes()
+        }
+    };
+    Some(DlSym {
+        name: cstr(info.dli_sname),
+        saddr: info.dli_saddr as usize,
+        module: cstr(info.dli_fname),
+        fbase: info.dli_fbase as usize,
+    })
+}
+
+/// Bytes as text (lossy).
+struct Name<'a>(&'a [u8]);
+
+impl core::fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for c in self.0.utf8_chunks() {
+            f.write_str(c.valid())?;
+        }
+        Ok(())
+    }
+}
+
+/// A JSON string (escaped).
+struct Json<'a>(&'a [u8]);
+
+impl core::fmt::Display for Json<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("\"")?;
+        for c in self.0.utf8_chunks() {
+            for ch in c.valid().chars() {
+                match ch {
+                    '"' => f.write_str("\\\"")?,
+                    '\\' => f.write_str("\\\\")?,
+                    c if (c as u32) < 0x20 => write!(f, "\\u{:04x}", c as u32)?,
+                    c => f.write_char(c)?,
+                }
+            }
+        }
+        f.write_str("\"")
+    }
+}
+
+fn json_stack<const N: usize>(b: &mut FixedBuf<N>, o: &Options, frames: &[usize]) {
+    let _ = b.write_str("[");
+    for (i, &ra) in frames.iter().enumerate() {
+        if i > 0 {
+            let _ = b.write_str(",");
+        }
+        let _ = write!(b, "{{\"pc\":\"0x{ra:x}\"");
+        let dl = dl_symbol(ra.wrapping_sub(1));
+        if o.symbolize {
+            let syms = symbolize::with_global(|s| s.symbolize(ra, true));
+            if let Some(f) = syms.iter().find(|f| f.function.is_some()) {
+                let name = f.function.as_deref().unwrap_or("");
+                let _ = write!(b, ",\"function\":{}", Json(name.as_bytes()));
+                if let (Some(file), Some(line)) = (&f.file, f.line) {
+                    let _ = write!(b, ",\"file\":{},\"line\":{line}", Json(file.as_bytes()));
+                }
+            } else if let Some(s) = dl.as_ref().filter(|s| s.saddr != 0 && !s.name.is_empty()) {
+                let _ = write!(b, ",\"function\":{}", Json(s.name));
+            }
+        }
+        if let Some(s) = dl {
+            let _ = write!(b, ",\"module\":{},\"offset\":\"0x{:x}\"", Json(s.module), ra - s.fbase);
+        }
+        let _ = b.write_str("}");
+    }
+    let _ = b.write_str("]");
+}
+
+fn json_track(b: &mut FixedBuf<BUF>, o: &Options, name: &str, t: &Track) {
+    let _ = write!(b, ",\"{name}\":{{\"thread\":{},\"seq\":{},\"stack\":", t.tid, t.seq);
+    match stackdepot::fetch(stackdepot::Handle::from_raw(t.stack)) {
+        Some(frames) if t.stack != 0 => json_stack(b, o, frames),
+        _ => {
+            let _ = b.write_str("null");
+        }
+    }
+    let _ = b.write_str("}");
+}
+
+fn json(b: &mut FixedBuf<BUF>, o: &Options, r: &Report<'_>) {
+    let mut f = FixedBuf::<512>::new();
+    function_name(&mut f, o, r.stack.first().copied());
+    let _ = write!(
+        b,
+        "{{\"kind\":\"{}\",\"function\":{},\"addr\":\"0x{:x}\",\"thread\":{},\"access\":",
+        r.kind,
+        Json(f.as_bytes()),
+        r.access.addr(),
+        r.tid
+    );
+    let mut line = FixedBuf::<1024>::new();
+    access_line(&mut line, r);
+    let text = line.as_bytes();
+    let _ = write!(b, "{},\"stack\":", Json(text.strip_suffix(b"\n").unwrap_or(text)));
+    json_stack(b, o, r.stack);
+    if let Some(c) = r.chunk {
+        json_track(b, o, "allocated", &c.alloc);
+        if c.free.tid != 0 {
+            json_track(b, o, "freed", &c.free);
+        }
+        let _ = write!(b, ",\"object\":{{\"addr\":\"0x{:x}\",\"size\":{}}}", c.user(), c.size);
+    }
+    let _ = b.write_str("}\n");
+}
+
+/// Maximum distinct leak stacks reported individually.
+const LEAK_GROUPS: usize = 256;
+
+#[derive(Clone, Copy)]
+struct Group {
+    stack: u32,
+    tid: u32,
+    count: usize,
+    bytes: usize,
+    sample: usize,
+    sample_size: usize,
+}
+
+/// Reports chunks still live at exit, grouped by allocation stack, largest first.
+pub(crate) fn leaks(rt: &Runtime, o: &Options) {
+    let mut groups =
+        [Group { stack: 0, tid: 0, count: 0, bytes: 0, sample: 0, sample_size: 0 }; LEAK_GROUPS];
+    let mut n = 0;
+    let (mut other_count, mut other_bytes, mut total_count, mut total_bytes) =
+        (0usize, 0usize, 0usize, 0usize);
+    rt.for_each_leak(|h| {
+        total_count += 1;
+        total_bytes += h.size;
+        if let Some(g) = groups[..n]
+            .iter_mut()
+            .find(|g| g.stack == h.alloc.stack && (h.alloc.stack != 0 || g.tid == h.alloc.tid))
+        {
+            g.count += 1;
+            g.bytes += h.size;
+        } else if n < LEAK_GROUPS {
+            groups[n] = Group {
+                stack: h.alloc.stack,
+                tid: h.alloc.tid,
+                count: 1,
+                bytes: h.size,
+                sample: h.user(),
+                sample_size: h.size,
+            };
+            n += 1;
+        } else {
+            other_count += 1;
+            other_bytes += h.size;
+        }
+    });
+    if total_count == 0 {
+        return;
+    }
+    let groups = &mut groups[..n];
+    groups.sort_unstable_by_key(|g| core::cmp::Reverse(g.bytes));
+    for g in groups.iter() {
+        rt.reporter.emit_with(o, true, |b| {
+            let frames = stackdepot::fetch(stackdepot::Handle::from_raw(g.stack)).filter(|_| g.stack != 0).unwrap_or(&[]);
+            if o.format == Format::Json {
+                let _ = write!(
+                    b,
+                    "{{\"kind\":\"memory-leak\",\"bytes\":{},\"objects\":{},\"sample\":\"0x{:x}\",\"allocated\":{{\"thread\":{},\"stack\":",
+                    g.bytes, g.count, g.sample, g.tid
+                );
+                json_stack(b, o, frames);
+                let _ = b.write_str("}}\n");
+                return;
+            }
+            let _ = b.write_str(RULE);
+            let _ = b.write_str("BUG: KASAN: memory-leak in ");
+            function_name(b, o, frames.first().copied());
+            let _ = writeln!(
+                b,
+                "\nLeak of {} byte(s) in {} object(s) still allocated at exit (e.g. 0x{:x}, {} bytes)",
+                g.bytes, g.count, g.sample, g.sample_size
+            );
+            let _ = writeln!(b, "Allocated by thread {}:", g.tid);
+            if frames.is_empty() {
+                let _ = b.write_str(" (stack is not available)\n");
+            } else {
+                format_stack(b, o, frames);
+            }
+            module_map(b, o);
+            let _ = b.write_str(RULE);
+        });
+    }
+    rt.reporter.emit_with(o, false, |b| {
+        if o.format == Format::Json {
+            return;
+        }
+        let _ = write!(
+            b,
+            "SUMMARY: ukasan: {total_bytes} byte(s) leaked in {total_count} allocation(s) from {n} stack(s)"
+        );
+        let _ = if other_count > 0 {
+            writeln!(b, " and {other_bytes} byte(s) in {other_count} allocation(s) from stacks not shown")
+        } else {
+            writeln!(b)
+        };
+    });
+}
+
+/// Statistics at exit (`verbosity >= 1`).
+pub(crate) fn stats(rt: &Runtime, o: &Options) {
+    let d = stackdepot::stats();
+    rt.reporter.emit_with(o, false, |b| {
+        let _ = writeln!(
+            b,
+            "ukasan: {} report(s); stack depot: {} unique traces, {} frames, {} bytes used",
+            rt.reports(),
+            d.unique_traces,
+            d.frames_stored,
+            d.bytes_used
+        );
+    });
+}

@@ -1,0 +1,294 @@
+//! Small OS and concurrency primitives that never allocate: thread ids, the re-entrancy guard,
+//! a try-lock spin lock, whole writes with `write(2)`, and a fixed-size text buffer.
+
+use core::cell::{Cell, UnsafeCell};
+use core::fmt;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+thread_local! {
+    // Const-initialised `Cell`s without destructors: no allocation, no registration at thread
+    // exit, usable from the first malloc of a thread to its last.
+    static TID: Cell<u32> = const { Cell::new(0) };
+    static IN_RUNTIME: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The kernel thread id of the caller (`gettid`), cached per thread.
+#[inline]
+pub fn tid() -> u32 {
+    let cached = TID.with(Cell::get);
+    if cached != 0 {
+        return cached;
+    }
+    // SAFETY: gettid has no preconditions.
+    let t = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+    TID.with(|c| c.set(t));
+    t
+}
+
+/// Forgets the cached thread id (the child of `fork` has a new one).
+pub fn reset_tid() {
+    TID.with(|c| c.set(0));
+}
+
+/// Marks the current thread as running inside the runtime while alive; allocation requests
+/// made meanwhile (by the runtime itself, the symbolizer, libgcc, or a signal handler) go
+/// straight to the backing allocator, untracked.
+#[derive(Debug)]
+pub struct Guard(());
+
+impl Guard {
+    /// Enters the runtime, or `None` when this thread is already inside it.
+    #[inline]
+    pub fn enter() -> Option<Guard> {
+        IN_RUNTIME.with(|g| if g.replace(true) { None } else { Some(Guard(())) })
+    }
+
+    /// Whether this thread is inside the runtime.
+    #[inline]
+    pub fn active() -> bool {
+        IN_RUNTIME.with(Cell::get)
+    }
+}
+
+impl Drop for Guard {
+    #[inline]
+    fn drop(&mut self) {
+        IN_RUNTIME.with(|g| g.set(false));
+    }
+}
+
+/// A spin lock whose acquisition can be refused instead of waited for.
+///
+/// Holders never allocate and never call out; a signal handler on the holding thread never
+/// waits for it (it runs under the re-entrancy guard and uses [`SpinLock::try_lock`]), so
+/// spinning cannot deadlock. `fork` handlers take every lock before the fork and release
+/// them in both processes.
+#[derive(Debug)]
+pub struct SpinLock<T> {
+    locked: AtomicBool,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the lock serializes all access to `value`.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+// SAFETY: moving the lock moves the value; T: Send suffices.
+unsafe impl<T: Send> Send for SpinLock<T> {}
+
+impl<T> SpinLock<T> {
+    /// An unlocked lock around `value`.
+    pub const fn new(value: T) -> Self {
+        SpinLock { locked: AtomicBool::new(false), value: UnsafeCell::new(value) }
+    }
+
+    /// Takes the lock, spinning.
+    #[inline]
+    pub fn lock(&self) -> SpinGuard<'_, T> {
+        loop {
+            if let Some(g) = self.try_lock() {
+                return g;
+            }
+            while self.locked.load(Ordering::Relaxed) {
+                core::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Takes the lock if it is free.
+    #[inline]
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        // Acquire pairs with the Release store in `SpinGuard::drop` (and `force_unlock`):
+        // the previous holder's writes to `value` are visible to us.
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| SpinGuard { lock: self })
+    }
+
+    /// Takes the lock, spinning at most about `tries` times: for callers that may be
+    /// running in a signal handler that interrupted the holder on this very thread (then
+    /// waiting would never end; giving up is the only way out).
+    #[inline]
+    pub fn lock_bounded(&self, tries: u32) -> Option<SpinGuard<'_, T>> {
+        for _ in 0..tries {
+            if let Some(g) = self.try_lock() {
+                return Some(g);
+            }
+            core::hint::spin_loop();
+        }
+        self.try_lock()
+    }
+
+    /// Takes the lock and keeps it held with no guard (for `fork` preparation).
+    pub fn raw_lock(&self) {
+        core::mem::forget(self.lock());
+    }
+
+    /// Releases a lock taken with [`SpinLock::raw_lock`].
+    ///
+    /// # Safety
+    /// The lock must be held through `raw_lock` (in this process: after `fork` the child
+    /// inherits the parent's held locks) and no guard may exist for it.
+    pub unsafe fn force_unlock(&self) {
+        // Release pairs with the Acquire in `try_lock`.
+        self.locked.store(false, Ordering::Release);
+    }
+}
+
+/// Access to the value of a held [`SpinLock`].
+#[derive(Debug)]
+pub struct SpinGuard<'a, T> {
+    lock: &'a SpinLock<T>,
+}
+
+impl<T> core::ops::Deref for SpinGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the lock is held for the guard's lifetime.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> core::ops::DerefMut for SpinGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the lock is held for the guard's lifetime, exclusively.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for SpinGuard<'_, T> {
+    fn drop(&mut self) {
+        // Release pairs with the Acquire in `try_lock`.
+        self.lock.locked.store(false, Ordering::Release);
+    }
+}
+
+/// Writes all of `bytes` to `fd` with `write(2)`, retrying on `EINTR` and short writes.
+pub fn write_all(fd: i32, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: the pointer and length describe a live slice.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            // SAFETY: errno location is always valid for the calling thread.
+            if unsafe { *libc::__errno_location() } == libc::EINTR {
+                continue;
+            }
+            return;
+        }
+        if n == 0 {
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// A text buffer of fixed capacity that truncates instead of allocating.
+#[derive(Debug)]
+pub struct FixedBuf<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+    truncated: bool,
+}
+
+impl<const N: usize> Default for FixedBuf<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> FixedBuf<N> {
+    /// An empty buffer.
+    pub const fn new() -> Self {
+        FixedBuf { bytes: [0; N], len: 0, truncated: false }
+    }
+
+    /// The text written so far.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// The text written so far (writes are always whole UTF-8 strings, possibly cut at a
+    /// character boundary).
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+
+    /// Whether some text did not fit.
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// Empties the buffer.
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.truncated = false;
+    }
+
+    /// Appends raw bytes, truncating.
+    pub fn push_bytes(&mut self, b: &[u8]) {
+        let room = N - self.len;
+        let n = b.len().min(room);
+        self.bytes[self.len..self.len + n].copy_from_slice(&b[..n]);
+        self.len += n;
+        if n < b.len() {
+            self.truncated = true;
+        }
+    }
+}
+
+impl<const N: usize> fmt::Write for FixedBuf<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = N - self.len;
+        let mut n = s.len().min(room);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.push_bytes(&s.as_bytes()[..n]);
+        if n < s.len() {
+            self.truncated = true;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::fmt::Write;
+
+    #[test]
+    fn fixed_buf_truncates_at_char_boundary() {
+        let mut b = FixedBuf::<5>::new();
+        let tail = "cé€";
+        write!(b, "ab{tail}").unwrap();
+        assert_eq!(b.as_str(), "abcé");
+        assert!(b.truncated());
+    }
+
+    #[test]
+    fn guard_refuses_nesting_and_releases() {
+        let g = Guard::enter().unwrap();
+        assert!(Guard::active());
+        assert!(Guard::enter().is_none());
+        drop(g);
+        assert!(!Guard::active());
+        assert!(Guard::enter().is_some());
+    }
+
+    #[test]
+    fn spin_lock_try_lock_fails_while_held() {
+        let l = SpinLock::new(3);
+        let g = l.lock();
+        assert!(l.try_lock().is_none());
+        drop(g);
+        *l.try_lock().unwrap() += 1;
+        assert_eq!(*l.lock(), 4);
+    }
+
+    #[test]
+    fn tid_is_per_thread() {
+        let a = tid();
+        let b = std::thread::spawn(tid).join().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, tid());
+    }
+}

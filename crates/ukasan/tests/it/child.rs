@@ -1,0 +1,246 @@
+//! Rust-side bugs in a child process (this test binary re-executed), reports asserted.
+
+use std::alloc::Layout;
+use std::process::Command;
+
+const ENV: &str = "UKASAN_IT_CHILD";
+
+#[inline(never)]
+fn rust_alloc_site(l: Layout) -> *mut u8 {
+    // SAFETY: non-zero size.
+    let p = unsafe { std::alloc::alloc(l) };
+    std::hint::black_box(p)
+}
+
+#[inline(never)]
+fn rust_free_site(p: *mut u8, l: Layout) {
+    // SAFETY: deliberately wrong in some scenarios: the detector's business.
+    unsafe { std::alloc::dealloc(std::hint::black_box(p), l) }
+}
+
+#[inline(never)]
+fn rust_realloc_site(p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+    // SAFETY: as above.
+    unsafe { std::alloc::realloc(std::hint::black_box(p), l, n) }
+}
+
+#[inline(never)]
+fn poke(p: *mut u8, off: isize) {
+    // SAFETY: deliberately out of bounds / after free, inside memory the detector owns.
+    unsafe { std::ptr::write_volatile(p.offset(off), 0x41) }
+}
+
+/// Runs the scenario named by `UKASAN_IT_CHILD` (nothing otherwise).
+#[test]
+fn entry() {
+    let Ok(scenario) = std::env::var(ENV) else {
+        return;
+    };
+    println!("tid={}", unsafe_gettid());
+    let l = Layout::from_size_align(32, 8).unwrap();
+    match scenario.as_str() {
+        "layout-mismatch" => {
+            let p = rust_alloc_site(l);
+            rust_free_site(p, Layout::from_size_align(24, 8).unwrap());
+        }
+        "realloc-layout-mismatch" => {
+            let p = rust_alloc_site(l);
+            let q = rust_realloc_site(p, Layout::from_size_align(32, 16).unwrap(), 64);
+            rust_free_site(q, Layout::from_size_align(64, 16).unwrap());
+        }
+        "double-free" => {
+            let p = rust_alloc_site(l);
+            rust_free_site(p, l);
+            rust_free_site(p, l);
+        }
+        "overflow" => {
+            let p = rust_alloc_site(l);
+            poke(p, 32);
+            rust_free_site(p, l);
+        }
+        "use-after-free" => {
+            let p = rust_alloc_site(l);
+            rust_free_site(p, l);
+            poke(p, 4);
+        }
+        "clean" => {
+            let v: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+            let joined = v.join(",");
+            let h = std::thread::spawn(move || joined.len());
+            assert!(h.join().unwrap() > 1000);
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+    println!("end");
+}
+
+fn unsafe_gettid() -> i64 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) }
+}
+
+struct Child {
+    status: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn child(scenario: &str, opts: &str) -> Child {
+    let o = Command::new(std::env::current_exe().unwrap())
+        .args(["child::entry", "--exact", "--nocapture", "--test-threads=1"])
+        .env(ENV, scenario)
+        .env("UKASAN_OPTIONS", opts)
+        .output()
+        .unwrap();
+    Child {
+        status: o.status.code(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+impl Child {
+    fn tid(&self) -> String {
+        // libtest prints "test child::entry ... " on the same line.
+        let after = self.stdout.split("tid=").nth(1).expect("tid printed");
+        after.chars().take_while(char::is_ascii_digit).collect()
+    }
+
+    /// The report texts (between rule lines).
+    fn reports(&self) -> Vec<String> {
+        let rule = "=".repeat(66);
+        let parts: Vec<&str> = self.stderr.split(&format!("{rule}\n")).collect();
+        parts.iter().skip(1).step_by(2).map(|s| s.to_string()).collect()
+    }
+
+    fn only(&self, kind: &str) -> String {
+        let r: Vec<String> = self
+            .reports()
+            .into_iter()
+            .filter(|r| r.starts_with(&format!("BUG: KASAN: {kind} in ")))
+            .collect();
+        assert_eq!(r.len(), 1, "expected one {kind}:\n{}", self.stderr);
+        r.into_iter().next().unwrap()
+    }
+}
+
+/// Function names (demangled, via `nm`) of the frames of one section of a report: the frames
+/// print `(module+0xoffset)` and the module is this executable.
+fn section_functions(report: &str, title: &str) -> Vec<String> {
+    let lines: Vec<&str> = report
+        .lines()
+        .skip_while(|l| !l.starts_with(title))
+        .skip(1)
+        .take_while(|l| l.starts_with(' '))
+        .collect();
+    lines.iter().filter_map(|l| resolve(l)).collect()
+}
+
+fn stack_functions(report: &str) -> Vec<String> {
+    report.lines().skip(2).take_while(|l| l.starts_with(" #")).filter_map(resolve).collect()
+}
+
+fn resolve(frame: &str) -> Option<String> {
+    let exe = std::env::current_exe().unwrap();
+    let inner = frame.rsplit_once('(')?.1.strip_suffix(')')?;
+    let (module, off) = inner.rsplit_once("+0x")?;
+    if std::fs::canonicalize(module).ok()? != std::fs::canonicalize(&exe).ok()? {
+        return None;
+    }
+    let off = usize::from_str_radix(off, 16).ok()? - 1;
+    symbols().iter().take_while(|(a, _)| *a <= off).last().map(|(_, n)| n.clone())
+}
+
+fn symbols() -> &'static Vec<(usize, String)> {
+    static SYMS: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+    SYMS.get_or_init(|| {
+        let out = Command::new("nm")
+            .args(["-C", "--defined-only"])
+            .arg(std::env::current_exe().unwrap())
+            .output()
+            .expect("nm");
+        let mut v: Vec<(usize, String)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.splitn(3, ' ');
+                let a = usize::from_str_radix(it.next()?, 16).ok()?;
+                let t = it.next()?;
+                let name = it.next()?;
+                (t == "t" || t == "T").then(|| (a, name.to_string()))
+            })
+            .collect();
+        v.sort();
+        v
+    })
+}
+
+fn has(funcs: &[String], name: &str) -> bool {
+    funcs.iter().any(|f| f.contains(name))
+}
+
+#[test]
+fn layout_mismatch_on_dealloc() {
+    let c = child("layout-mismatch", "");
+    let r = c.only("layout-mismatch");
+    let tid = c.tid();
+    assert!(
+        r.contains("Rust dealloc of addr 0x") && r.contains(&format!("by thread {tid} with Layout {{ size: 24, align: 8 }}, but it was allocated with Layout {{ size: 32, align: 8 }}")),
+        "{r}"
+    );
+    assert!(has(&stack_functions(&r), "rust_free_site"), "{r}");
+    assert!(r.contains(&format!("Allocated by thread {tid}:")));
+    assert!(has(&section_functions(&r, "Allocated by thread"), "rust_alloc_site"), "{r}");
+    assert!(c.stdout.contains("end"));
+    assert_eq!(c.status, Some(1), "exitcode applies after a report");
+}
+
+#[test]
+fn layout_mismatch_on_realloc() {
+    let c = child("realloc-layout-mismatch", "");
+    let r = c.only("layout-mismatch");
+    assert!(r.contains("with Layout { size: 32, align: 16 }, but it was allocated with Layout { size: 32, align: 8 }"), "{r}");
+    assert!(has(&stack_functions(&r), "rust_realloc_site"), "{r}");
+    assert!(has(&section_functions(&r, "Allocated by thread"), "rust_alloc_site"), "{r}");
+}
+
+#[test]
+fn double_free_of_rust_allocation() {
+    let c = child("double-free", "stacks=fp");
+    let r = c.only("double-free");
+    let tid = c.tid();
+    assert!(r.contains(&format!("Freed by thread {tid}:")), "{r}");
+    assert!(has(&section_functions(&r, "Freed by thread"), "rust_free_site"), "{r}");
+    assert!(has(&section_functions(&r, "Allocated by thread"), "rust_alloc_site"), "{r}");
+}
+
+#[test]
+fn overflow_of_rust_allocation() {
+    let c = child("overflow", "");
+    let r = c.only("out-of-bounds");
+    assert!(r.contains("detected at free"), "{r}");
+    assert!(r.contains("located 0 bytes to the right of 32-byte region"), "{r}");
+    assert!(has(&section_functions(&r, "Allocated by thread"), "rust_alloc_site"), "{r}");
+}
+
+#[test]
+fn use_after_free_of_rust_allocation_found_at_exit() {
+    let c = child("use-after-free", "stacks=libgcc");
+    let r = c.only("use-after-free");
+    assert!(r.contains("detected at exit"), "{r}");
+    assert!(has(&section_functions(&r, "Freed by thread"), "rust_free_site"), "{r}");
+    assert!(has(&section_functions(&r, "Allocated by thread"), "rust_alloc_site"), "{r}");
+    assert_eq!(c.status, Some(1));
+}
+
+#[test]
+fn clean_rust_program_and_leak_check_opt_in() {
+    let c = child("clean", "");
+    assert!(c.reports().is_empty(), "{}", c.stderr);
+    assert_eq!(c.status, Some(0));
+    let c = child("clean", "detect_leaks=1");
+    assert!(
+        !c.stderr.contains("BUG: KASAN: use-after-free") && !c.stderr.contains("out-of-bounds"),
+        "{}",
+        c.stderr
+    );
+}
