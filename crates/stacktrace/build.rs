@@ -22,4 +22,27 @@ fn main() {
     if arch == "aarch64" && scs {
         println!("cargo::rustc-cfg=ukasan_scs");
     }
+    if !forces_frame_pointers(&flags) {
+        println!(
+            "cargo::warning=ukasan-stacktrace built without `-C force-frame-pointers=yes`: \
+             entry points cannot find their caller and captures come back empty (the ukasan \
+             workspace's .cargo/config.toml sets it; build from the repository root)"
+        );
+    }
+}
+
+/// Whether the rustflags force frame pointers (`-C force-frame-pointers[=yes|y|on|true]`).
+fn forces_frame_pointers(flags: &[&str]) -> bool {
+    flags.iter().enumerate().any(|(i, f)| {
+        let f = f.strip_prefix("-C").map(str::trim_start).unwrap_or(f);
+        let f = if f.is_empty() { flags.get(i + 1).copied().unwrap_or("") } else { f };
+        matches!(
+            f,
+            "force-frame-pointers"
+                | "force-frame-pointers=yes"
+                | "force-frame-pointers=y"
+                | "force-frame-pointers=on"
+                | "force-frame-pointers=true"
+        )
+    })
 }

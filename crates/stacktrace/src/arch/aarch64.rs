@@ -16,7 +16,15 @@ pub fn read_fp() -> usize {
 /// Registers of the caller of the function whose frame record is at `fp`.
 #[inline(always)]
 pub fn frame_record_regs(fp: usize) -> Regs {
-    // SAFETY: `fp` is the live frame record of the calling entry point: `{x29, x30}`.
+    let sp: usize;
+    // SAFETY: reads a register, touches no memory.
+    unsafe { core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    let on_stack = crate::bounds::current(sp).is_some_and(|b| b.contains(fp, 16));
+    if fp % 16 != 0 || fp < sp || !on_stack {
+        return Regs::default(); // no frame record: built without frame pointers
+    }
+    // SAFETY: `fp` is aligned, above sp and on the current thread's stack: the live frame
+    // record of the calling entry point, `{x29, x30}`.
     let (saved_fp, lr) = unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) };
     Regs { pc: crate::strip_pac(lr), sp: fp + 16, fp: saved_fp, pc_is_exact: false }
 }

@@ -14,10 +14,23 @@ pub fn read_fp() -> usize {
 }
 
 /// Registers of the caller of the function whose frame record is at `fp`.
+///
+/// The record is trusted only if it is aligned and lies above the current stack pointer on
+/// the current thread's stack: a function built without frame pointers leaves an unrelated
+/// value in `rbp`, and then the answer is `Regs::default()` (every backend reports no frames)
+/// rather than a wild read.
 #[inline(always)]
 pub fn frame_record_regs(fp: usize) -> Regs {
-    // SAFETY: `fp` is the live frame pointer of the calling entry point, which was built with
-    // frame pointers, so `[fp]` and `[fp + 8]` are its saved rbp and return address.
+    let sp: usize;
+    // SAFETY: reads a register, touches no memory.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    let on_stack = crate::bounds::current(sp).is_some_and(|b| b.contains(fp, 16));
+    if fp % 16 != 0 || fp < sp || !on_stack {
+        return Regs::default();
+    }
+    // SAFETY: `fp` is aligned, above the live stack pointer and inside the current thread's
+    // stack mapping: the frame record of the function that expanded `caller_regs!` (built
+    // with frame pointers), `{saved rbp, return address}`.
     let (saved_fp, ra) = unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) };
     Regs { pc: ra, sp: fp + 16, fp: saved_fp, pc_is_exact: false }
 }
