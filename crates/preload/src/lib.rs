@@ -17,6 +17,8 @@
 //! - `detect_leaks` defaults to on here.
 //! - Throwing `operator new` that cannot allocate throws `std::bad_alloc` through libstdc++'s
 //!   `std::__throw_bad_alloc` (found with `dlsym`); without libstdc++ it aborts with a message.
+//! - Exports `backtrace` too: glibc's would list the software shadow stack's trampoline as
+//!   a frame for every patched frame (see `backtrace.rs`).
 //! - Built with `panic = "unwind"` (the default): a preload built with `panic=abort` aborts
 //!   on the first C++ exception that crosses an exported `C-unwind` frame.
 //!
@@ -237,4 +239,5 @@ pub extern "C" fn ukasan_check_now() -> u32 {
     RT.reports()
 }
 
+mod backtrace;
 mod cxx;

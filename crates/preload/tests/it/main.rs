@@ -7,3 +7,4 @@ mod bugs;
 mod clean;
 mod common;
 mod options;
+mod shadow;

@@ -1,0 +1,139 @@
+//! `ukasan run`: PROGRAM under the detector, or the bundled demo when there is no PROGRAM.
+
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
+use std::process::{Command, ExitCode};
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::child;
+use crate::mode::{parse_mode, Mode, Stacks};
+
+/// Options understood by the detector (`UKASAN_OPTIONS`), for `-o key=value` validation.
+pub const KNOWN_KEYS: &[&str] = &[
+    "stacks",
+    "depot",
+    "depth",
+    "quarantine_size_mb",
+    "redzone",
+    "halt_on_error",
+    "exitcode",
+    "log_path",
+    "report_format",
+    "detect_leaks",
+    "symbolize",
+    "verbosity",
+];
+
+/// Arguments of `ukasan run`.
+#[derive(Args, Debug, Default, Clone)]
+pub struct RunArgs {
+    /// Detector mode.
+    #[arg(long, default_value = "generic", value_parser = parse_mode)]
+    pub mode: Mode,
+    /// How allocation and free stacks are collected (default: the detector's choice).
+    #[arg(long, value_enum)]
+    pub stacks: Option<Stacks>,
+    /// Reports as JSON Lines (report_format=json).
+    #[arg(long)]
+    pub json: bool,
+    /// A detector option, `key=value` (repeatable), passed through UKASAN_OPTIONS.
+    #[arg(short = 'o', long = "option", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub options: Vec<(String, String)>,
+    /// The program to run and its arguments (after `--`); none runs the bug-class demo.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
+    pub command: Vec<OsString>,
+}
+
+/// clap value parser for `-o key=value`.
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not key=value"))?;
+    if !KNOWN_KEYS.contains(&k) {
+        return Err(format!("unknown option `{k}` (accepted: {})", KNOWN_KEYS.join(", ")));
+    }
+    if v.contains(':') {
+        return Err(format!("the value of `{k}` cannot contain `:` (the option separator)"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+impl RunArgs {
+    /// The `UKASAN_OPTIONS` value these flags ask for (flags first, `-o` after, so `-o` wins).
+    pub fn options_string(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(s) = self.stacks {
+            parts.push(format!("stacks={}", s.name()));
+        }
+        if self.json {
+            parts.push("report_format=json".to_string());
+        }
+        parts.extend(self.options.iter().map(|(k, v)| format!("{k}={v}")));
+        parts.join(":")
+    }
+}
+
+/// The environment that puts a child under the detector: `LD_PRELOAD` with `lib` appended to
+/// any existing value, and `UKASAN_OPTIONS` with `options` appended to any existing value
+/// (the detector reads left to right, so ours win).
+pub fn detector_env(lib: &Path, options: &str) -> Vec<(&'static str, OsString)> {
+    let join = |var: &str, add: &OsStr| -> OsString {
+        match std::env::var_os(var).filter(|v| !v.is_empty()) {
+            Some(mut old) if !add.is_empty() => {
+                old.push(":");
+                old.push(add);
+                old
+            }
+            Some(old) => old,
+            None => add.to_os_string(),
+        }
+    };
+    vec![
+        ("LD_PRELOAD", join("LD_PRELOAD", lib.as_os_str())),
+        ("UKASAN_OPTIONS", join("UKASAN_OPTIONS", OsStr::new(options))),
+    ]
+}
+
+/// `ukasan run`.
+pub fn main(args: &RunArgs) -> Result<ExitCode> {
+    let Some((prog, rest)) = args.command.split_first() else {
+        return crate::demo::main(args);
+    };
+    let lib = crate::preload::locate()?;
+    let mut cmd = Command::new(prog);
+    cmd.args(rest).envs(detector_env(&lib, &args.options_string()));
+    match child::run(&mut cmd) {
+        Ok(status) => Ok(ExitCode::from(child::exit_code(status))),
+        Err(e) => {
+            eprintln!("ukasan: {}", child::describe(prog, &e));
+            Ok(ExitCode::from(match e {
+                child::SpawnError::NotFound => 127,
+                _ => 126,
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_string_orders_flags_then_o() {
+        let a = RunArgs {
+            stacks: Some(Stacks::Fp),
+            json: true,
+            options: vec![parse_kv("depth=8").unwrap(), parse_kv("stacks=off").unwrap()],
+            ..RunArgs::default()
+        };
+        assert_eq!(a.options_string(), "stacks=fp:report_format=json:depth=8:stacks=off");
+    }
+
+    #[test]
+    fn bad_kv_names_the_problem() {
+        assert!(parse_kv("depth").unwrap_err().contains("key=value"));
+        let e = parse_kv("colour=red").unwrap_err();
+        assert!(e.contains("unknown option `colour`") && e.contains("halt_on_error"), "{e}");
+        assert!(parse_kv("log_path=a:b").unwrap_err().contains("`:`"));
+    }
+}
