@@ -9,6 +9,7 @@
 mod tests {
     use std::hint::black_box;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
 
     use stacktrace::shadow::{register_scs_base, scs};
     use stacktrace::{capture, capture_with, Backend, Unsupported};
@@ -62,10 +63,7 @@ mod tests {
         assert_eq!(s[2..10], f[2..10]);
         // The rest: the SCS misses uninstrumented frames (libc), never invents any.
         let mut it = f[2..].iter();
-        assert!(
-            s[2..].iter().all(|a| it.any(|b| b == a)),
-            "scs {s:x?} not within {f:x?}"
-        );
+        assert!(s[2..].iter().all(|a| it.any(|b| b == a)), "scs {s:x?} not within {f:x?}");
     }
 
     #[test]
@@ -82,10 +80,7 @@ mod tests {
         // SAFETY: the slot below x18 is this function's live SCS entry.
         let raw = unsafe { *((x18 - 8) as *const usize) };
         let signed = raw != stacktrace::strip_pac(raw);
-        eprintln!(
-            "raw SCS entry {raw:#x}: {}",
-            if signed { "PAC-signed" } else { "unsigned" }
-        );
+        eprintln!("raw SCS entry {raw:#x}: {}", if signed { "PAC-signed" } else { "unsigned" });
         assert_eq!(signed, option_env!("UKASAN_SCS_PAC") == Some("1"));
     }
 
@@ -102,14 +97,8 @@ mod tests {
         let c = capture(&mut buf).unwrap();
         assert_eq!(c.backend, Backend::Scs);
         // qemu 7.2 has no FEAT_GCS; a newer one has it but the thread has not enabled it.
-        assert_eq!(
-            capture_in(Backend::Gcs, &mut buf),
-            Err(Unsupported::NotEnabled)
-        );
-        assert_eq!(
-            capture_in(Backend::Cet, &mut buf),
-            Err(Unsupported::NotCompiled)
-        );
+        assert_eq!(capture_in(Backend::Gcs, &mut buf), Err(Unsupported::NotEnabled));
+        assert_eq!(capture_in(Backend::Cet, &mut buf), Err(Unsupported::NotCompiled));
     }
 
     #[test]
@@ -126,9 +115,8 @@ mod tests {
         register_scs_base(read_x18());
         let (mut f, mut s) = ([0usize; 16], [0usize; 16]);
         let mut r = [Ok(0); 2];
-        for (i, (backend, buf)) in [(Backend::FramePointer, &mut f), (Backend::Scs, &mut s)]
-            .into_iter()
-            .enumerate()
+        for (i, (backend, buf)) in
+            [(Backend::FramePointer, &mut f), (Backend::Scs, &mut s)].into_iter().enumerate()
         {
             r[i] = capture_in(backend, buf);
         }
@@ -140,10 +128,17 @@ mod tests {
 
     #[test]
     fn every_thread_has_its_own_shadow_stack() {
+        // The threads capture only once all of them exist and exit only once all captured:
+        // qemu-user's /proc/self/maps can miss a mapping while another thread maps or unmaps
+        // (its shadow stack, its stack), and the SCS reader looks its mapping up there.
+        let (start, end) = (Arc::new(Barrier::new(4)), Arc::new(Barrier::new(4)));
         let hs: Vec<_> = (0..4)
             .map(|_| {
-                std::thread::spawn(|| {
+                let (start, end) = (start.clone(), end.clone());
+                std::thread::spawn(move || {
+                    start.wait();
                     check_agrees_with_frame_pointers();
+                    end.wait();
                     read_x18()
                 })
             })
@@ -185,18 +180,12 @@ mod tests {
         });
         // Relaxed: written by the handler on this thread before `raise` returned.
         let n = IN_HANDLER_LEN.load(Ordering::Relaxed);
-        let h: Vec<usize> = IN_HANDLER[..n]
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .collect();
+        let h: Vec<usize> = IN_HANDLER[..n].iter().map(|a| a.load(Ordering::Relaxed)).collect();
         // The handler's trace holds the returns into nest(0..=4) and into this test, as the
         // frame-pointer walk at the raise site saw them (entries 2..8; entry 1, the return into
         // the closure from `raise`, is not on the SCS: libc is not instrumented).
         assert!(nf >= 8);
-        let at = h
-            .iter()
-            .position(|&a| a == f[2])
-            .unwrap_or_else(|| panic!("{h:x?} vs {f:x?}"));
+        let at = h.iter().position(|&a| a == f[2]).unwrap_or_else(|| panic!("{h:x?} vs {f:x?}"));
         assert!(at >= 2, "handler frames come first: {h:x?}");
         assert_eq!(h[at..at + 6], f[2..8]);
     }

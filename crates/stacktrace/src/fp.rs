@@ -33,7 +33,7 @@ pub struct LiveStack(pub bounds::StackBounds);
 impl Memory for LiveStack {
     #[inline]
     fn read(&self, addr: usize) -> Option<usize> {
-        if addr % core::mem::size_of::<usize>() != 0 || !self.0.contains(addr, 8) {
+        if !addr.is_multiple_of(core::mem::size_of::<usize>()) || !self.0.contains(addr, 8) {
             return None;
         }
         // SAFETY: `addr` is aligned and inside the current thread's stack mapping, which is
@@ -43,7 +43,7 @@ impl Memory for LiveStack {
 
     #[inline]
     fn read_pair(&self, addr: usize) -> Option<(usize, usize)> {
-        if addr % core::mem::size_of::<usize>() != 0 || !self.0.contains(addr, 16) {
+        if !addr.is_multiple_of(core::mem::size_of::<usize>()) || !self.0.contains(addr, 16) {
             return None;
         }
         let p = addr as *const usize;
@@ -69,7 +69,7 @@ pub fn walk<M: Memory>(mem: &M, regs: &Regs, buf: &mut [usize]) -> usize {
     let mut fp = regs.fp;
     let mut floor = regs.sp;
     while n < buf.len() {
-        if fp < floor || fp % core::mem::size_of::<usize>() != 0 {
+        if fp < floor || !fp.is_multiple_of(core::mem::size_of::<usize>()) {
             break;
         }
         let Some((next, ra)) = mem.read_pair(fp) else { break };
@@ -126,7 +126,7 @@ mod tests {
     impl Memory for Image {
         fn read(&self, addr: usize) -> Option<usize> {
             let i = addr.checked_sub(self.base)? / 8;
-            (addr % 8 == 0).then_some(())?;
+            addr.is_multiple_of(8).then_some(())?;
             self.words.get(i).copied()
         }
     }

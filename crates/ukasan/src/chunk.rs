@@ -137,7 +137,7 @@ pub struct Header {
 }
 
 const _: () = assert!(core::mem::size_of::<Header>() == HDR);
-const _: () = assert!((HDR + LEFT_RZ) % MIN_ALIGN == 0);
+const _: () = assert!((HDR + LEFT_RZ).is_multiple_of(MIN_ALIGN));
 
 /// Where a chunk for a request goes inside its backing block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

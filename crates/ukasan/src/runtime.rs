@@ -343,7 +343,7 @@ impl Runtime {
     #[inline]
     unsafe fn header<'a>(p: *mut u8) -> Option<&'a mut Header> {
         let h = Header::of(p as usize);
-        if (h as usize) % chunk::MIN_ALIGN != 0 || (p as usize) < 4096 {
+        if !(h as usize).is_multiple_of(chunk::MIN_ALIGN) || (p as usize) < 4096 {
             return None;
         }
         // SAFETY: readable per the caller's contract; validity checked by the magic.

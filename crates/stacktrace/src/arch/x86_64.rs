@@ -23,9 +23,11 @@ pub fn read_fp() -> usize {
 pub fn frame_record_regs(fp: usize) -> Regs {
     let sp: usize;
     // SAFETY: reads a register, touches no memory.
-    unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
     let on_stack = crate::bounds::current(sp).is_some_and(|b| b.contains(fp, 16));
-    if fp % 16 != 0 || fp < sp || !on_stack {
+    if !fp.is_multiple_of(16) || fp < sp || !on_stack {
         return Regs::default();
     }
     // SAFETY: `fp` is aligned, above the live stack pointer and inside the current thread's

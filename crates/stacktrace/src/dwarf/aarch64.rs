@@ -1,8 +1,11 @@
 //! aarch64 specifics of the DWARF walker (same names as `x86_64.rs`).
 //!
-//! Not exercised on this x86-64 machine. The walker tracks `pc`, `sp` and `x29` only, so a
-//! frame whose return address still lives in `x30` (a leaf interrupted by a signal) ends the
-//! walk.
+//! Exercised under qemu-user by `aarch64/check.sh` (unit and integration tests, but the
+//! signal tests: qemu 7.2 has no vDSO, so its signal trampoline has no CFI). The walker tracks
+//! `pc`, `sp` and `x29` only, so a frame whose return address still lives in `x30` (a leaf
+//! without a frame record, or any function before its prologue, interrupted by a signal)
+//! ends the walk. Arm64 code keeps its frame record at the bottom of the callee-saved area,
+//! so the CFA is often `x29 + 32` or more, not `x29 + 16` as on x86-64.
 
 use gimli::Register;
 

@@ -75,7 +75,10 @@ fn rule_in(m: &module::Module, lookup: usize, pc: usize) -> Option<Rule> {
     let (cfa_fp, cfa_off) = cfa;
     let ra_off = match rule_of(row, ra_reg) {
         Some(RegisterRule::Offset(o)) => i16::try_from(o).ok()?,
-        // No rule, or explicitly undefined: the outermost frame (`_start`, `clone3`).
+        // Explicitly undefined: the outermost frame (`_start`, `clone3`). No rule: never on
+        // x86-64 (the CIE saves the return address); on aarch64 it is still in x30 (before
+        // the prologue, or a leaf without a frame record), which the walker does not track.
+        // Both end the walk.
         None | Some(RegisterRule::Undefined) => return Some(Rule::Stop),
         _ => return None,
     };
@@ -103,19 +106,56 @@ mod tests {
         core::hint::black_box(x) + 1
     }
 
+    /// The return address into the caller of this function: a call site inside it.
+    #[inline(never)]
+    fn return_address() -> usize {
+        crate::arch::caller_regs!().pc
+    }
+
     #[test]
     fn rules_of_known_code() {
-        // At a function's first instruction the CFA is sp + 8 (x86-64: the return address
-        // just pushed) and the frame pointer is untouched.
         let f = leaf as *const () as usize;
         assert_eq!(leaf(1), 2);
         let r = rule_for(f, f, &mut false).unwrap();
+        // At a function's first instruction the frame pointer is untouched and the return
+        // address is where the call left it. x86-64: on the stack, CFA = sp + 8.
         #[cfg(target_arch = "x86_64")]
         assert_eq!(r, Rule::Frame { cfa_fp: false, cfa_off: 8, ra_off: -8, fp_off: None });
-        assert!(matches!(r, Rule::Frame { cfa_fp: false, .. }), "{r:?}");
-        // glibc's qsort has CFI too (no frame pointer there).
+        // aarch64: CFA = sp, the return address still in x30 (no rule for it in the row, as
+        // opposed to `DW_CFA_undefined` in `_start`). A rule cannot say "in x30" because the
+        // walker does not track x30, so the walk stops there (a documented limit).
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(r, Rule::Stop);
+        // Past the prologue of a function built with frame pointers: CFA = fp + n, and the
+        // frame record {caller's fp, return address} at fp. x86-64: always right below the
+        // CFA; aarch64: below the other callee-saved registers, so n may exceed 16.
+        let ra = return_address();
+        let r = rule_for(ra - 1, ra, &mut false).unwrap();
+        let Rule::Frame { cfa_fp: true, cfa_off, ra_off, fp_off: Some(fp_off) } = r else {
+            panic!("no frame record: {r:?}")
+        };
+        assert_eq!((i32::from(fp_off), i32::from(ra_off)), (-cfa_off, 8 - cfa_off), "{r:?}");
+        assert!(cfa_off >= 16, "{r:?}");
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(cfa_off, 16, "{r:?}");
+        // glibc's qsort has CFI too (no frame pointer there). x86-64: entry rule as above.
         let q = libc::qsort as *const () as usize;
+        #[cfg(target_arch = "x86_64")]
         assert!(matches!(rule_for(q, q, &mut false), Ok(Rule::Frame { cfa_fp: false, .. })));
+        // aarch64: `qsort` is a tail call to `qsort_r`, which has nothing saved at its entry;
+        // a few instructions in, its prologue has pushed x29/x30 and the CFA is sp-based.
+        #[cfg(target_arch = "aarch64")]
+        {
+            let q = libc::qsort_r as *const () as usize;
+            assert_eq!(rule_for(q, q, &mut false), Ok(Rule::Stop));
+            let sp_based = (4..64).step_by(4).any(|off| {
+                matches!(
+                    rule_for(q + off, q + off, &mut false),
+                    Ok(Rule::Frame { cfa_fp: false, cfa_off: 16.., fp_off: Some(_), .. })
+                )
+            });
+            assert!(sp_based, "no sp-based frame rule in qsort_r's first 16 instructions");
+        }
         // An address in no object.
         assert_eq!(rule_for(4096, 4096, &mut false), Err(Miss::NotFound));
     }

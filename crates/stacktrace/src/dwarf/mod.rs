@@ -39,8 +39,9 @@
 //!
 //! # Known limits
 //! The cache is keyed by address: after `dlclose` and a `dlopen` that reuses the range, call
-//! [`flush_cache`]. A frame whose return address is still in a register (an aarch64 leaf
-//! interrupted by a signal) ends the walk.
+//! [`flush_cache`]. A frame whose return address is still in a register (on aarch64, a leaf
+//! without a frame record or a function before its prologue, interrupted by a signal) ends
+//! the walk.
 //!
 //! # Example
 //! ```

@@ -368,9 +368,17 @@ mod tests {
 
     #[test]
     fn unchanged_counters_skip_the_rewrite() {
-        refresh();
-        // Acquire: pairs with refresh's Release.
-        let s = SEQ.load(Ordering::Acquire);
+        // A parallel test may be taking the first snapshot (then `refresh` returns at once):
+        // go on once a refresh has finished with no writer left.
+        let s = loop {
+            refresh();
+            // Acquire: pairs with the Release that frees the writer lock in `refresh`.
+            if !WRITER.load(Ordering::Acquire) {
+                // Acquire: pairs with refresh's Release.
+                break SEQ.load(Ordering::Acquire);
+            }
+            std::thread::yield_now();
+        };
         refresh();
         // Other tests may dlopen in parallel, but nothing here does: the snapshot stands.
         assert_eq!(SEQ.load(Ordering::Acquire), s);

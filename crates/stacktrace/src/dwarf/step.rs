@@ -1,30 +1,84 @@
-//! One frame's rule, for other backends: the software shadow stack asks, before it patches a
-//! return-address slot found through the frame-pointer chain, whether the CFI proves that the
-//! frame keeps its frame record at `fp` (saved fp at `fp`, return address at `fp + 8`).
+//! One frame's step, for other backends: the software shadow stack walks with these steps
+//! (a frame-pointer step only where the CFI proves a frame record at `fp`: saved fp at `fp`,
+//! return address at `fp + 8`; the CFI's step otherwise) so that its output equals a DWARF
+//! walk, and hands signal frames to the DWARF walker ([`walk_from`]).
 //!
 //! # Signal safety
-//! [`frame_record_at_fp`] is async-signal-safe under the conditions of the module docs of
-//! `dwarf`; it never refreshes the `dl_iterate_phdr` snapshot (it may run in a handler).
+//! [`unwind`] and [`walk_from`] are async-signal-safe under the conditions of the module docs
+//! of `dwarf`; they never refresh the `dl_iterate_phdr` snapshot (they may run in a handler).
 
 use super::cache::{self, Rule};
 use super::cfi;
+use super::module::Miss;
+use super::walk::{self, LiveRules, LiveStacks};
+use crate::fp::LiveStack;
+use crate::Regs;
 
-/// For a frame whose program counter is the return address `ra` (looked up at `ra - 1`):
-/// `Some(true)` when its CFI says CFA = fp + 16, return address at CFA - 8 and the caller's
-/// fp at CFA - 16, i.e. `fp` points at a genuine frame record; `Some(false)` for any other
-/// rule; `None` when there is no CFI for it.
+/// How the frame running at `pc` (a return address, looked up at `pc - 1`) with stack
+/// pointer `sp` and frame pointer `fp` reaches its caller, for a walk that knows those
+/// registers exactly (see [`unwind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unwind {
+    /// A frame record at `fp`: CFA = fp + 16, return address at CFA - 8, the caller's fp at
+    /// CFA - 16.
+    Record,
+    /// Another plain rule: the caller's stack pointer (the CFA), the return-address slot, and
+    /// where the caller's fp is saved (`None`: unchanged).
+    Cfa { cfa: usize, slot: usize, fp_slot: Option<usize> },
+    /// The DWARF walker stops here: the outermost frame, no CFI, or a rule it cannot use.
+    Stop,
+    /// A signal frame (or a rule too large to cache): only the full walker ([`walk_from`])
+    /// goes on.
+    Other,
+}
+
+/// The step of the DWARF walker from one frame, for a walk mixing frame-pointer steps (where
+/// the CFI proves them) and CFI steps, so that its output equals a DWARF walk. Never
+/// refreshes the module snapshot (it may run in a signal handler).
 #[inline]
-pub(crate) fn frame_record_at_fp(ra: usize) -> Option<bool> {
-    let lookup = ra.checked_sub(1)?;
-    let rule = match cache::get(lookup) {
-        Some(w) => Rule::unpack(w)?,
+pub(crate) fn unwind(pc: usize, sp: usize, fp: usize) -> Unwind {
+    let Some(lookup) = pc.checked_sub(1) else { return Unwind::Stop };
+    let word = match cache::get(lookup) {
+        Some(w) => w,
         None => {
-            let r = cfi::rule_for(lookup, ra, &mut false).ok()?;
+            let r = match cfi::rule_for(lookup, pc, &mut false) {
+                Ok(r) => r,
+                // As the walker: no object or no CFI is a stable "stop".
+                Err(Miss::NotFound) => Rule::Stop,
+                Err(Miss::Transient) => return Unwind::Stop,
+            };
             cache::insert(lookup, r);
-            r
+            match r.pack() {
+                Some(w) => w,
+                // A huge frame: whatever the walker does with it (today: stop), it decides.
+                None => return Unwind::Other,
+            }
         }
     };
-    Some(matches!(rule, Rule::Frame { cfa_fp: true, cfa_off: 16, ra_off: -8, fp_off: Some(-16) }))
+    // The common case first, on the packed word (as in the walker).
+    if word == walk::FP_RECORD_WORD {
+        return Unwind::Record;
+    }
+    match Rule::unpack(word) {
+        Some(Rule::Frame { cfa_fp, cfa_off, ra_off, fp_off }) => {
+            let cfa = if cfa_fp { fp } else { sp }.wrapping_add(cfa_off as isize as usize);
+            Unwind::Cfa {
+                cfa,
+                slot: cfa.wrapping_add(ra_off as isize as usize),
+                fp_slot: fp_off.map(|o| cfa.wrapping_add(o as isize as usize)),
+            }
+        }
+        Some(Rule::Signal) => Unwind::Other,
+        Some(Rule::Stop) | None => Unwind::Stop,
+    }
+}
+
+/// The DWARF walk from `regs` (a return address as pc, on the current thread's stack) into
+/// `buf`, `buf[0] = regs.pc`; returns how many. Never refreshes the module snapshot.
+pub(crate) fn walk_from(regs: &Regs, buf: &mut [usize]) -> usize {
+    let Some(b) = crate::bounds::current(regs.sp) else { return 0 };
+    let mut stack = LiveStacks(LiveStack(b));
+    walk::walk(&mut stack, &mut LiveRules { may_refresh: false }, regs, buf)
 }
 
 #[cfg(test)]
@@ -40,7 +94,8 @@ mod tests {
     fn rust_call_sites_keep_frame_records_and_page_zero_has_no_cfi() {
         // This crate is built with frame pointers: the return address into this test
         // function is a call site inside an rbp frame.
-        assert_eq!(frame_record_at_fp(here()), Some(true));
-        assert_eq!(frame_record_at_fp(4096), None);
+        assert_eq!(unwind(here(), 0, 0), Unwind::Record);
+        assert_eq!(unwind(4096, 0, 0), Unwind::Stop);
+        assert_eq!(unwind(0, 0, 0), Unwind::Stop);
     }
 }

@@ -17,7 +17,7 @@ use crate::{bounds, Regs, Unsupported};
 #[cfg(test)]
 const FP_RECORD: Rule = Rule::Frame { cfa_fp: true, cfa_off: 16, ra_off: -8, fp_off: Some(-16) };
 /// [`FP_RECORD`] packed (checked by a unit test).
-const FP_RECORD_WORD: u64 =
+pub(super) const FP_RECORD_WORD: u64 =
     1 | 1 << 2 | 1 << 3 | 16 << 8 | (-8i16 as u16 as u64) << 32 | (-16i16 as u16 as u64) << 48;
 
 /// Lowest address a program counter may have: nothing executable lives in page zero.
@@ -130,7 +130,7 @@ fn strip(pc: usize) -> usize {
 }
 
 /// The current thread's stacks, bounds looked up again on a stack switch.
-struct LiveStacks(LiveStack);
+pub(super) struct LiveStacks(pub(super) LiveStack);
 
 impl Stack for LiveStacks {
     #[inline(always)]
@@ -156,10 +156,10 @@ impl Stack for LiveStacks {
 }
 
 /// The rule cache in front of the CFI parser.
-struct LiveRules {
+pub(super) struct LiveRules {
     /// The module snapshot (glibc < 2.35 only) may be refreshed: once per capture, never in
     /// signal context.
-    may_refresh: bool,
+    pub(super) may_refresh: bool,
 }
 
 impl Rules for LiveRules {

@@ -19,26 +19,55 @@ const EXTRA: usize = 256;
 /// Frames compared by the cross-check (a fixed stack buffer).
 const CROSS_CHECK_DEPTH: usize = 512;
 
-/// The current thread's stack `[lo, hi)`, its shadow, and the rule cache.
-struct Live {
+/// The current thread's stack `[lo, hi)` (as `lo..=last`, its highest word) and the
+/// trampoline's address.
+struct Live<'a> {
     lo: usize,
-    hi: usize,
+    last: usize,
     tramp: usize,
+    /// The block whose `record_pcs` spare rule-cache lookups (`None`: always look up).
+    memo: Option<&'a ThreadState>,
 }
 
-impl Live {
+impl<'a> Live<'a> {
+    /// From the thread's block and its bounds (those of an active thread; any other pair,
+    /// 0 and 0 before set-up, makes nothing readable).
+    #[inline(always)]
+    fn new(st: &'a ThreadState, lo: usize, hi: usize) -> Live<'a> {
+        Live { memo: Some(st), ..Live::unmemoized(lo, hi) }
+    }
+
+    /// As [`Live::new`], without the `record_pcs` memo (the cross-check's reference walk,
+    /// so that it does not share what it checks).
+    #[inline(always)]
+    fn unmemoized(lo: usize, hi: usize) -> Live<'a> {
+        Live { lo: lo.max(4096), last: hi.saturating_sub(8), tramp: arch::trampoline(), memo: None }
+    }
+
     #[inline(always)]
     fn holds(&self, addr: usize) -> bool {
-        addr % 8 == 0 && addr >= self.lo && addr < self.hi
+        addr.is_multiple_of(8) && addr >= self.lo && addr <= self.last
     }
 }
 
-impl Machine for Live {
+impl Machine for Live<'_> {
     #[inline(always)]
     fn read(&self, addr: usize) -> Option<usize> {
         // SAFETY: aligned and inside the part of this thread's stack that the walk reads
         // (at or above the caller's sp: mapped, even on the growing main stack).
         self.holds(addr).then(|| unsafe { (addr as *const usize).read_volatile() })
+    }
+
+    #[inline(always)]
+    fn read_pair(&self, addr: usize) -> Option<(usize, usize)> {
+        // `addr + 8 <= last` for aligned addresses (`last` is aligned when anything is).
+        if !addr.is_multiple_of(8) || addr < self.lo || addr >= self.last {
+            return None;
+        }
+        let p = addr as *const usize;
+        // SAFETY: both words are aligned and inside `[lo, hi)`, the part of this thread's
+        // stack that the walk reads (see `read`).
+        Some(unsafe { (p.read_volatile(), p.add(1).read_volatile()) })
     }
 
     #[inline(always)]
@@ -50,8 +79,31 @@ impl Machine for Live {
     }
 
     #[inline(always)]
-    fn trusted(&mut self, pc: usize) -> bool {
-        crate::dwarf::step::frame_record_at_fp(pc) == Some(true)
+    fn unwind(&self, pc: usize, sp: usize, fp: usize) -> walk::Unwind {
+        use crate::dwarf::step::{self, Unwind as U};
+        // Relaxed: a word of this thread's block (see `record_pcs`); any value ever stored
+        // is a pc proven to keep a frame record, so a signal handler's store is harmless.
+        let memo = self.memo.map(|st| st.record_pc_slot(pc));
+        if memo.is_some_and(|m| m.load(Relaxed) == pc && pc != 0) {
+            return walk::Unwind::Record;
+        }
+        match step::unwind(pc, sp, fp) {
+            U::Record => {
+                if let Some(m) = memo {
+                    // Relaxed: see above.
+                    m.store(pc, Relaxed);
+                }
+                walk::Unwind::Record
+            }
+            U::Cfa { cfa, slot, fp_slot } => walk::Unwind::Cfa { cfa, slot, fp_slot },
+            U::Stop => walk::Unwind::Stop,
+            U::Other => walk::Unwind::Dwarf,
+        }
+    }
+
+    #[cold]
+    fn walk_from(&self, pc: usize, sp: usize, fp: usize, buf: &mut [usize]) -> usize {
+        crate::dwarf::step::walk_from(&Regs { pc, sp, fp, pc_is_exact: false }, buf)
     }
 
     #[inline(always)]
@@ -73,22 +125,165 @@ impl Machine for Live {
     }
 }
 
-/// See [`super::capture_from`].
-#[inline]
-pub(super) fn capture_from(regs: &Regs, buf: &mut [usize]) -> Result<usize, Unsupported> {
-    if regs.pc_is_exact {
-        return Err(Unsupported::NotEnabled);
-    }
-    let st = arch::state();
+/// The thread's block, loaded once per capture, with `busy` held (its atomics are never
+/// merged by the compiler, so reload nothing).
+#[derive(Clone, Copy)]
+struct Snap {
+    /// `status == ACTIVE && len == last_len`: the steady path may run.
+    steady: bool,
+    lo: usize,
+    hi: usize,
+    len: usize,
+}
+
+#[inline(always)]
+fn snap(st: &ThreadState) -> Snap {
+    let len = st.len.load(Relaxed);
+    let changed = (st.status.load(Relaxed) ^ ACTIVE) | (len ^ st.last_len.load(Relaxed));
+    Snap { steady: changed == 0, lo: st.lo.load(Relaxed), hi: st.hi.load(Relaxed), len }
+}
+
+/// Takes the thread's `busy` flag if it is free (else a signal handler interrupted a capture).
+#[inline(always)]
+fn enter(st: &ThreadState) -> bool {
     if st.busy.load(Relaxed) != 0 {
-        return Err(Unsupported::Reentered);
+        return false;
     }
     // A signal between the load and the store runs a whole capture of its own first.
     st.busy.store(1, Relaxed);
     compiler_fence(SeqCst);
-    let r = locked(st, regs, buf);
+    true
+}
+
+/// Releases what [`enter`] took.
+#[inline(always)]
+fn leave(st: &ThreadState) {
     compiler_fence(SeqCst);
     st.busy.store(0, Relaxed);
+}
+
+/// [`super::capture`]: `caller_regs!` from the frame record at `fp` (the caller of
+/// `capture`), checked against this thread's bounds instead of a bounds lookup when the
+/// steady path can run, then as [`capture_from`].
+#[inline(always)]
+pub(super) fn capture_here(fp: usize, buf: &mut [usize]) -> Result<usize, Unsupported> {
+    let sp = arch::stack_pointer();
+    let st = arch::state();
+    if enter(st) {
+        let s = snap(st);
+        // As `frame_record_regs`: aligned, at or above the live stack pointer, on this stack.
+        if s.steady
+            && fp.is_multiple_of(16)
+            && sp >= s.lo
+            && fp >= sp
+            && fp < s.hi.saturating_sub(16)
+        {
+            let p = fp as *const usize;
+            // SAFETY: `fp` is aligned and `[fp, fp + 16)` lies between the live stack
+            // pointer and the end of this thread's stack: mapped, and the frame record of
+            // our caller's caller (`capture` keeps frame pointers).
+            let (saved_fp, ra) = unsafe { (p.read(), p.add(1).read()) };
+            let regs = Regs { pc: ra, sp: fp + 16, fp: saved_fp, pc_is_exact: false };
+            let r = steady(st, s, &regs, buf);
+            leave(st);
+            return finish(st, &regs, buf, r);
+        }
+        leave(st);
+    }
+    general(st, &slow_caller_regs(fp), buf, true)
+}
+
+#[cold]
+#[inline(never)]
+fn slow_caller_regs(fp: usize) -> Regs {
+    crate::__private::frame_record_regs(fp)
+}
+
+/// See [`super::capture_from`].
+///
+/// The steady state (an active, idle thread on its own stack whose array has not changed
+/// since its previous capture) takes a short path: a few loads from the thread's block,
+/// then [`walk::steady`]. Anything else goes to [`general`].
+#[inline(always)]
+pub(super) fn capture_from(regs: &Regs, buf: &mut [usize]) -> Result<usize, Unsupported> {
+    let st = arch::state();
+    if enter(st) {
+        let s = snap(st);
+        if s.steady && regs.sp >= s.lo && regs.sp < s.hi && !regs.pc_is_exact {
+            let r = steady(st, s, regs, buf);
+            leave(st);
+            return finish(st, regs, buf, r);
+        }
+        leave(st);
+    }
+    general(st, regs, buf, true)
+}
+
+/// The steady path, `busy` held: [`walk::steady`] and the policy's bookkeeping.
+#[inline(always)]
+fn steady(st: &ThreadState, s: Snap, regs: &Regs, buf: &mut [usize]) -> Option<usize> {
+    // SAFETY: an active thread's array holds `len <= CAPACITY` published entries; only this
+    // thread writes it, its signal handlers' captures answer `Reentered` while we hold
+    // `busy`, and the trampoline cannot run meanwhile (patched frames are above this call).
+    let arr = unsafe { core::slice::from_raw_parts(st.entries_ptr(), s.len) };
+    let skip = st.skip.load(Relaxed);
+    let r = walk::steady(&Live::new(st, s.lo, s.hi), arr, regs, buf, skip);
+    if r.is_some() {
+        note_quiet(st, skip);
+    }
+    r
+}
+
+/// After the steady path released `busy`: the cross-check, or the general path if the
+/// steady one did not serve.
+#[inline(always)]
+fn finish(
+    st: &ThreadState,
+    regs: &Regs,
+    buf: &mut [usize],
+    r: Option<usize>,
+) -> Result<usize, Unsupported> {
+    match r {
+        Some(n) => {
+            // Relaxed: a debug switch; see `set_cross_check`.
+            if CROSS_CHECK.load(Relaxed) {
+                cross_check(st, regs, buf, n);
+            }
+            Ok(n)
+        }
+        None => general(st, regs, buf, false),
+    }
+}
+
+/// The policy's bookkeeping after a steady capture (no churn).
+#[inline(always)]
+fn note_quiet(st: &ThreadState, skip: usize) {
+    let quiet = st.quiet.load(Relaxed) + 1;
+    if quiet < policy::DECAY {
+        st.quiet.store(quiet, Relaxed);
+    } else {
+        let (skip, quiet) = policy::next(skip, quiet - 1, 0);
+        st.skip.store(skip, Relaxed);
+        st.quiet.store(quiet, Relaxed);
+    }
+}
+
+/// Every capture that the steady path does not serve; `try_steady` when it was not tried.
+#[inline(never)]
+fn general(
+    st: &ThreadState,
+    regs: &Regs,
+    buf: &mut [usize],
+    try_steady: bool,
+) -> Result<usize, Unsupported> {
+    if regs.pc_is_exact {
+        return Err(Unsupported::NotEnabled);
+    }
+    if !enter(st) {
+        return Err(Unsupported::Reentered);
+    }
+    let r = locked(st, regs, buf, try_steady);
+    leave(st);
     // Relaxed: a debug switch; see `set_cross_check`.
     if let (Ok(n), true) = (r, CROSS_CHECK.load(Relaxed)) {
         cross_check(st, regs, buf, n);
@@ -97,7 +292,12 @@ pub(super) fn capture_from(regs: &Regs, buf: &mut [usize]) -> Result<usize, Unsu
 }
 
 #[inline]
-fn locked(st: &ThreadState, regs: &Regs, buf: &mut [usize]) -> Result<usize, Unsupported> {
+fn locked(
+    st: &ThreadState,
+    regs: &Regs,
+    buf: &mut [usize],
+    try_steady: bool,
+) -> Result<usize, Unsupported> {
     // Relaxed: a process-wide switch; a capture racing with the change may use either value.
     let enabled = ENABLED.load(Relaxed);
     let mut status = st.status.load(Relaxed);
@@ -128,18 +328,11 @@ fn locked(st: &ThreadState, regs: &Regs, buf: &mut [usize]) -> Result<usize, Uns
     // its signal handlers' captures answer `Reentered` while we hold `busy`; the trampoline
     // cannot run meanwhile (patched frames are above this call).
     let arr = unsafe { core::slice::from_raw_parts_mut(st.entries_ptr(), CAPACITY) };
-    let mut m = Live { lo, hi, tramp: arch::trampoline() };
+    let mut m = Live::new(st, lo, hi);
     let last_len = st.last_len.load(Relaxed);
-    if len == last_len {
-        if let Some(n) = walk::steady(&m, arr, len, regs, buf, skip) {
-            let quiet = st.quiet.load(Relaxed) + 1;
-            if quiet < policy::DECAY {
-                st.quiet.store(quiet, Relaxed);
-            } else {
-                let (skip, quiet) = policy::next(skip, quiet - 1, 0);
-                st.skip.store(skip, Relaxed);
-                st.quiet.store(quiet, Relaxed);
-            }
+    if try_steady && len == last_len {
+        if let Some(n) = walk::steady(&m, &arr[..len], regs, buf, skip) {
+            note_quiet(st, skip);
             return Ok(n);
         }
     }
@@ -169,7 +362,7 @@ fn locked(st: &ThreadState, regs: &Regs, buf: &mut [usize]) -> Result<usize, Uns
 #[cold]
 #[inline(never)]
 fn cross_check(st: &ThreadState, regs: &Regs, buf: &[usize], n: usize) {
-    let m = Live { lo: st.lo.load(Relaxed), hi: st.hi.load(Relaxed), tramp: arch::trampoline() };
+    let m = Live::unmemoized(st.lo.load(Relaxed), st.hi.load(Relaxed));
     let mut reference = [0usize; CROSS_CHECK_DEPTH];
     let cap = buf.len().min(CROSS_CHECK_DEPTH);
     let rn = walk::reference(&m, regs, &mut reference[..cap]);
@@ -211,7 +404,7 @@ pub(super) fn real_return_address(slot: usize, value: usize) -> usize {
     if st.entries.load(Relaxed) == 0 {
         return value;
     }
-    let m = Live { lo: st.lo.load(Relaxed), hi: st.hi.load(Relaxed), tramp };
+    let m = Live::new(st, st.lo.load(Relaxed), st.hi.load(Relaxed));
     m.shadow(slot).unwrap_or(value)
 }
 

@@ -2,7 +2,10 @@
 //! so that a capture copies most of the stack instead of unwinding it.
 //!
 //! # How it works
-//! A capture walks frame records from its caller. The first time it meets a frame it records
+//! A capture walks from its caller with exact steps: a frame record where the DWARF CFI
+//! proves one at `fp`, the CFI's rule otherwise (code without frame pointers, whose `rbp` may
+//! be a stale frame pointer that would skip frames), and the DWARF walker past a signal frame,
+//! so that its output is the DWARF walk's. The first time it meets a frame it records
 //! `{return address, slot + 8}` in a per-thread array and overwrites the return-address slot
 //! with the address of a trampoline; the real return address also goes to the thread's
 //! *stack shadow*, a mapping at a fixed distance below the stack. Later captures walk only
@@ -13,8 +16,8 @@
 //! Which frames are patched:
 //! - only frames whose return-address slot is *proven*: the DWARF CFI at the frame's pc
 //!   says its frame record is at `fp` (CFA = fp + 16, return address at CFA - 8), and so
-//!   did every newer frame of the walk (a garbage `rbp` in code without frame pointers,
-//!   e.g. Debian's glibc, is never followed into a patch);
+//!   did every newer frame of the walk (frames under code without frame pointers, e.g.
+//!   Debian's glibc, are walked with its CFI at each capture, not patched);
 //! - never the capture's own frames nor the allocator hook's (the walk starts from the
 //!   hook caller's [`Regs`]);
 //! - not the newest few frames, which change between captures ([`set_min_unpatched`],
@@ -54,11 +57,14 @@
 //!   backend when it is on (it comes first in [`crate::Backend::ALL`]).
 //!
 //! # Costs
-//! A capture: the frames pushed since the last one (~1.5 ns each walked here) plus ~12 ns
-//! of fixed work, and a copy of the rest. Measured (`benches/capture.rs`, `softshadow/*`,
-//! a loaded 2-core VM): 32 frames 25 ns against 48 ns for the frame-pointer walk and
-//! 2.6 us for libgcc; 128 frames 45 ns against 168 ns; 512 frames 160-240 ns against
-//! 0.7-1.1 us. A frame that is new at every capture costs ~14 ns more than walking it
+//! A capture: the frames pushed since the last one (~1.5 ns each walked here, their CFI
+//! checked through a per-thread memo of proven pcs) plus ~9 ns of fixed work (one pass over
+//! the thread's block, `busy`, the policy's counter), and a copy of the rest (~0.13 ns a
+//! frame: two entries per 16-byte store, newest first, the segment check folded into the
+//! copy). Measured (`benches/capture.rs`, `softshadow/*`, a quiet 2-core VM): 32 frames
+//! 14 ns steady and 20 ns with 3 frames changing, against 50-54 ns for the frame-pointer
+//! walk and 2.6 us for libgcc; 128 frames 25/33 ns against 168 ns; 512 frames 82/88 ns
+//! against 0.64 us. A frame that is new at every capture costs ~14 ns more than walking it
 //! (patch + a mispredicted trampolined return, ~6.5 ns), hence the policy. A program that
 //! never captures pays nothing. Memory per capturing thread: a 128 KiB array and a stack
 //! shadow the size of the stack, both `MAP_NORESERVE`, touched only where used.
@@ -113,8 +119,15 @@ static CROSS_CHECK_FAILURES: AtomicU64 = AtomicU64::new(0);
 /// Async-signal-safe (see the module docs); no allocation, no lock.
 #[inline(never)]
 pub fn capture(buf: &mut [usize]) -> Result<usize, Unsupported> {
-    let regs = crate::caller_regs!();
-    capture_from(&regs, buf)
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        live::capture_here(crate::__private::read_fp(), buf)
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        let regs = crate::caller_regs!();
+        capture_from(&regs, buf)
+    }
 }
 
 /// Captures from explicit registers: those of a live frame on the current thread's stack
@@ -124,6 +137,7 @@ pub fn capture(buf: &mut [usize]) -> Result<usize, Unsupported> {
 /// Frames newer than `regs` are never patched. Answers `NotEnabled` when switched off with
 /// nothing patched on this thread, when `regs.sp` is not on the thread's stack, or when
 /// set-up failed; `Reentered` in a signal handler that interrupted a capture.
+#[inline]
 pub fn capture_from(regs: &Regs, buf: &mut [usize]) -> Result<usize, Unsupported> {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     return live::capture_from(regs, buf);
@@ -156,9 +170,10 @@ pub fn set_thread_enabled(on: bool) {
     let _ = on;
 }
 
-/// Debug mode: compare every successful capture with a full frame-pointer walk that reads
-/// patched slots through the stack shadow (independent of the array), and count the
-/// differences ([`cross_check_stats`]). Costs a full walk per capture.
+/// Debug mode: compare every successful capture with a full walk of the DWARF walker's steps
+/// (frame records only where the CFI proves them) that reads patched slots through the stack
+/// shadow (independent of the array), and count the differences ([`cross_check_stats`]).
+/// Costs a full walk per capture.
 pub fn set_cross_check(on: bool) {
     // Relaxed: a debug switch; see `set_enabled`.
     CROSS_CHECK.store(on, Relaxed);

@@ -62,13 +62,27 @@ pub(crate) struct ThreadState {
     pub last_len: AtomicUsize,
     /// Patched slots returned through without an entry.
     pub orphans: AtomicUsize,
+    /// Program counters whose CFI proved a frame record at `fp`, direct-mapped (0 = empty):
+    /// a steady capture walks the same few newest frames each time, and this spares each a
+    /// rule-cache lookup. A pc's rule depends on the code at it alone, so an entry stays
+    /// true while the code is mapped (as the process-wide rule cache assumes too).
+    pub record_pcs: [AtomicUsize; RECORD_PCS],
 }
+
+/// Entries of [`ThreadState::record_pcs`] (a power of two).
+pub(super) const RECORD_PCS: usize = 8;
 
 impl ThreadState {
     /// The entry array as a raw pointer (valid for `CAPACITY` entries once active).
     #[inline(always)]
     pub fn entries_ptr(&self) -> *mut Entry {
         self.entries.load(Relaxed) as *mut Entry
+    }
+
+    /// The [`Self::record_pcs`] slot of `pc`.
+    #[inline(always)]
+    pub fn record_pc_slot(&self, pc: usize) -> &AtomicUsize {
+        &self.record_pcs[(pc ^ (pc >> 3)) % RECORD_PCS]
     }
 }
 

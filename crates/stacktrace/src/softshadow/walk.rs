@@ -1,8 +1,10 @@
 //! The capture algorithm, generic over the machine (stack memory, stack shadow, frame
 //! validation, patching) so that it is unit-tested on synthetic stacks on every host.
 //!
-//! A capture walks frame records from the caller. Each record at `fp` holds the caller's `fp`
-//! and, at `slot = fp + 8`, a return address. When a slot holds the trampoline and the array
+//! A capture walks from the caller with exact steps ([`Machine::unwind`]): a frame record at
+//! `fp` (the caller's `fp`, and at `slot = fp + 8` a return address) where the CFI proves
+//! one, the CFI's rule otherwise, and the DWARF walker past what neither covers (signal
+//! frames), so that the output equals a DWARF walk. When a slot holds the trampoline and the array
 //! has its entry, the rest of the stack is known: the walk copies the array from there
 //! (newest first) and, if the buffer still has room below the oldest entry, walks on from
 //! that entry's record. Otherwise the frame is new: its return address is written out, and,
@@ -42,15 +44,86 @@ const MIN_PC: usize = 4096;
 pub(super) trait Machine {
     /// The stack word at `addr`, if aligned and on the thread's stack.
     fn read(&self, addr: usize) -> Option<usize>;
+    /// The frame record at `addr`: the words at `addr` and `addr + 8` (one bounds check for
+    /// a contiguous stack: override on the live machine).
+    #[inline(always)]
+    fn read_pair(&self, addr: usize) -> Option<(usize, usize)> {
+        Some((self.read(addr)?, self.read(addr.checked_add(8)?)?))
+    }
     /// The stack-shadow word of `slot` (the real return address of a patched slot).
     fn shadow(&self, slot: usize) -> Option<usize>;
-    /// Whether the frame whose program counter is `pc` keeps its frame record at `fp`
-    /// (return address at `fp + 8`) at that point.
-    fn trusted(&mut self, pc: usize) -> bool;
+    /// How the frame running at `pc` (a return address, or the capture's own pc) with
+    /// registers `sp` and `fp` reaches its caller, by its CFI (as the DWARF walker steps).
+    fn unwind(&self, pc: usize, sp: usize, fp: usize) -> Unwind;
+    /// The DWARF walk from that frame into `buf` (`buf[0] = pc`): what [`Unwind::Dwarf`]
+    /// leaves to it. Returns how many.
+    fn walk_from(&self, pc: usize, sp: usize, fp: usize, buf: &mut [usize]) -> usize;
     /// Records `ra` in the stack shadow of `slot`, then writes the trampoline into `slot`.
     fn patch(&mut self, slot: usize, ra: usize);
     /// The trampoline's address.
     fn trampoline(&self) -> usize;
+}
+
+/// How a frame reaches its caller (see [`Machine::unwind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Unwind {
+    /// Its frame record is at `fp`: return address at `fp + 8`, the caller's fp at `fp`.
+    Record,
+    /// Another rule: the caller's sp (the CFA), the return-address slot, and where the
+    /// caller's fp is saved (`None`: unchanged).
+    Cfa { cfa: usize, slot: usize, fp_slot: Option<usize> },
+    /// The walk ends with this frame (outermost, no CFI).
+    Stop,
+    /// Only the full DWARF walker goes on (a signal frame): [`Machine::walk_from`].
+    Dwarf,
+}
+
+/// One exact step of a walk: the frame-pointer step where the CFI proves it, else the CFI's.
+enum Next {
+    /// The caller: its pc `ra` (read from `slot`), sp and fp; `record`: reached through a
+    /// frame record at the callee's fp (`slot = fp + 8`, its saved fp at `slot - 8`).
+    Caller { ra: usize, slot: usize, sp: usize, fp: usize, record: bool },
+    /// The walk ends here.
+    End,
+    /// The full DWARF walker must continue from this frame.
+    Dwarf,
+}
+
+/// The step from the frame `(pc, sp, fp)`: exactly what the DWARF walker does, so that a
+/// walk built of these steps gives its output even through code without frame pointers
+/// (whose `rbp` is any value, often a stale frame pointer of a caller).
+#[inline(always)]
+fn next<M: Machine>(m: &M, pc: usize, sp: usize, fp: usize) -> Next {
+    match m.unwind(pc, sp, fp) {
+        Unwind::Record => {
+            if fp < sp || !fp.is_multiple_of(8) {
+                return Next::End;
+            }
+            match m.read_pair(fp) {
+                Some((up, ra)) => {
+                    Next::Caller { ra, slot: fp + 8, sp: fp + 16, fp: up, record: true }
+                }
+                None => Next::End,
+            }
+        }
+        Unwind::Cfa { cfa, slot, fp_slot } => {
+            // The CFA (the caller's sp) must grow, as in the DWARF walker.
+            if cfa <= sp {
+                return Next::End;
+            }
+            let Some(ra) = m.read(slot) else { return Next::End };
+            let up = match fp_slot {
+                None => fp,
+                Some(a) => match m.read(a) {
+                    Some(v) => v,
+                    None => return Next::End,
+                },
+            };
+            Next::Caller { ra, slot, sp: cfa, fp: up, record: false }
+        }
+        Unwind::Stop => Next::End,
+        Unwind::Dwarf => Next::Dwarf,
+    }
 }
 
 /// Per-capture choices of the caller.
@@ -92,12 +165,13 @@ pub(super) fn capture<M: Machine>(
     buf[0] = regs.pc;
     let mut n = 1;
     let free = arr.len().saturating_sub(len);
-    // Whether records 0..=k are proven: record k is genuine when the code at its owner's pc
-    // (pc_0 = regs.pc, pc_k = the return address in record k-1) keeps its frame record at
-    // fp. Checked lazily, only once frames are staged, so that a steady-state capture (which
-    // meets the anchor among the skipped frames) looks nothing up. `verified` pcs are proven.
+    // The walk is exact (`next`): frame k runs at pc_k with registers (floor, fp), so every
+    // frame that keeps its frame record may be patched (a later copy finds its caller's fp
+    // below the slot), also below code without frame pointers: a run of frames that is not
+    // patched between two that are ends a segment (`GAP` on the newer). `trusted` turns off
+    // for good at an orphan patched slot (nothing beyond it connects) or a signal frame.
     let mut trusted = policy.patch;
-    let mut verified = 0usize;
+    let mut last = 0usize; // k of the newest staged frame, when `staged > 0`
     let mut pc_k = regs.pc;
     let (mut staged, mut overflow, mut extra, mut k) = (0usize, false, 0usize, 0usize);
     let (mut fp, mut floor) = (regs.fp, regs.sp);
@@ -107,18 +181,25 @@ pub(super) fn capture<M: Machine>(
         if n >= buf.len() && !(staging && extra < policy.extra) {
             break;
         }
-        if fp < floor || fp % 8 != 0 {
-            break;
-        }
-        let (Some(next), Some(raw)) = (m.read(fp), m.read(fp + 8)) else { break };
-        let slot = fp + 8;
+        let (raw, slot, up_sp, up, record) = match next(m, pc_k, floor, fp) {
+            Next::Caller { ra, slot, sp, fp, record } => (ra, slot, sp, fp, record),
+            Next::End => break,
+            Next::Dwarf => {
+                trusted = false;
+                if k + 1 == n {
+                    // pc_k is buf[n - 1]: the DWARF walker rewrites it and goes on.
+                    n = n - 1 + m.walk_from(pc_k, floor, fp, &mut buf[n - 1..]).max(1);
+                }
+                break;
+            }
+        };
         let mut ra = raw;
         if raw == tramp {
             if let Some(i) = find(arr, len, slot + 8) {
                 anchor = Some(i);
-                if trusted && staged > 0 {
-                    // Staged frames connect only through a proven anchor record.
-                    trusted = m.trusted(pc_k);
+                // Staged frames connect only if the newest is right above the anchor.
+                if staged > 0 && last + 1 != k {
+                    arr[len + staged - 1].ra |= GAP;
                 }
                 break;
             }
@@ -130,25 +211,17 @@ pub(super) fn capture<M: Machine>(
         if ra < MIN_PC {
             break;
         }
-        if trusted && !overflow && k >= policy.skip {
-            while trusted && verified <= k {
-                let pc = if verified == k {
-                    pc_k
-                } else if verified < buf.len() {
-                    buf[verified]
-                } else {
-                    0 // not kept (buffer shorter than the skip): unproven
-                };
-                trusted = pc != 0 && m.trusted(pc);
-                verified += 1;
-            }
-            if trusted {
-                if staged < free {
-                    arr[len + staged] = Entry { ra, ret_sp: slot + 8 };
-                    staged += 1;
-                } else {
-                    overflow = true;
+        if trusted && record && !overflow && k >= policy.skip {
+            if staged < free {
+                if staged > 0 && last + 1 != k {
+                    // Unpatched frames between this one and the newer staged one.
+                    arr[len + staged - 1].ra |= GAP;
                 }
+                arr[len + staged] = Entry { ra, ret_sp: slot + 8 };
+                staged += 1;
+                last = k;
+            } else {
+                overflow = true;
             }
         }
         if n < buf.len() {
@@ -158,8 +231,8 @@ pub(super) fn capture<M: Machine>(
             extra += 1;
         }
         pc_k = ra;
-        floor = fp + 16;
-        fp = next;
+        floor = up_sp;
+        fp = up;
         k += 1;
     }
     out.anchor = anchor;
@@ -168,7 +241,7 @@ pub(super) fn capture<M: Machine>(
         Some(i) => {
             n = copy_from(m, arr, i, buf, n);
             if trusted {
-                // Everything from the newest staged frame down to the anchor is proven, so
+                // The walk down to the anchor is exact and met no other patched slot, so
                 // entries above the anchor are frames that are gone: replace them.
                 (i + 1, !overflow)
             } else {
@@ -219,8 +292,103 @@ pub(super) fn capture<M: Machine>(
 /// Copies entries from index `i` down, newest first, into `buf[n..]`. Below an entry that
 /// starts a segment (`GAP`) or the oldest entry, walks frame records on until a patched slot
 /// whose entry is further down, and copies again from there. Returns the new count.
-#[inline]
-fn copy_from<M: Machine>(m: &M, arr: &[Entry], i: usize, buf: &mut [usize], mut n: usize) -> usize {
+///
+/// Fast path: one pass that copies and ORs the copied words together; only when that shows a
+/// segment start in the run (rare), or the copy reached entry 0 with room left, does the
+/// general [`copy_segments`] redo it.
+#[inline(always)]
+fn copy_from<M: Machine>(m: &M, arr: &[Entry], i: usize, buf: &mut [usize], n: usize) -> usize {
+    let (run, out) = (&arr[..i + 1], &mut buf[n..]);
+    let take = out.len().min(run.len());
+    let seen = copy_run(&run[run.len() - take..], &mut out[..take]);
+    if seen & GAP == 0 && (take < run.len() || take == out.len()) {
+        return n + take;
+    }
+    copy_segments(m, arr, i, buf, n)
+}
+
+/// `dst[k] = src[src.len() - 1 - k].ra` for every `k < dst.len()` (callers pass slices of
+/// the same length): a reversed, strided copy. Returns the OR of the words copied.
+#[inline(always)]
+fn copy_run(src: &[Entry], dst: &mut [usize]) -> usize {
+    let len = src.len().min(dst.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{
+            __m128i, _mm_cvtsi128_si64, _mm_loadu_si128, _mm_or_si128, _mm_setzero_si128,
+            _mm_storeu_si128, _mm_unpackhi_epi64, _mm_unpacklo_epi64,
+        };
+        // Two entries per 16-byte store: the `ra` halves of two 16-byte loads, newer first;
+        // eight entries per round (the loop is bound by uops, not by memory).
+        let mut from = src.as_ptr_range().end as *const __m128i;
+        let mut to = dst.as_mut_ptr() as *mut __m128i;
+        /// `(p[1].ra, p[0].ra)`: two entries' return addresses, the newer (higher) first.
+        ///
+        /// # Safety
+        /// `p` and `p + 1` point to readable entries.
+        #[inline(always)]
+        unsafe fn pair(p: *const __m128i) -> __m128i {
+            // SAFETY: forwarded from the caller's contract.
+            unsafe { _mm_unpacklo_epi64(_mm_loadu_si128(p.add(1)), _mm_loadu_si128(p)) }
+        }
+        // SAFETY: SSE2 is part of x86-64. Entries are 16 bytes (`#[repr(C)]`, two words).
+        // `from` walks down from the end of `src[..len]` and `to` up from the start of
+        // `dst[..len]` in step (one entry per word), `rest` counting what is left: every load
+        // is of an entry in `src[..len]`, every store into `dst[..len]`.
+        unsafe {
+            let mut acc = _mm_setzero_si128();
+            let mut rest = len;
+            while rest >= 8 {
+                from = from.sub(8);
+                let (a, b) = (pair(from.add(6)), pair(from.add(4)));
+                let (c, e) = (pair(from.add(2)), pair(from));
+                _mm_storeu_si128(to, a);
+                _mm_storeu_si128(to.add(1), b);
+                _mm_storeu_si128(to.add(2), c);
+                _mm_storeu_si128(to.add(3), e);
+                acc = _mm_or_si128(acc, _mm_or_si128(_mm_or_si128(a, b), _mm_or_si128(c, e)));
+                to = to.add(4);
+                rest -= 8;
+            }
+            while rest >= 2 {
+                from = from.sub(2);
+                let a = pair(from);
+                _mm_storeu_si128(to, a);
+                acc = _mm_or_si128(acc, a);
+                to = to.add(1);
+                rest -= 2;
+            }
+            let mut seen =
+                (_mm_cvtsi128_si64(acc) | _mm_cvtsi128_si64(_mm_unpackhi_epi64(acc, acc))) as usize;
+            if rest == 1 {
+                let ra = (*(from.sub(1) as *const Entry)).ra;
+                *(to as *mut usize) = ra;
+                seen |= ra;
+            }
+            seen
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut seen = 0;
+        for (o, e) in dst[..len].iter_mut().zip(src[..len].iter().rev()) {
+            *o = e.ra;
+            seen |= e.ra;
+        }
+        seen
+    }
+}
+
+/// The general [`copy_from`]: segment starts, and walks below them.
+#[cold]
+#[inline(never)]
+fn copy_segments<M: Machine>(
+    m: &M,
+    arr: &[Entry],
+    i: usize,
+    buf: &mut [usize],
+    mut n: usize,
+) -> usize {
     let tramp = m.trampoline();
     let mut j = i;
     loop {
@@ -246,27 +414,33 @@ fn copy_from<M: Machine>(m: &M, arr: &[Entry], i: usize, buf: &mut [usize], mut 
         }
         let e = arr[at];
         j = at;
+        // Patched frames kept their frame record: the caller's fp is saved below the slot.
+        // The caller (pc buf[n - 1]) and those below may have none: exact steps.
         let (Some(mut fp), mut floor) = (m.read(e.ret_sp - 16), e.ret_sp) else { break };
+        let mut pc = e.ra & !GAP;
         let mut resume = None;
         while n < buf.len() {
-            if fp < floor || fp % 8 != 0 {
-                break;
-            }
-            let (Some(next), Some(mut ra)) = (m.read(fp), m.read(fp + 8)) else { break };
+            let (mut ra, slot, up_sp, up) = match next(m, pc, floor, fp) {
+                Next::Caller { ra, slot, sp, fp, .. } => (ra, slot, sp, fp),
+                Next::End => break,
+                Next::Dwarf => {
+                    n = n - 1 + m.walk_from(pc, floor, fp, &mut buf[n - 1..]).max(1);
+                    break;
+                }
+            };
             if ra == tramp {
-                resume = find(arr, j, fp + 16);
+                resume = find(arr, j, slot + 8);
                 if resume.is_some() {
                     break;
                 }
-                ra = m.shadow(fp + 8).unwrap_or(0);
+                ra = m.shadow(slot).unwrap_or(0);
             }
             if ra < MIN_PC {
                 break;
             }
             buf[n] = ra;
             n += 1;
-            floor = fp + 16;
-            fp = next;
+            (pc, floor, fp) = (ra, up_sp, up);
         }
         match resume {
             Some(k) => j = k,
@@ -283,37 +457,36 @@ fn copy_from<M: Machine>(m: &M, arr: &[Entry], i: usize, buf: &mut [usize], mut 
 pub(super) fn steady<M: Machine>(
     m: &M,
     arr: &[Entry],
-    len: usize,
     regs: &Regs,
     buf: &mut [usize],
     skip: usize,
 ) -> Option<usize> {
-    if len == 0 || buf.len() < skip + 2 || regs.pc < MIN_PC {
+    let top = arr.last()?.ret_sp;
+    if buf.len() < skip.saturating_add(2) || regs.pc < MIN_PC {
         return None;
     }
     let tramp = m.trampoline();
-    let top = arr[len - 1].ret_sp;
     buf[0] = regs.pc;
     let mut n = 1;
-    let (mut fp, mut floor) = (regs.fp, regs.sp);
+    let (mut pc, mut fp, mut floor) = (regs.pc, regs.fp, regs.sp);
     loop {
-        if fp < floor || fp % 8 != 0 {
+        // Exact steps only: a stale `rbp` in code without frame pointers may well lead to
+        // the anchor, skipping frames.
+        let Next::Caller { ra, slot, sp, fp: up, .. } = next(m, pc, floor, fp) else {
             return None;
-        }
-        let (Some(next), Some(ra)) = (m.read(fp), m.read(fp + 8)) else { return None };
+        };
         if ra == tramp {
-            if top != fp + 16 {
+            if top != slot + 8 {
                 return None;
             }
-            return Some(copy_from(m, arr, len - 1, buf, n));
+            return Some(copy_from(m, arr, arr.len() - 1, buf, n));
         }
         if n > skip || ra < MIN_PC {
             return None;
         }
         buf[n] = ra;
         n += 1;
-        floor = fp + 16;
-        fp = next;
+        (pc, floor, fp) = (ra, sp, up);
     }
 }
 
@@ -335,43 +508,44 @@ fn find(arr: &[Entry], len: usize, ret_sp: usize) -> Option<usize> {
     None
 }
 
-/// A frame-pointer walk from the record at `fp`, with the guard rails of [`crate::fp`],
-/// reading patched slots through the stack shadow. Fills `buf[n..]`; returns the new count.
+/// A walk of exact steps from frame `(pc, sp, fp)` (`pc` already at `buf[n - 1]`), frame
+/// records where the CFI proves them and the CFI otherwise, reading patched slots through
+/// the stack shadow. Fills `buf[n..]`; returns the new count.
 pub(super) fn walk_plain<M: Machine>(
     m: &M,
-    mut fp: usize,
-    mut floor: usize,
+    (mut pc, mut sp, mut fp): (usize, usize, usize),
     buf: &mut [usize],
     mut n: usize,
 ) -> usize {
     let tramp = m.trampoline();
     while n < buf.len() {
-        if fp < floor || fp % 8 != 0 {
-            break;
-        }
-        let (Some(next), Some(mut ra)) = (m.read(fp), m.read(fp + 8)) else { break };
+        let (mut ra, slot, up_sp, up) = match next(m, pc, sp, fp) {
+            Next::Caller { ra, slot, sp, fp, .. } => (ra, slot, sp, fp),
+            Next::End => break,
+            Next::Dwarf => return n - 1 + m.walk_from(pc, sp, fp, &mut buf[n - 1..]).max(1),
+        };
         if ra == tramp {
-            ra = m.shadow(fp + 8).unwrap_or(0);
+            ra = m.shadow(slot).unwrap_or(0);
         }
         if ra < MIN_PC {
             break;
         }
         buf[n] = ra;
         n += 1;
-        floor = fp + 16;
-        fp = next;
+        (pc, sp, fp) = (ra, up_sp, up);
     }
     n
 }
 
-/// The reference for the cross-check: a full frame-pointer walk from `regs` that reads
-/// patched slots through the stack shadow, ignoring the array.
+/// The reference for the cross-check: the same steps as the DWARF walker (frame records
+/// only where the CFI proves them) from `regs`, reading patched slots through the stack
+/// shadow, ignoring the array.
 pub(super) fn reference<M: Machine>(m: &M, regs: &Regs, buf: &mut [usize]) -> usize {
     if buf.is_empty() || regs.pc < MIN_PC {
         return 0;
     }
     buf[0] = regs.pc;
-    walk_plain(m, regs.fp, regs.sp, buf, 1)
+    walk_plain(m, (regs.pc, regs.sp, regs.fp), buf, 1)
 }
 
 #[cfg(test)]
@@ -387,6 +561,9 @@ mod tests {
         words: HashMap<usize, usize>,
         shadow: HashMap<usize, usize>,
         untrusted: HashSet<usize>,
+        /// Code without frame pointers: pc -> CFA offset from sp (return address at CFA - 8,
+        /// fp untouched).
+        sp_based: HashMap<usize, usize>,
         patches: usize,
     }
 
@@ -397,8 +574,28 @@ mod tests {
         fn shadow(&self, slot: usize) -> Option<usize> {
             self.shadow.get(&slot).copied()
         }
-        fn trusted(&mut self, pc: usize) -> bool {
-            !self.untrusted.contains(&pc)
+        fn unwind(&self, pc: usize, sp: usize, _fp: usize) -> Unwind {
+            // Untrusted code: hand over to "DWARF", here a frame-record walk (the image
+            // has records everywhere).
+            if self.untrusted.contains(&pc) {
+                Unwind::Dwarf
+            } else if let Some(&off) = self.sp_based.get(&pc) {
+                Unwind::Cfa { cfa: sp + off, slot: sp + off - 8, fp_slot: None }
+            } else {
+                Unwind::Record
+            }
+        }
+        fn walk_from(&self, pc: usize, sp: usize, fp: usize, buf: &mut [usize]) -> usize {
+            let plain = Image {
+                words: self.words.clone(),
+                shadow: self.shadow.clone(),
+                ..Default::default()
+            };
+            if buf.is_empty() {
+                return 0;
+            }
+            buf[0] = pc;
+            walk_plain(&plain, (pc, sp, fp), buf, 1)
         }
         fn patch(&mut self, slot: usize, ra: usize) {
             self.shadow.insert(slot, ra);
@@ -526,6 +723,67 @@ mod tests {
     }
 
     #[test]
+    fn code_without_frame_pointers_is_stepped_by_its_cfi() {
+        // Rust frames (records 0..=3), then a C function at pc 0x2000 without a frame record
+        // (CFA = sp + 32) that leaves `rbp` as its caller's (rec(3)), then a Rust callback
+        // whose record saves that stale `rbp`. Following `rbp` would skip 0x1004.
+        let mut img = Image::default();
+        let mut arr = vec![Entry { ra: 0, ret_sp: 0 }; 64];
+        let mut len = 0;
+        push_frames(&mut img, 0, 4);
+        let c_cfa = rec(3) - 16;
+        img.words.insert(c_cfa - 8, 0x1004);
+        img.sp_based.insert(0x2000, 32);
+        let cb = c_cfa - 32 - 16;
+        img.words.insert(cb, rec(3));
+        img.words.insert(cb + 8, 0x2000);
+        let regs = Regs { pc: 0x9000, sp: cb - 16, fp: cb, pc_is_exact: false };
+        let want = [0x9000, 0x2000, 0x1004, 0x1003, 0x1002, 0x1001, 0x1000];
+        assert_eq!(run(&mut img, &mut arr, &mut len, &regs, 32, ALL), want);
+        // The frame records are patched, above and below the C frame, which the callback's
+        // entry marks as a gap.
+        assert_eq!((len, img.patches), (5, 5));
+        assert_eq!(arr[4], Entry { ra: 0x2000 | GAP, ret_sp: cb + 16 });
+        assert_eq!(arr[3], Entry { ra: 0x1003, ret_sp: rec(3) + 16 });
+        // Steady state: the copy walks on through the C frame with its CFI.
+        let mut buf = [0; 32];
+        let n = steady(&img, &arr[..len], &regs, &mut buf, 0).expect("steady path");
+        assert_eq!(buf[..n], want);
+        assert_eq!(run(&mut img, &mut arr, &mut len, &regs, 32, ALL), want);
+        assert_eq!(img.patches, 5);
+        // A C frame on top: the steady path must not follow the stale `rbp` to the anchor.
+        let c_regs = Regs { pc: 0x2000, sp: c_cfa - 32, fp: rec(3), pc_is_exact: false };
+        let mut img2 = Image::default();
+        push_frames(&mut img2, 0, 4);
+        img2.words.insert(c_cfa - 8, 0x1004);
+        img2.sp_based.insert(0x2000, 32);
+        let (mut arr2, mut len2) = (vec![Entry { ra: 0, ret_sp: 0 }; 64], 0);
+        let want2 = [0x2000, 0x1004, 0x1003, 0x1002, 0x1001, 0x1000];
+        assert_eq!(run(&mut img2, &mut arr2, &mut len2, &c_regs, 32, ALL), want2);
+        assert_eq!(len2, 4, "the records below the C frame are patched");
+        assert_eq!(run(&mut img2, &mut arr2, &mut len2, &c_regs, 32, ALL), want2);
+        assert_eq!((len2, img2.patches), (4, 4), "and copied");
+        // Rust frames patched first, then the C frame and the callback pushed on them: the
+        // CFI step through the C frame meets the anchor, and the callback's record forms a
+        // segment above it.
+        let mut img3 = Image::default();
+        let (mut arr3, mut len3) = (vec![Entry { ra: 0, ret_sp: 0 }; 64], 0);
+        push_frames(&mut img3, 0, 4);
+        let inner = Regs { pc: 0x1004, sp: rec(3) - 16, fp: rec(3), pc_is_exact: false };
+        run(&mut img3, &mut arr3, &mut len3, &inner, 32, ALL);
+        assert_eq!(len3, 4);
+        img3.words.insert(c_cfa - 8, 0x1004);
+        img3.sp_based.insert(0x2000, 32);
+        img3.words.insert(cb, rec(3));
+        img3.words.insert(cb + 8, 0x2000);
+        assert_eq!(run(&mut img3, &mut arr3, &mut len3, &regs, 32, ALL), want);
+        assert_eq!(len3, 5);
+        assert_eq!(arr3[4], Entry { ra: 0x2000 | GAP, ret_sp: cb + 16 });
+        let n = steady(&img3, &arr3[..len3], &regs, &mut buf, 0).expect("steady path");
+        assert_eq!(buf[..n], want);
+    }
+
+    #[test]
     fn stale_entries_after_a_longjmp_are_dropped() {
         let mut img = Image::default();
         let mut arr = vec![Entry { ra: 0, ret_sp: 0 }; 64];
@@ -598,5 +856,25 @@ mod tests {
         len = 0; // entries lost
         assert_eq!(run(&mut img, &mut arr, &mut len, &regs, 32, ALL), expected(8));
         assert_eq!(len, 0, "nothing connects through an orphan");
+    }
+
+    #[test]
+    fn copy_run_reverses_every_length_and_reports_segment_bits() {
+        for len in 0..40 {
+            let src: Vec<Entry> =
+                (0..len).map(|i| Entry { ra: 0x1000 + i, ret_sp: 0x9000 - 16 * i }).collect();
+            let mut dst = vec![0; len + 1];
+            let seen = copy_run(&src, &mut dst[..len]);
+            let want: Vec<usize> = (0..len).rev().map(|i| 0x1000 + i).collect();
+            assert_eq!(dst[..len], want[..], "len {len}");
+            assert_eq!(dst[len], 0, "len {len}: wrote past the end");
+            assert_eq!(seen & GAP, 0, "len {len}");
+            // A segment bit anywhere in the run shows in the result.
+            for g in 0..len {
+                let mut marked = src.clone();
+                marked[g].ra |= GAP;
+                assert_ne!(copy_run(&marked, &mut dst[..len]) & GAP, 0, "len {len}, gap {g}");
+            }
+        }
     }
 }

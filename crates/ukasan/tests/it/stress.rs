@@ -29,7 +29,7 @@ fn make(i: usize) -> Obj {
     let l = Layout::from_size_align(i % 700, 1 << (i % 8)).unwrap();
     // SAFETY: valid layout (zero size is fine for this allocator, which always has a header).
     let p = unsafe { STRESS.alloc(l) } as usize;
-    assert!(p != 0 && p % l.align() == 0);
+    assert!(p != 0 && p.is_multiple_of(l.align()));
     let o = Obj { p, l };
     fill(&o);
     o
