@@ -22,7 +22,10 @@ fn main() {
     if arch == "aarch64" && scs {
         println!("cargo::rustc-cfg=ukasan_scs");
     }
-    if !forces_frame_pointers(&flags) {
+    // Dependents read this in their build scripts as DEP_UKASAN_STACKTRACE_FRAME_POINTERS.
+    let forced = forces_frame_pointers(&flags);
+    println!("cargo::metadata=frame_pointers={}", u8::from(forced));
+    if !forced {
         println!(
             "cargo::warning=ukasan-stacktrace built without `-C force-frame-pointers=yes`: \
              entry points cannot find their caller and captures come back empty (the ukasan \
