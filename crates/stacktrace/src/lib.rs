@@ -221,7 +221,7 @@ fn capture_chain(regs: &Regs, buf: &mut [usize]) -> Result<Captured, Unsupported
     let mut last = Unsupported::NotCompiled;
     for backend in Backend::ALL {
         if backend == Backend::Libgcc {
-            break;
+            continue; // not async-signal-safe: never part of the default chain
         }
         // Shadow stacks hold no entry for an interrupted PC: start from registers instead.
         if regs.pc_is_exact

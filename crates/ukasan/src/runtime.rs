@@ -408,12 +408,7 @@ impl Runtime {
             }
         }
         // SAFETY: the chunk is ours and owned by this free until quarantined.
-        if let Some(d) = unsafe { h.find_redzone_damage() } {
-            let access = Access::Corrupt { damage: d, when: "free" };
-            self.report_simple(o, Kind::OutOfBounds, access, Some(h), regs);
-            // SAFETY: still owned by this free.
-            unsafe { h.repair_redzones() };
-        }
+        unsafe { self.check_redzones(o, h, "free", regs) };
         h.free = self.track(o, regs);
         if h.flags & F_LISTED != 0 {
             self.unlink(h);
@@ -574,20 +569,26 @@ impl Runtime {
         }
     }
 
-    /// Checks a quarantined chunk's redzones and poison, reporting damage.
-    fn verify_quarantined(&self, o: &Options, h: &Header, when: &'static str, regs: &Regs) {
-        // SAFETY: quarantined chunks are owned by the runtime.
+    /// Reports an out-of-bounds write if `h`'s redzones were modified, then repairs them so the
+    /// same damage is reported once.
+    ///
+    /// # Safety
+    /// The runtime owns `h`'s redzones: the chunk is being freed, is quarantined, or is live
+    /// and listed under its shard's lock.
+    unsafe fn check_redzones(&self, o: &Options, h: &Header, when: &'static str, regs: &Regs) {
+        // SAFETY: forwarded from the caller's contract.
         if let Some(d) = unsafe { h.find_redzone_damage() } {
-            self.report_simple(
-                o,
-                Kind::OutOfBounds,
-                Access::Corrupt { damage: d, when },
-                Some(h),
-                regs,
-            );
+            let access = Access::Corrupt { damage: d, when };
+            self.report_simple(o, Kind::OutOfBounds, access, Some(h), regs);
             // SAFETY: as above.
             unsafe { h.repair_redzones() };
         }
+    }
+
+    /// Checks a quarantined chunk's redzones and poison, reporting damage.
+    fn verify_quarantined(&self, o: &Options, h: &Header, when: &'static str, regs: &Regs) {
+        // SAFETY: quarantined chunks are owned by the runtime.
+        unsafe { self.check_redzones(o, h, when, regs) };
         // SAFETY: as above; poisoned at free.
         if let Some(d) = unsafe { h.find_poison_damage() } {
             self.report_simple(
@@ -696,12 +697,7 @@ impl Runtime {
                 let h = unsafe { &*c };
                 if h.flags & F_RAW == 0 {
                     // SAFETY: a live chunk's redzones belong to the runtime.
-                    if let Some(d) = unsafe { h.find_redzone_damage() } {
-                        let access = Access::Corrupt { damage: d, when: "exit" };
-                        self.report_simple(o, Kind::OutOfBounds, access, Some(h), regs);
-                        // SAFETY: as above.
-                        unsafe { h.repair_redzones() };
-                    }
+                    unsafe { self.check_redzones(o, h, "exit", regs) };
                 }
                 c = h.next;
             }
