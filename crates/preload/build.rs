@@ -1,7 +1,9 @@
-//! Refuses to build `libukasan.so` without frame pointers: its `malloc` finds the caller
-//! through its own frame record, and a preload library that silently records no stacks would
-//! make every report useless. `ukasan-stacktrace`'s build script inspects the flags and hands
-//! its verdict down as `links` metadata.
+//! Refuses to build `libukasan.so` without frame pointers: it is the product's own build (a
+//! user never builds it with flags of theirs), and with frame records in every function of
+//! the preload the CFI step out of each entry point and through the runtime takes the
+//! frame-record fast path, and the shipped library is the one that was measured.
+//! `ukasan-stacktrace`'s build script inspects the flags and hands its verdict down as
+//! `links` metadata.
 
 fn main() {
     println!("cargo::rerun-if-env-changed=DEP_UKASAN_STACKTRACE_FRAME_POINTERS");

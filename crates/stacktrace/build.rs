@@ -22,16 +22,12 @@ fn main() {
     if arch == "aarch64" && scs {
         println!("cargo::rustc-cfg=ukasan_scs");
     }
-    // Dependents read this in their build scripts as DEP_UKASAN_STACKTRACE_FRAME_POINTERS.
+    // Dependents read this in their build scripts as DEP_UKASAN_STACKTRACE_FRAME_POINTERS
+    // (the preload's build rule). Nothing here needs frame pointers: entry points step out
+    // of themselves by their CFI, and the walkers follow frame records only where the CFI
+    // proves them, so a user's build needs no flag.
     let forced = forces_frame_pointers(&flags);
     println!("cargo::metadata=frame_pointers={}", u8::from(forced));
-    if !forced {
-        println!(
-            "cargo::warning=ukasan-stacktrace built without `-C force-frame-pointers=yes`: \
-             entry points cannot find their caller and captures come back empty (the ukasan \
-             workspace's .cargo/config.toml sets it; build from the repository root)"
-        );
-    }
 }
 
 /// Whether the rustflags force frame pointers (`-C force-frame-pointers[=yes|y|on|true]`).

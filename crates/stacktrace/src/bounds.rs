@@ -1,10 +1,17 @@
-//! The current thread's stack bounds, cached per thread.
+//! The bounds of the stack a thread runs on, cached per thread, and the room left on it.
 //!
 //! # Signal safety
-//! [`current`] is async-signal-safe: the first call on a thread reads `/proc/self/maps` with
-//! raw syscalls (see [`crate::maps`]); later calls read a thread-local `Cell`. When the stack
-//! pointer is outside the cached range (a signal handler on an alternate stack, a fiber), the
-//! range containing it is looked up again and not cached.
+//! [`current`] and [`has_room`] are async-signal-safe: no lock, no allocation.
+//!
+//! # Costs
+//! Steady state, [`current`] is a thread-local read and a compare: no syscall. It reads
+//! `/proc/self/maps` (raw syscalls, see [`crate::maps`]) once per thread for the thread's own
+//! stack and once per other stack it meets (a fiber's), then answers from two cached ranges.
+//! The main thread's stack grows on demand: a stack pointer below the cached range but
+//! within `RLIMIT_STACK` of its top extends the range with no syscall. A signal handler on a
+//! `sigaltstack` costs one `sigaltstack` call per lookup (the alternate stack is never cached:
+//! the program may replace it between signals). [`has_room`], called before a capture takes
+//! a slow path that needs much stack, costs one `sigaltstack` call.
 
 use core::cell::Cell;
 
@@ -25,28 +32,114 @@ impl StackBounds {
     }
 }
 
+/// A cached range: `lo..hi`, and `floor`, the lowest address it may grow down to (`lo` for
+/// a fixed mapping; `0..0` is empty).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Range {
+    lo: usize,
+    hi: usize,
+    floor: usize,
+}
+
 thread_local! {
     // Const-initialised, no destructor: no allocation and no registration at thread exit.
-    static CACHE: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    /// The thread's own stack.
+    static THREAD: Cell<Range> = const { Cell::new(Range { lo: 0, hi: 0, floor: 0 }) };
+    /// The last other stack found in the maps (a fiber's, `swapcontext`).
+    static OTHER: Cell<Range> = const { Cell::new(Range { lo: 0, hi: 0, floor: 0 }) };
+}
+
+/// How far below its top the main thread's stack may grow: `RLIMIT_STACK`, at most 128 MiB
+/// (the kernel keeps at least that much free below the stack top for it: `mmap_base`).
+fn main_stack_limit() -> usize {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `rl` is a valid out-pointer.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut rl) } == 0;
+    let cur = if ok { rl.rlim_cur } else { 8 << 20 };
+    (cur as u64).min(128 << 20) as usize
 }
 
 /// Bounds of the stack that `sp` is on, for the current thread.
 ///
-/// Returns `None` when `sp` is in no readable and writable mapping (not a stack we can trust).
+/// Returns `None` when `sp` is in no readable and writable mapping (not a stack we can
+/// trust), and at once for addresses in page zero (registers that were never a stack
+/// pointer).
 pub fn current(sp: usize) -> Option<StackBounds> {
+    if sp < 4096 {
+        return None;
+    }
     // `try_with`: during thread teardown the TLS slot may be gone; then look up uncached.
-    let cached = CACHE.try_with(Cell::get).unwrap_or((0, 0));
-    if cached.0 <= sp && sp < cached.1 {
-        return Some(StackBounds { lo: cached.0, hi: cached.1 });
+    let t = THREAD.try_with(Cell::get).unwrap_or_default();
+    if t.lo <= sp && sp < t.hi {
+        return Some(StackBounds { lo: t.lo, hi: t.hi });
+    }
+    if t.floor <= sp && sp < t.lo {
+        // The main thread's stack grew down to `sp`: the kernel keeps it one mapping from
+        // there to the top, and nothing else lives within `floor` of the top.
+        let lo = sp & !4095;
+        let _ = THREAD.try_with(|c| c.set(Range { lo, ..t }));
+        return Some(StackBounds { lo, hi: t.hi });
+    }
+    slow(sp, t)
+}
+
+#[cold]
+#[inline(never)]
+fn slow(sp: usize, t: Range) -> Option<StackBounds> {
+    if let Some(b) = altstack().filter(|b| b.contains(sp, 1)) {
+        return Some(b);
+    }
+    let o = OTHER.try_with(Cell::get).unwrap_or_default();
+    if o.lo <= sp && sp < o.hi {
+        return Some(StackBounds { lo: o.lo, hi: o.hi });
     }
     let m = crate::maps::find_mapping(sp)?;
     if !(m.read && m.write) {
         return None;
     }
-    if cached == (0, 0) {
-        let _ = CACHE.try_with(|c| c.set((m.start, m.end)));
+    // The thread's own stack is the main `[stack]`, or the mapping that holds this thread's
+    // static TLS (glibc places it at the top of every other thread's stack).
+    let tls = THREAD.with(|c| c as *const Cell<Range> as usize);
+    let own = m.main_stack || (m.start <= tls && tls < m.end);
+    let floor =
+        if m.main_stack { m.end.saturating_sub(main_stack_limit()).min(m.start) } else { m.start };
+    let r = Range { lo: m.start, hi: m.end, floor };
+    if own && t == Range::default() {
+        let _ = THREAD.try_with(|c| c.set(r));
+    } else if !own {
+        let _ = OTHER.try_with(|c| c.set(r));
     }
     Some(StackBounds { lo: m.start, hi: m.end })
+}
+
+/// The alternate signal stack the thread is running on, if any (one `sigaltstack` call).
+fn altstack() -> Option<StackBounds> {
+    // SAFETY: an all-zero `stack_t` is valid output storage.
+    let mut ss: libc::stack_t = unsafe { core::mem::zeroed() };
+    // SAFETY: queries only (null new stack); `ss` is valid output storage.
+    if unsafe { libc::sigaltstack(core::ptr::null(), &mut ss) } != 0 {
+        return None;
+    }
+    let lo = ss.ss_sp as usize;
+    (ss.ss_flags & libc::SS_ONSTACK != 0).then(|| StackBounds { lo, hi: lo + ss.ss_size })
+}
+
+/// Whether the stack the caller runs on has at least `bytes` left below its stack pointer:
+/// on a `sigaltstack`, down to its base; on the thread's own stack, down to its lowest
+/// address (for the main thread, as far as it may grow). `false` when neither is known
+/// (a fiber's stack, an alternate stack with `SS_AUTODISARM`): the caller must then not
+/// take a path that needs that much stack.
+#[inline(never)]
+pub fn has_room(bytes: usize) -> bool {
+    let here = crate::arch::stack_pointer();
+    if let Some(b) = altstack().filter(|b| b.contains(here, 1)) {
+        return here - b.lo >= bytes;
+    }
+    if current(here).is_none() {
+        return false;
+    }
+    let t = THREAD.try_with(Cell::get).unwrap_or_default();
+    (t.floor <= here && here < t.hi) && here - t.floor >= bytes
 }
 
 #[cfg(test)]
@@ -59,9 +152,12 @@ mod tests {
         let a = &x as *const u64 as usize;
         let b = current(a).unwrap();
         assert!(b.contains(a, 8));
-        assert_eq!(CACHE.with(Cell::get), (b.lo, b.hi));
+        let t = THREAD.with(Cell::get);
+        assert_eq!((t.lo, t.hi), (b.lo, b.hi));
         assert_eq!(current(a), Some(b));
         assert!(!b.contains(b.hi - 4, 8));
+        assert_eq!(current(0), None);
+        assert_eq!(current(4095), None);
     }
 
     #[test]
@@ -70,10 +166,35 @@ mod tests {
         let main = current(&x as *const u64 as usize).unwrap();
         let other = std::thread::spawn(|| {
             let y = 2u64;
-            current(&y as *const u64 as usize).unwrap()
+            let b = current(&y as *const u64 as usize).unwrap();
+            // Its own stack, recognised by the TLS at its top.
+            let t = THREAD.with(Cell::get);
+            assert_eq!((t.lo, t.hi, t.floor), (b.lo, b.hi, b.lo));
+            assert!(has_room(64 << 10));
+            assert!(!has_room(b.hi - b.lo + 1));
+            b
         })
         .join()
         .unwrap();
         assert_ne!(main, other);
+    }
+
+    #[test]
+    fn a_heap_buffer_is_another_stack_not_the_threads() {
+        std::thread::spawn(|| {
+            let y = 2u64;
+            let own = current(&y as *const u64 as usize).unwrap();
+            let heap = vec![0u8; 1 << 20];
+            let p = heap.as_ptr() as usize + 4096;
+            let b = current(p).unwrap();
+            assert!(b.contains(p, 8));
+            assert_eq!(THREAD.with(Cell::get).lo, own.lo, "the thread's range is kept");
+            let o = OTHER.with(Cell::get);
+            assert_eq!((o.lo, o.hi), (b.lo, b.hi));
+            // Answered from the cache now.
+            assert_eq!(current(p + 8), Some(b));
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -118,6 +118,10 @@ pub enum Unsupported {
     Reentered,
     /// The backend found nothing it could trust at the first frame.
     NoFrames,
+    /// Too little stack is left to serve this capture safely (a DWARF rule-cache miss in a
+    /// signal handler on a small alternate stack, see [`dwarf::MISS_STACK`]): a cheaper
+    /// backend should answer instead.
+    StackTooSmall,
 }
 
 impl fmt::Display for Unsupported {
@@ -128,6 +132,7 @@ impl fmt::Display for Unsupported {
             Unsupported::NoStackBounds => "stack bounds unknown",
             Unsupported::Reentered => "capture already in progress on this thread",
             Unsupported::NoFrames => "no trustworthy frame",
+            Unsupported::StackTooSmall => "too little stack left for a rule lookup",
         })
     }
 }
@@ -184,19 +189,25 @@ pub fn capture_with(backend: Backend, buf: &mut [usize]) -> Result<usize, Unsupp
 /// The registers of the caller of the function this macro is expanded in, as they will be when
 /// that function returns: pass them to [`capture_from`] or a backend's `capture_from` to get a
 /// trace whose entry 0 is the return address into that caller. An allocator hook expands it
-/// in `malloc` so its own frames never appear, whatever the inlining.
+/// in `malloc` (or `GlobalAlloc::alloc`) so its own frames never appear, whatever the inlining.
 ///
-/// The function must have a frame record (the ukasan workspace forces frame pointers).
+/// The function's own registers are read exactly where the macro expands, then one step of
+/// its CFI (x86-64; a rule-cache lookup, a few ns) gives its caller's: frame pointers are not
+/// needed, and `rbp` is followed only where the CFI proves a frame record. The function must
+/// not be inlined into its caller (`#[inline(never)]`). Without usable CFI the answer is
+/// `Regs::default()`, for which every backend reports no frames. aarch64 reads the frame
+/// record, which Linux code keeps in every non-leaf function.
 #[macro_export]
 macro_rules! caller_regs {
     () => {{
-        $crate::__private::frame_record_regs($crate::__private::read_fp())
+        let (pc, sp, fp) = $crate::__own_regs!();
+        $crate::__private::caller_of(pc, sp, fp)
     }};
 }
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::arch::{frame_record_regs, read_fp};
+    pub use crate::arch::{caller_of, frame_record_regs, read_fp};
 }
 
 /// Captures starting from explicit registers, e.g. a signal handler's `ucontext` (so the

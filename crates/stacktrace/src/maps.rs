@@ -16,6 +16,9 @@ pub struct Mapping {
     pub read: bool,
     /// Writable.
     pub write: bool,
+    /// The main thread's stack (`[stack]`), which the kernel grows on demand down to
+    /// `RLIMIT_STACK`.
+    pub main_stack: bool,
 }
 
 /// Finds the mapping of the current process that contains `addr`.
@@ -96,7 +99,10 @@ impl Parser {
         }
         let Some(m) = parse_line(line) else { return };
         match &mut self.found {
-            Some(f) if f.end == m.start && f.read == m.read && f.write == m.write => f.end = m.end,
+            Some(f) if f.end == m.start && f.read == m.read && f.write == m.write => {
+                f.end = m.end;
+                f.main_stack |= m.main_stack;
+            }
             Some(_) => self.done = true,
             None if m.start <= self.addr && self.addr < m.end => {
                 // Merge with a directly preceding region of the same permissions is not needed
@@ -117,7 +123,14 @@ fn parse_line(line: &[u8]) -> Option<Mapping> {
     }
     let start = parse_hex(&line[..dash])?;
     let end = parse_hex(&line[dash + 1..space])?;
-    Some(Mapping { start, end, read: line[space + 1] == b'r', write: line[space + 2] == b'w' })
+    let main_stack = line.ends_with(b" [stack]");
+    Some(Mapping {
+        start,
+        end,
+        read: line[space + 1] == b'r',
+        write: line[space + 2] == b'w',
+        main_stack,
+    })
 }
 
 fn parse_hex(s: &[u8]) -> Option<usize> {
@@ -161,6 +174,8 @@ mod tests {
     fn finds_and_merges_adjacent_same_permission_regions() {
         let m = search(0x7ff2000).unwrap();
         assert_eq!((m.start, m.end, m.read, m.write), (0x7ff1000, 0x7ffa000, true, true));
+        assert!(m.main_stack, "the merged range ends with the [stack] line");
+        assert!(!search(0x5555).unwrap().main_stack);
     }
 
     #[test]

@@ -78,9 +78,13 @@
 //! Detect reads of freed memory or out-of-bounds reads (that needs guard pages or
 //! compiler instrumentation: the guarded and hw-tags modes), or detect writes before the
 //! object is freed or evicted. Leak detection scans conservatively for pointers from globals, the exiting
-//! thread's stack and TLS (see [`leak`]); other threads' stacks are not scanned. The entry points read the
-//! caller's frame record, so the crate (and, for [`Ukasan`], the crate that instantiates it)
-//! must be built with frame pointers (`-C force-frame-pointers=yes`, as this workspace does).
+//! thread's stack and TLS (see [`leak`]); other threads' stacks are not scanned.
+//!
+//! # Builds
+//! Nothing beyond the dependency line: no frame pointers, any `opt-level`. Each entry point
+//! reads its own registers and steps out of itself by its CFI ([`stacktrace::caller_regs!`]),
+//! and the walkers follow `rbp` only where the CFI proves a frame record, so stacks are right
+//! in a default debug or release build; frame pointers only make new frames cheaper to walk.
 //!
 //! # Example
 //! ```no_run

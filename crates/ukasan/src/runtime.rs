@@ -160,6 +160,9 @@ impl Runtime {
             self.state.store(UNINIT, Ordering::Release);
             return false;
         };
+        // Resolve `_dl_find_object` now, in normal context, in case this runs from a
+        // constructor ahead of the capture crate's own: a rule lookup never has to.
+        let _ = stacktrace::dwarf::has_dl_find_object();
         let mut o = Options::load(self.spec.as_bytes());
         if o.detect_leaks.is_none() {
             o.detect_leaks = Some(self.leaks_default);

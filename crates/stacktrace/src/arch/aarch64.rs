@@ -13,22 +13,90 @@ pub fn read_fp() -> usize {
     v
 }
 
-/// Registers of the caller of the function whose frame record is at `fp`.
+/// Reads the stack pointer of the function it is inlined into.
 #[inline(always)]
-pub fn frame_record_regs(fp: usize) -> Regs {
+pub(crate) fn stack_pointer() -> usize {
     let sp: usize;
     // SAFETY: reads a register, touches no memory.
     unsafe {
         core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags))
     };
+    sp
+}
+
+/// The registers of a function, read exactly at one of its instructions: expanded by
+/// [`crate::caller_regs!`] inside the entry point whose caller is wanted.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __own_regs {
+    () => {{
+        let (pc, sp, fp): (usize, usize, usize);
+        // SAFETY: copies the pc, sp and x29 into registers; touches no memory.
+        unsafe {
+            ::core::arch::asm!(
+                "adr {pc}, .",
+                "mov {sp}, sp",
+                "mov {fp}, x29",
+                pc = out(reg) pc,
+                sp = out(reg) sp,
+                fp = out(reg) fp,
+                options(nomem, nostack, preserves_flags),
+            )
+        };
+        (pc, sp, fp)
+    }};
+}
+
+/// Registers of the caller of the function whose registers are `(pc, sp, fp)`: its frame
+/// record at `fp` (aarch64 Linux code keeps frame records in every non-leaf function, and
+/// the entry points that use this are never leaves), checked to lie on the current stack
+/// above `sp`.
+#[inline]
+pub fn caller_of(pc: usize, sp: usize, fp: usize) -> Regs {
+    let _ = pc;
     let on_stack = crate::bounds::current(sp).is_some_and(|b| b.contains(fp, 16));
     if !fp.is_multiple_of(16) || fp < sp || !on_stack {
-        return Regs::default(); // no frame record: built without frame pointers
+        return Regs::default();
     }
     // SAFETY: `fp` is aligned, above sp and on the current thread's stack: the live frame
     // record of the calling entry point, `{x29, x30}`.
     let (saved_fp, lr) = unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) };
     Regs { pc: crate::strip_pac(lr), sp: fp + 16, fp: saved_fp, pc_is_exact: false }
+}
+
+/// Registers of the caller of the function whose frame record is at `fp`.
+#[inline(always)]
+pub fn frame_record_regs(fp: usize) -> Regs {
+    caller_of(0, stack_pointer(), fp)
+}
+
+/// Calls `f(arg)` with the stack pointer at `top`, then switches back: a slow path that needs
+/// more stack than the running one has (see `dwarf::cfi`). `f` must not unwind.
+///
+/// # Safety
+/// `top` is the 16-byte-aligned end of a writable region, with a guard page below it, that
+/// nothing else uses during the call and that is large enough for `f`.
+pub(crate) unsafe fn call_on_stack(
+    top: usize,
+    f: unsafe extern "C" fn(*mut libc::c_void),
+    arg: *mut libc::c_void,
+) {
+    // SAFETY: per the contract `top` is a free, aligned stack; x20 (callee-saved, so `f`
+    // keeps it) holds our stack pointer across the call and is declared clobbered; the C
+    // ABI's caller-saved registers and x30 are clobbered by the call.
+    unsafe {
+        core::arch::asm!(
+            "mov x20, sp",
+            "mov sp, {top}",
+            "blr {f}",
+            "mov sp, x20",
+            top = in(reg) top,
+            f = in(reg) f,
+            in("x0") arg,
+            out("x20") _,
+            clobber_abi("C"),
+        )
+    }
 }
 
 /// Registers of the interrupted context.

@@ -10,6 +10,25 @@ pub fn frame_record_regs(_fp: usize) -> Regs {
     Regs::default()
 }
 
+/// No port: no caller registers.
+pub fn caller_of(_pc: usize, _sp: usize, _fp: usize) -> Regs {
+    Regs::default()
+}
+
+/// No port: 0.
+pub(crate) fn stack_pointer() -> usize {
+    0
+}
+
+/// No registers to read on this architecture.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __own_regs {
+    () => {
+        (0usize, 0usize, 0usize)
+    };
+}
+
 /// # Safety
 /// None needed: the context is not read.
 pub(crate) unsafe fn regs_from_ucontext(_uc: *const libc::c_void) -> Regs {

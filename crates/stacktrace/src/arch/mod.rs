@@ -16,5 +16,5 @@ mod fallback;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub use fallback::*;
 
-// The entry-point macro is exported at the crate root; this alias keeps `arch::caller_regs!`.
+// The entry-point macros are exported at the crate root; this alias keeps `arch::caller_regs!`.
 pub(crate) use crate::caller_regs;

@@ -13,19 +13,97 @@ pub fn read_fp() -> usize {
     v
 }
 
-/// Registers of the caller of the function whose frame record is at `fp`.
-///
-/// The record is trusted only if it is aligned and lies above the current stack pointer on
-/// the current thread's stack: a function built without frame pointers leaves an unrelated
-/// value in `rbp`, and then the answer is `Regs::default()` (every backend reports no frames)
-/// rather than a wild read.
+/// Reads the stack pointer (`rsp`) of the function it is inlined into.
 #[inline(always)]
-pub fn frame_record_regs(fp: usize) -> Regs {
+pub(crate) fn stack_pointer() -> usize {
     let sp: usize;
     // SAFETY: reads a register, touches no memory.
     unsafe {
         core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
     };
+    sp
+}
+
+/// The registers of a function, read exactly at one of its instructions: expanded by
+/// [`crate::caller_regs!`] inside the entry point whose caller is wanted.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __own_regs {
+    () => {{
+        let (pc, sp, fp): (usize, usize, usize);
+        // SAFETY: copies rip, rsp and rbp into registers; touches no memory.
+        unsafe {
+            ::core::arch::asm!(
+                // The address of the next instruction: `pc` is exact (no `- 1` lookup).
+                "lea {pc}, [rip]",
+                "mov {sp}, rsp",
+                "mov {fp}, rbp",
+                pc = out(reg) pc,
+                sp = out(reg) sp,
+                fp = out(reg) fp,
+                options(nomem, nostack, preserves_flags),
+            )
+        };
+        (pc, sp, fp)
+    }};
+}
+
+/// Registers of the caller of the function whose registers at its instruction `pc` are
+/// `(sp, fp)` (see [`crate::caller_regs!`]): one step by that function's CFI, through the
+/// rule cache. `rbp` is followed only where the CFI says it holds the function's frame
+/// record, so a function built without frame pointers (an allocator hook monomorphised in a
+/// user's crate) gets its caller right; every read is checked against the current stack's
+/// bounds. `Regs::default()` (no frames) when the CFI cannot be had (no unwind tables, or a
+/// cold rule with too little stack left to parse it).
+#[inline]
+pub fn caller_of(pc: usize, sp: usize, fp: usize) -> Regs {
+    #[cfg(target_os = "linux")]
+    {
+        use crate::dwarf::step::{unwind_exact, Unwind};
+        let Some(b) = crate::bounds::current(sp) else { return Regs::default() };
+        let read = |a: usize| -> Option<usize> {
+            if !(a.is_multiple_of(8) && a >= sp && b.contains(a, 8)) {
+                return None;
+            }
+            // SAFETY: aligned, at or above the live stack pointer and inside the current
+            // stack's mapping.
+            Some(unsafe { (a as *const usize).read() })
+        };
+        let (slot, cfa, saved_fp) = match unwind_exact(pc, sp, fp) {
+            Unwind::Record => (fp.wrapping_add(8), fp.wrapping_add(16), Some(fp)),
+            Unwind::Cfa { cfa, slot, fp_slot } => (slot, cfa, fp_slot),
+            Unwind::Stop | Unwind::Other | Unwind::Refused => return Regs::default(),
+        };
+        if cfa <= sp {
+            return Regs::default();
+        }
+        let Some(ra) = read(slot) else { return Regs::default() };
+        let fp = match saved_fp {
+            None => fp,
+            Some(a) => match read(a) {
+                Some(v) => v,
+                None => return Regs::default(),
+            },
+        };
+        let pc = crate::softshadow::real_return_address(slot, ra);
+        Regs { pc, sp: cfa, fp, pc_is_exact: false }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (pc, sp);
+        frame_record_regs(fp)
+    }
+}
+
+/// Registers of the caller of the function whose frame record is at `fp`.
+///
+/// The record is trusted only if it is aligned and lies above the current stack pointer on
+/// the current thread's stack: a function built without frame pointers leaves an unrelated
+/// value in `rbp`, and then the answer is `Regs::default()` (every backend reports no frames)
+/// rather than a wild read. Prefer [`caller_of`], which asks the CFI first.
+#[inline(always)]
+pub fn frame_record_regs(fp: usize) -> Regs {
+    let sp = stack_pointer();
     let on_stack = crate::bounds::current(sp).is_some_and(|b| b.contains(fp, 16));
     if !fp.is_multiple_of(16) || fp < sp || !on_stack {
         return Regs::default();
@@ -35,6 +113,36 @@ pub fn frame_record_regs(fp: usize) -> Regs {
     // with frame pointers), `{saved rbp, return address}`.
     let (saved_fp, ra) = unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) };
     Regs { pc: ra, sp: fp + 16, fp: saved_fp, pc_is_exact: false }
+}
+
+/// Calls `f(arg)` with the stack pointer at `top`, then switches back: a slow path that needs
+/// more stack than the running one has (see `dwarf::cfi`). `f` must not unwind.
+///
+/// # Safety
+/// `top` is the 16-byte-aligned end of a writable region, with a guard page below it, that
+/// nothing else uses during the call and that is large enough for `f`.
+pub(crate) unsafe fn call_on_stack(
+    top: usize,
+    f: unsafe extern "C" fn(*mut libc::c_void),
+    arg: *mut libc::c_void,
+) {
+    // SAFETY: per the contract `top` is a free, aligned stack; r12 (callee-saved, so `f`
+    // keeps it) holds our stack pointer across the call and is declared clobbered; the C
+    // ABI's caller-saved registers are clobbered by the call. `call` at a 16-aligned `rsp`
+    // gives `f` the SysV alignment.
+    unsafe {
+        core::arch::asm!(
+            "mov r12, rsp",
+            "mov rsp, {top}",
+            "call {f}",
+            "mov rsp, r12",
+            top = in(reg) top,
+            f = in(reg) f,
+            in("rdi") arg,
+            out("r12") _,
+            clobber_abi("C"),
+        )
+    }
 }
 
 /// Registers of the interrupted context.

@@ -3,8 +3,10 @@
 //!
 //! # Signal safety
 //! [`rule_for`] is async-signal-safe: gimli parses borrowed slices, and the unwind context
-//! lives on the stack in fixed arrays ([`Storage`]), so nothing allocates. It uses about
-//! 4 KiB of stack optimised (see the measurement test in `tests/it/dwarf.rs`).
+//! lives on the stack in fixed arrays ([`Storage`]), so nothing allocates. It needs up to
+//! [`super::MISS_STACK`] bytes of stack and refuses (`Miss::LowStack`) when the stack it runs on
+//! has less left (a handler on a small `sigaltstack`), so it never overflows; see the
+//! measurement test in `tests/it/dwarf.rs`.
 
 use super::arch;
 use super::cache::Rule;
@@ -28,10 +30,105 @@ impl UnwindContextStorage<usize> for Storage {
 }
 
 /// The rule for the frame at `pc` (looked up at `lookup`, which is `pc - 1` for a return
-/// address). `Err(Transient)` must not be cached.
+/// address). `Err(Transient)` and `Err(LowStack)` must not be cached.
+///
+/// The parse runs on the caller's stack when it has [`super::MISS_STACK`] bytes left, else
+/// on the process's spare stack ([`spare`]) if no other thread is using it, else it is
+/// refused (`LowStack`).
 #[cold]
 #[inline(never)]
 pub(crate) fn rule_for(lookup: usize, pc: usize, may_refresh: &mut bool) -> Result<Rule, Miss> {
+    if crate::bounds::has_room(super::MISS_STACK) {
+        return rule_parsed(lookup, pc, may_refresh);
+    }
+    spare::run(|| rule_parsed(lookup, pc, may_refresh)).unwrap_or(Err(Miss::LowStack))
+}
+
+/// One spare stack for the whole process, for misses on stacks without room (a handler on a
+/// small `sigaltstack`, a fiber whose bounds are unknown): mapped on first use with a guard
+/// page below it, taken with a try-lock (a signal handler or another thread that finds it
+/// busy is refused, never waits), never freed.
+mod spare {
+    use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const SIZE: usize = super::super::MISS_STACK * 2;
+    const GUARD: usize = 4096;
+
+    static BUSY: AtomicBool = AtomicBool::new(false);
+    /// Top of the mapped stack, 0 before the first use.
+    static TOP: AtomicUsize = AtomicUsize::new(0);
+
+    /// Runs `f` on the spare stack; `None` if it is busy or cannot be mapped.
+    pub(super) fn run<R>(f: impl FnOnce() -> R) -> Option<R> {
+        // Acquire pairs with the Release below: the previous user is done with the stack.
+        if BUSY.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        let r = top().and_then(|top| call(top, f));
+        // Release: our use of the stack happens before the next user's.
+        BUSY.store(false, Ordering::Release);
+        r
+    }
+
+    fn top() -> Option<usize> {
+        // Relaxed: written and read only by the holder of BUSY, which orders them.
+        let t = TOP.load(Ordering::Relaxed);
+        if t != 0 {
+            return Some(t);
+        }
+        // SAFETY: a fresh anonymous private mapping; no existing memory is touched.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                GUARD + SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        // SAFETY: the first page of the mapping just made: becomes the guard.
+        unsafe { libc::mprotect(p, GUARD, libc::PROT_NONE) };
+        let t = p as usize + GUARD + SIZE;
+        // Relaxed: see above.
+        TOP.store(t, Ordering::Relaxed);
+        Some(t)
+    }
+
+    fn call<F: FnOnce() -> R, R>(top: usize, f: F) -> Option<R> {
+        struct Job<F, R> {
+            f: Option<F>,
+            r: Option<R>,
+        }
+        unsafe extern "C" fn trampoline<F: FnOnce() -> R, R>(arg: *mut libc::c_void) {
+            // SAFETY: `arg` is the `Job` of `call`, alive and exclusively ours for the call.
+            let job = unsafe { &mut *(arg as *mut Job<F, R>) };
+            if let Some(f) = job.f.take() {
+                job.r = Some(f());
+            }
+        }
+        let mut job = Job { f: Some(f), r: None };
+        // SAFETY: `top` ends the spare mapping (aligned, guard page below, SIZE bytes), held
+        // exclusively through BUSY; the trampoline does not unwind (a panic in `f` aborts at
+        // its `extern "C"` boundary).
+        unsafe {
+            crate::arch::call_on_stack(
+                top,
+                trampoline::<F, R>,
+                &mut job as *mut Job<F, R> as *mut libc::c_void,
+            )
+        };
+        job.r
+    }
+}
+
+/// The parse proper, in its own frame so that the room check above runs before its stack
+/// is reserved.
+#[inline(never)]
+fn rule_parsed(lookup: usize, pc: usize, may_refresh: &mut bool) -> Result<Rule, Miss> {
     let m = module::find(lookup, may_refresh)?;
     Ok(rule_in(&m, lookup, pc).unwrap_or(Rule::Stop))
 }

@@ -70,6 +70,14 @@ pub(crate) mod step;
 #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod walk;
 
+/// Stack that a rule-cache miss may need below the stack pointer of the capture, with a
+/// margin. A miss (gimli parsing `.eh_frame`) is refused, and the capture answers
+/// [`Unsupported::StackTooSmall`], when the stack it runs on (the thread's, or the
+/// `sigaltstack` of a handler) has less left: a capture never overflows. Warm captures need
+/// a few hundred bytes. `tests/it/dwarf.rs` measures the peak on a painted stack in the
+/// profile it is built in and checks it against this bound.
+pub const MISS_STACK: usize = if cfg!(debug_assertions) { 32 << 10 } else { 12 << 10 };
+
 /// Captures with the DWARF unwinder; entry 0 is the return address into the caller.
 ///
 /// Async-signal-safe with glibc >= 2.35 (see the module docs); no allocation, no lock.

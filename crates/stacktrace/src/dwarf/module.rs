@@ -35,6 +35,9 @@ pub(crate) enum Miss {
     NotFound,
     /// The fallback snapshot was busy or stale: try again on a later capture.
     Transient,
+    /// Parsing needs more stack than the running stack has left ([`super::MISS_STACK`]):
+    /// refused, try again on a later capture.
+    LowStack,
 }
 
 #[repr(C)]
@@ -102,7 +105,16 @@ pub(crate) fn has_dl_find_object() -> bool {
 pub(crate) fn find(pc: usize, may_refresh: &mut bool) -> Result<Module, Miss> {
     match dl_find_object() {
         Some(f) => find_dl(f, pc),
-        None => find_snapshot(pc, may_refresh),
+        None => match find_snapshot(pc, may_refresh) {
+            // Before the constructor looked `_dl_find_object` up (another constructor that
+            // allocates runs first), the snapshot may just not be taken yet: not an answer to
+            // cache.
+            // Acquire: pairs with the Release store in `resolve`.
+            Err(Miss::NotFound) if DL_FIND_OBJECT.load(Ordering::Acquire) == 0 => {
+                Err(Miss::Transient)
+            }
+            r => r,
+        },
     }
 }
 

@@ -30,6 +30,10 @@ pub(crate) enum Unwind {
     /// A signal frame (or a rule too large to cache): only the full walker ([`walk_from`])
     /// goes on.
     Other,
+    /// The rule is not cached and looking it up needs more stack than is left (a signal
+    /// handler on a small alternate stack): the capture must refuse
+    /// ([`crate::Unsupported::StackTooSmall`]).
+    Refused,
 }
 
 /// The step of the DWARF walker from one frame, for a walk mixing frame-pointer steps (where
@@ -38,6 +42,21 @@ pub(crate) enum Unwind {
 #[inline]
 pub(crate) fn unwind(pc: usize, sp: usize, fp: usize) -> Unwind {
     let Some(lookup) = pc.checked_sub(1) else { return Unwind::Stop };
+    unwind_at(lookup, pc, sp, fp)
+}
+
+/// As [`unwind`], for a frame whose `pc` is the exact instruction (looked up as is): the
+/// registers an entry point reads of itself ([`crate::caller_regs!`]).
+#[inline]
+pub(crate) fn unwind_exact(pc: usize, sp: usize, fp: usize) -> Unwind {
+    if pc < 4096 {
+        return Unwind::Stop;
+    }
+    unwind_at(pc, pc, sp, fp)
+}
+
+#[inline(always)]
+fn unwind_at(lookup: usize, pc: usize, sp: usize, fp: usize) -> Unwind {
     let word = match cache::get(lookup) {
         Some(w) => w,
         None => {
@@ -46,6 +65,7 @@ pub(crate) fn unwind(pc: usize, sp: usize, fp: usize) -> Unwind {
                 // As the walker: no object or no CFI is a stable "stop".
                 Err(Miss::NotFound) => Rule::Stop,
                 Err(Miss::Transient) => return Unwind::Stop,
+                Err(Miss::LowStack) => return Unwind::Refused,
             };
             cache::insert(lookup, r);
             match r.pack() {
@@ -74,11 +94,14 @@ pub(crate) fn unwind(pc: usize, sp: usize, fp: usize) -> Unwind {
 }
 
 /// The DWARF walk from `regs` (a return address as pc, on the current thread's stack) into
-/// `buf`, `buf[0] = regs.pc`; returns how many. Never refreshes the module snapshot.
-pub(crate) fn walk_from(regs: &Regs, buf: &mut [usize]) -> usize {
-    let Some(b) = crate::bounds::current(regs.sp) else { return 0 };
+/// `buf`, `buf[0] = regs.pc`; returns how many, and whether a rule lookup was refused for
+/// lack of stack (the walk then ends early). Never refreshes the module snapshot.
+pub(crate) fn walk_from(regs: &Regs, buf: &mut [usize]) -> (usize, bool) {
+    let Some(b) = crate::bounds::current(regs.sp) else { return (0, false) };
     let mut stack = LiveStacks(LiveStack(b));
-    walk::walk(&mut stack, &mut LiveRules { may_refresh: false }, regs, buf)
+    let mut rules = LiveRules::new(false);
+    let n = walk::walk(&mut stack, &mut rules, regs, buf);
+    (n, rules.refused)
 }
 
 #[cfg(test)]

@@ -159,7 +159,15 @@ impl Stack for LiveStacks {
 pub(super) struct LiveRules {
     /// The module snapshot (glibc < 2.35 only) may be refreshed: once per capture, never in
     /// signal context.
-    pub(super) may_refresh: bool,
+    may_refresh: bool,
+    /// A miss was refused: too little stack left to parse CFI (the walk stopped there).
+    pub(super) refused: bool,
+}
+
+impl LiveRules {
+    pub(super) fn new(may_refresh: bool) -> LiveRules {
+        LiveRules { may_refresh, refused: false }
+    }
 }
 
 impl Rules for LiveRules {
@@ -173,6 +181,10 @@ impl Rules for LiveRules {
             // No object or no CFI here: a stable answer, remembered as "stop".
             Err(Miss::NotFound) => Rule::Stop,
             Err(Miss::Transient) => return None,
+            Err(Miss::LowStack) => {
+                self.refused = true;
+                return None;
+            }
         };
         cache::insert(lookup, r);
         // A rule that does not pack (huge frame) is used once, uncached.
@@ -187,8 +199,9 @@ pub(crate) fn capture_from(regs: &Regs, buf: &mut [usize]) -> Result<usize, Unsu
     }
     let b = bounds::current(regs.sp).ok_or(Unsupported::NoStackBounds)?;
     let mut stack = LiveStacks(LiveStack(b));
-    let mut rules = LiveRules { may_refresh: !regs.pc_is_exact };
+    let mut rules = LiveRules::new(!regs.pc_is_exact);
     match walk(&mut stack, &mut rules, regs, buf) {
+        _ if rules.refused => Err(Unsupported::StackTooSmall),
         0 => Err(Unsupported::NoFrames),
         n => Ok(n),
     }

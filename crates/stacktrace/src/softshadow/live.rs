@@ -12,6 +12,7 @@ use super::state::{
 use super::walk::{self, Entry, Machine, Policy};
 use super::{policy, CROSS_CHECK, CROSS_CHECKS, CROSS_CHECK_FAILURES, ENABLED};
 use crate::{Regs, Unsupported};
+use core::cell::Cell;
 use core::sync::atomic::{compiler_fence, Ordering::Relaxed, Ordering::SeqCst};
 
 /// Frames walked past a full buffer to reach the anchor (so that deeper new frames connect).
@@ -27,6 +28,9 @@ struct Live<'a> {
     tramp: usize,
     /// The block whose `record_pcs` spare rule-cache lookups (`None`: always look up).
     memo: Option<&'a ThreadState>,
+    /// A rule lookup was refused for lack of stack: the walk ended early, and the capture
+    /// answers `StackTooSmall` (a cheaper backend serves it).
+    refused: Cell<bool>,
 }
 
 impl<'a> Live<'a> {
@@ -41,7 +45,13 @@ impl<'a> Live<'a> {
     /// so that it does not share what it checks).
     #[inline(always)]
     fn unmemoized(lo: usize, hi: usize) -> Live<'a> {
-        Live { lo: lo.max(4096), last: hi.saturating_sub(8), tramp: arch::trampoline(), memo: None }
+        Live {
+            lo: lo.max(4096),
+            last: hi.saturating_sub(8),
+            tramp: arch::trampoline(),
+            memo: None,
+            refused: Cell::new(false),
+        }
     }
 
     #[inline(always)]
@@ -98,12 +108,21 @@ impl Machine for Live<'_> {
             U::Cfa { cfa, slot, fp_slot } => walk::Unwind::Cfa { cfa, slot, fp_slot },
             U::Stop => walk::Unwind::Stop,
             U::Other => walk::Unwind::Dwarf,
+            U::Refused => {
+                self.refused.set(true);
+                walk::Unwind::Stop
+            }
         }
     }
 
     #[cold]
     fn walk_from(&self, pc: usize, sp: usize, fp: usize, buf: &mut [usize]) -> usize {
-        crate::dwarf::step::walk_from(&Regs { pc, sp, fp, pc_is_exact: false }, buf)
+        let (n, refused) =
+            crate::dwarf::step::walk_from(&Regs { pc, sp, fp, pc_is_exact: false }, buf);
+        if refused {
+            self.refused.set(true);
+        }
+        n
     }
 
     #[inline(always)]
@@ -162,43 +181,6 @@ fn leave(st: &ThreadState) {
     st.busy.store(0, Relaxed);
 }
 
-/// [`super::capture`]: `caller_regs!` from the frame record at `fp` (the caller of
-/// `capture`), checked against this thread's bounds instead of a bounds lookup when the
-/// steady path can run, then as [`capture_from`].
-#[inline(always)]
-pub(super) fn capture_here(fp: usize, buf: &mut [usize]) -> Result<usize, Unsupported> {
-    let sp = arch::stack_pointer();
-    let st = arch::state();
-    if enter(st) {
-        let s = snap(st);
-        // As `frame_record_regs`: aligned, at or above the live stack pointer, on this stack.
-        if s.steady
-            && fp.is_multiple_of(16)
-            && sp >= s.lo
-            && fp >= sp
-            && fp < s.hi.saturating_sub(16)
-        {
-            let p = fp as *const usize;
-            // SAFETY: `fp` is aligned and `[fp, fp + 16)` lies between the live stack
-            // pointer and the end of this thread's stack: mapped, and the frame record of
-            // our caller's caller (`capture` keeps frame pointers).
-            let (saved_fp, ra) = unsafe { (p.read(), p.add(1).read()) };
-            let regs = Regs { pc: ra, sp: fp + 16, fp: saved_fp, pc_is_exact: false };
-            let r = steady(st, s, &regs, buf);
-            leave(st);
-            return finish(st, &regs, buf, r);
-        }
-        leave(st);
-    }
-    general(st, &slow_caller_regs(fp), buf, true)
-}
-
-#[cold]
-#[inline(never)]
-fn slow_caller_regs(fp: usize) -> Regs {
-    crate::__private::frame_record_regs(fp)
-}
-
 /// See [`super::capture_from`].
 ///
 /// The steady state (an active, idle thread on its own stack whose array has not changed
@@ -219,19 +201,29 @@ pub(super) fn capture_from(regs: &Regs, buf: &mut [usize]) -> Result<usize, Unsu
     general(st, regs, buf, true)
 }
 
-/// The steady path, `busy` held: [`walk::steady`] and the policy's bookkeeping.
+/// The steady path, `busy` held: [`walk::steady`] and the policy's bookkeeping. `None`: the
+/// steady path does not serve this capture.
 #[inline(always)]
-fn steady(st: &ThreadState, s: Snap, regs: &Regs, buf: &mut [usize]) -> Option<usize> {
+fn steady(
+    st: &ThreadState,
+    s: Snap,
+    regs: &Regs,
+    buf: &mut [usize],
+) -> Option<Result<usize, Unsupported>> {
     // SAFETY: an active thread's array holds `len <= CAPACITY` published entries; only this
     // thread writes it, its signal handlers' captures answer `Reentered` while we hold
     // `busy`, and the trampoline cannot run meanwhile (patched frames are above this call).
     let arr = unsafe { core::slice::from_raw_parts(st.entries_ptr(), s.len) };
     let skip = st.skip.load(Relaxed);
-    let r = walk::steady(&Live::new(st, s.lo, s.hi), arr, regs, buf, skip);
+    let m = Live::new(st, s.lo, s.hi);
+    let r = walk::steady(&m, arr, regs, buf, skip);
+    if m.refused.get() {
+        return Some(Err(Unsupported::StackTooSmall));
+    }
     if r.is_some() {
         note_quiet(st, skip);
     }
-    r
+    r.map(Ok)
 }
 
 /// After the steady path released `busy`: the cross-check, or the general path if the
@@ -241,10 +233,11 @@ fn finish(
     st: &ThreadState,
     regs: &Regs,
     buf: &mut [usize],
-    r: Option<usize>,
+    r: Option<Result<usize, Unsupported>>,
 ) -> Result<usize, Unsupported> {
     match r {
-        Some(n) => {
+        Some(Err(e)) => Err(e),
+        Some(Ok(n)) => {
             // Relaxed: a debug switch; see `set_cross_check`.
             if CROSS_CHECK.load(Relaxed) {
                 cross_check(st, regs, buf, n);
@@ -332,6 +325,9 @@ fn locked(
     let last_len = st.last_len.load(Relaxed);
     if try_steady && len == last_len {
         if let Some(n) = walk::steady(&m, &arr[..len], regs, buf, skip) {
+            if m.refused.get() {
+                return Err(Unsupported::StackTooSmall);
+            }
             note_quiet(st, skip);
             return Ok(n);
         }
@@ -352,6 +348,7 @@ fn locked(
     st.quiet.store(quiet, Relaxed);
     st.last_len.store(now, Relaxed);
     match o.n {
+        _ if m.refused.get() => Err(Unsupported::StackTooSmall),
         0 if !buf.is_empty() => Err(Unsupported::NoFrames),
         n => Ok(n),
     }

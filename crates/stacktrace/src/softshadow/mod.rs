@@ -119,15 +119,8 @@ static CROSS_CHECK_FAILURES: AtomicU64 = AtomicU64::new(0);
 /// Async-signal-safe (see the module docs); no allocation, no lock.
 #[inline(never)]
 pub fn capture(buf: &mut [usize]) -> Result<usize, Unsupported> {
-    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    {
-        live::capture_here(crate::__private::read_fp(), buf)
-    }
-    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-    {
-        let regs = crate::caller_regs!();
-        capture_from(&regs, buf)
-    }
+    let regs = crate::caller_regs!();
+    capture_from(&regs, buf)
 }
 
 /// Captures from explicit registers: those of a live frame on the current thread's stack

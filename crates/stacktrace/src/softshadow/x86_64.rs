@@ -147,14 +147,3 @@ pub(super) fn state() -> &'static ThreadState {
     // reference never leaves the thread (callers use it within one call).
     unsafe { &*(p as *const ThreadState) }
 }
-
-/// The current stack pointer (of the function this is inlined in).
-#[inline(always)]
-pub(super) fn stack_pointer() -> usize {
-    let sp: usize;
-    // SAFETY: reads a register, touches no memory.
-    unsafe {
-        core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
-    };
-    sp
-}

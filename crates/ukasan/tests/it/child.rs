@@ -30,6 +30,33 @@ fn poke(p: *mut u8, off: isize) {
     unsafe { std::ptr::write_volatile(p.offset(off), 0x41) }
 }
 
+/// `n` allocations of 16 to 136 bytes from four call sites, each freeing the one made 64
+/// allocations earlier: the same stacks over and over, as a program's steady state.
+#[inline(never)]
+fn churn(n: usize) {
+    #[inline(never)]
+    fn site_a(i: usize) -> Vec<u8> {
+        std::hint::black_box(vec![1u8; 16 + (i % 16) * 8])
+    }
+    #[inline(never)]
+    fn site_b(i: usize) -> Vec<u8> {
+        std::hint::black_box(vec![2u8; 24 + (i % 8) * 8])
+    }
+    #[inline(never)]
+    fn site(i: usize) -> Vec<u8> {
+        if i.is_multiple_of(2) {
+            site_a(i)
+        } else {
+            site_b(i)
+        }
+    }
+    let mut ring: Vec<Vec<u8>> = (0..64).map(|_| Vec::new()).collect();
+    for i in 0..n {
+        ring[i % 64] = site(i);
+    }
+    std::hint::black_box(&ring);
+}
+
 /// Runs the scenario named by `UKASAN_IT_CHILD` (nothing otherwise).
 #[test]
 fn entry() {
@@ -62,6 +89,16 @@ fn entry() {
             let p = rust_alloc_site(l);
             rust_free_site(p, l);
             poke(p, 4);
+        }
+        "syscalls" => {
+            // One call site for the warm-up and the measured run: the same stacks.
+            for n in [20_000, 100_000] {
+                if n == 100_000 {
+                    crate::syscalls::marker();
+                }
+                churn(n);
+            }
+            crate::syscalls::marker();
         }
         "clean" => {
             let v: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
@@ -230,6 +267,29 @@ fn use_after_free_of_rust_allocation_found_at_exit() {
     assert!(has(&section_functions(&r, "Freed by thread"), "rust_free_site"), "{r}");
     assert!(has(&section_functions(&r, "Allocated by thread"), "rust_alloc_site"), "{r}");
     assert_eq!(c.status, Some(1));
+}
+
+#[test]
+fn the_hot_path_makes_no_syscall_in_any_capture_configuration() {
+    let run = |opts: &str| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["child::entry", "--exact", "--nocapture", "--test-threads=1"])
+            .env(ENV, "syscalls")
+            .env("UKASAN_OPTIONS", opts);
+        let c = crate::syscalls::count(cmd);
+        eprintln!("{opts}: {} syscalls between the markers: {:?}", c.total(), c.between);
+        assert_eq!((c.markers, c.status), (2, Some(0)), "{opts}: {}", c.stderr);
+        c
+    };
+    let off = run("stacks=off");
+    for opts in ["stacks=auto", "stacks=shadow", "stacks=fp", "stacks=dwarf", "stacks=auto:depot=0"]
+    {
+        let on = run(opts);
+        assert_eq!(
+            on.between, off.between,
+            "syscalls over 100 000 allocations and frees, {opts} vs stacks=off"
+        );
+    }
 }
 
 #[test]

@@ -8,3 +8,4 @@ static GLOBAL: ukasan::Ukasan<std::alloc::System> = ukasan::Ukasan::new(std::all
 mod child;
 mod hotpath;
 mod stress;
+mod syscalls;
