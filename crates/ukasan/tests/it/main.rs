@@ -9,3 +9,4 @@ mod child;
 mod hotpath;
 mod stress;
 mod syscalls;
+mod user_project;

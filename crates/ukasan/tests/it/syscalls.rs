@@ -36,16 +36,18 @@ pub fn count(mut cmd: Command) -> Counts {
     let err = tempfile_path("syscalls-stderr");
     let file = std::fs::File::create(&err).unwrap();
     cmd.stdout(Stdio::null()).stderr(file);
-    // SAFETY: between fork and exec the closure only makes one async-signal-safe syscall.
+    // SAFETY: between fork and exec the closure only makes async-signal-safe syscalls. The
+    // child gets a process group of its own so that the `waitpid` below waits for its
+    // threads only, never for children of other tests running in this process.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
+            if libc::setpgid(0, 0) != 0 || libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         })
     };
-    // Reaped by the `waitpid(-1)` loop below, not by `Child::wait`.
+    // Reaped by the `waitpid` loop below, not by `Child::wait`.
     #[allow(clippy::zombie_processes)]
     let child = cmd.spawn().expect("spawn the traced child");
     let pid = child.id() as libc::pid_t;
@@ -62,8 +64,8 @@ pub fn count(mut cmd: Command) -> Counts {
     let mut in_syscall: HashMap<libc::pid_t, bool> = HashMap::new();
     let (mut between, mut markers, mut exit) = (BTreeMap::new(), 0u32, None);
     loop {
-        // SAFETY: waits for any of our tracees.
-        let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
+        // SAFETY: waits for any thread of the tracee (its process group).
+        let tid = unsafe { libc::waitpid(-pid, &mut status, libc::__WALL) };
         if tid < 0 {
             break; // ECHILD: everything exited
         }
