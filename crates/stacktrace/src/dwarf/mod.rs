@@ -21,11 +21,16 @@
 //! faster than libgcc's `_Unwind_Backtrace` in the same run), under 4 ns per frame at 128;
 //! frames with frame records take a branch-predicted fast path. A rule cache miss costs a
 //! few hundred ns. Memory: a 64 KiB static rule table and a 10 KiB static module snapshot
-//! (used only without `_dl_find_object`). Stack, measured on a painted 16 KiB `sigaltstack`
-//! in `tests/it/dwarf.rs`: the kernel's signal frame plus the test handler take 3.3 KiB; with
-//! a capture the peak is 8.1 KiB in a release build (warm or cold alike), 5.4 KiB warm and
-//! 11 KiB cold in the dev profile. Unoptimised, gimli's parser (generic, instantiated here)
-//! would need ~14 KiB on a miss: the workspace builds this crate at opt-level 1 in dev.
+//! (used only without `_dl_find_object`).
+//!
+//! Stack, measured on a painted `sigaltstack` in `tests/it/dwarf.rs` on an AVX-512 machine
+//! (the kernel's signal frame and a handler that returns at once: 2.9 KiB), above that: in a
+//! release build a warm capture 5.0 KiB, a cold one (every rule a miss) 5.1 KiB, a
+//! frame-pointer capture 0.9 KiB; in this workspace's dev profile (this crate at
+//! `opt-level` 1) 1.1 KiB warm and 7.6 KiB cold; unoptimised (a user's debug build) 2.0 KiB
+//! warm and 12.4 KiB cold. A miss is the expensive part: it runs only with [`MISS_STACK`]
+//! bytes of room left, else on a spare stack of the process (one at a time), else it is
+//! refused with [`Unsupported::StackTooSmall`].
 //!
 //! # Signal Safe Methods
 //! [`capture`], [`capture_from`] and [`flush_cache`] take no lock, never allocate and never
