@@ -10,6 +10,7 @@
 //! | `double-free`, `invalid-free` (foreign or interior pointer) | at the free call |
 //! | `layout-mismatch` (Rust `dealloc`/`realloc` with another `Layout`) | at the call |
 //! | `alloc-dealloc-mismatch` (malloc/free vs new/delete vs new[]/delete[]) | at the call |
+//! | `new-delete-type-mismatch` (C++ sized or aligned `delete` of another size or alignment) | at the call |
 //! | `out-of-bounds` write (a redzone byte changed) | at free, quarantine eviction, exit |
 //! | `use-after-free` write (a freed object's poison changed) | at eviction and exit |
 //! | `memory-leak` (still allocated at exit, grouped by stack) | at exit (`detect_leaks`) |

@@ -24,6 +24,9 @@ pub enum Kind {
     LayoutMismatch,
     /// malloc/free vs new/delete vs new[]/delete[].
     AllocDeallocMismatch,
+    /// A C++ sized or aligned `delete`/`delete[]` whose size or alignment is not the
+    /// allocation's (ASan's name: the object is deleted through a pointer of another type).
+    NewDeleteTypeMismatch,
     /// A redzone byte changed.
     OutOfBounds,
     /// A freed object's poison changed.
@@ -40,6 +43,7 @@ impl Kind {
             Kind::InvalidFree => "invalid-free",
             Kind::LayoutMismatch => "layout-mismatch",
             Kind::AllocDeallocMismatch => "alloc-dealloc-mismatch",
+            Kind::NewDeleteTypeMismatch => "new-delete-type-mismatch",
             Kind::OutOfBounds => "out-of-bounds",
             Kind::UseAfterFree => "use-after-free",
             Kind::MemoryLeak => "memory-leak",
@@ -71,7 +75,7 @@ pub enum Access {
         /// How it is being freed.
         free: Family,
     },
-    /// A dealloc with a `Layout` (or sized delete) that does not match.
+    /// A Rust dealloc with a `Layout` that does not match.
     Layout {
         /// The pointer passed.
         addr: usize,
@@ -80,6 +84,17 @@ pub enum Access {
         /// Alignment given.
         align: usize,
         /// Freeing function family.
+        family: Family,
+    },
+    /// A C++ `delete` whose size or alignment does not match the allocation's.
+    DeleteType {
+        /// The pointer passed.
+        addr: usize,
+        /// Size given (`None`: an unsized delete).
+        size: Option<usize>,
+        /// Alignment given (16 or less: default-aligned).
+        align: usize,
+        /// Freeing function family (`operator delete` or `operator delete []`).
         family: Family,
     },
     /// Bytes found modified, detected later.
@@ -94,9 +109,10 @@ pub enum Access {
 impl Access {
     fn addr(&self) -> usize {
         match *self {
-            Access::Free { addr } | Access::Mismatch { addr, .. } | Access::Layout { addr, .. } => {
-                addr
-            }
+            Access::Free { addr }
+            | Access::Mismatch { addr, .. }
+            | Access::Layout { addr, .. }
+            | Access::DeleteType { addr, .. } => addr,
             Access::Corrupt { damage, .. } => damage.start,
         }
     }
@@ -306,6 +322,31 @@ fn access_line<const N: usize>(b: &mut FixedBuf<N>, r: &Report<'_>) {
             r.chunk.map_or(0, |c| c.size),
             r.chunk.map_or(0, |c| c.align),
         ),
+        Access::DeleteType { addr, size, align, family } => {
+            let what = if family == Family::NewArray { "delete[]" } else { "delete" };
+            let _ = write!(
+                b,
+                "Free of addr 0x{addr:x} by thread {} with {}: object passed to {what} has wrong type:",
+                r.tid,
+                family.free_name()
+            );
+            let (asize, aalign) = r.chunk.map_or((0, 0), |c| (c.size, c.align));
+            let mut sep = "";
+            if let Some(size) = size {
+                let _ = write!(
+                    b,
+                    " size of the allocated type: {asize} bytes; size of the deallocated type: {size} bytes"
+                );
+                sep = ";";
+            }
+            if cxx_align(align) != cxx_align(aalign) {
+                let _ = write!(b, "{sep} alignment of the allocated type: ");
+                alignment_words(b, aalign);
+                let _ = b.write_str("; alignment of the deallocated type: ");
+                alignment_words(b, align);
+            }
+            b.write_str("\n")
+        }
         Access::Corrupt { damage, when } => {
             let _ = write!(
                 b,
@@ -327,6 +368,20 @@ fn access_line<const N: usize>(b: &mut FixedBuf<N>, r: &Report<'_>) {
             }
             b.write_str("\n")
         }
+    };
+}
+
+/// C++ alignments compare as `__STDCPP_DEFAULT_NEW_ALIGNMENT__` (16) at least.
+pub(crate) fn cxx_align(align: usize) -> usize {
+    align.max(crate::chunk::MIN_ALIGN)
+}
+
+/// An alignment in ASan's words: `default-aligned` or `N bytes`.
+fn alignment_words<const N: usize>(b: &mut FixedBuf<N>, align: usize) {
+    let _ = if cxx_align(align) == crate::chunk::MIN_ALIGN {
+        b.write_str("default-aligned")
+    } else {
+        write!(b, "{align} bytes")
     };
 }
 

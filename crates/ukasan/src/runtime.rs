@@ -41,8 +41,16 @@ pub unsafe trait Backing {
 pub struct Expect {
     /// Family of the freeing function.
     pub family: Family,
-    /// `(size, align)` the program claims (Rust `Layout`, C++ sized delete); `None` if unknown.
+    /// `(size, align)` the program claims (Rust `Layout`, C++ sized or aligned delete);
+    /// `None` if unknown. A C++ delete that knows only the alignment passes
+    /// [`Expect::ANY_SIZE`] as the size.
     pub layout: Option<(usize, usize)>,
+}
+
+impl Expect {
+    /// The size of a C++ unsized delete (`operator delete(void*, std::align_val_t)`): only
+    /// its alignment is checked. No chunk is this large.
+    pub const ANY_SIZE: usize = usize::MAX;
 }
 
 struct ShardData {
@@ -393,19 +401,16 @@ impl Runtime {
             );
             return;
         }
+        // One report per bad free: a wrong family says it all; only a free of the right
+        // family is checked for the size and alignment it claims.
         if expect.family != h.family()
             && !(expect.family == Family::Rust || h.family() == Family::Rust)
         {
             let access =
                 Access::Mismatch { addr: p as usize, alloc: h.family(), free: expect.family };
             self.report_simple(o, Kind::AllocDeallocMismatch, access, Some(h), regs);
-        }
-        if let Some((size, align)) = expect.layout {
-            if size != h.size || align != h.align {
-                let access =
-                    Access::Layout { addr: p as usize, size, align, family: expect.family };
-                self.report_simple(o, Kind::LayoutMismatch, access, Some(h), regs);
-            }
+        } else if let Some((size, align)) = expect.layout {
+            self.check_layout(o, h, p as usize, expect.family, size, align, regs);
         }
         // SAFETY: the chunk is ours and owned by this free until quarantined.
         unsafe { self.check_redzones(o, h, "free", regs) };
@@ -566,6 +571,35 @@ impl Runtime {
             e.set_state(State::Released);
             // SAFETY: out of every list; the program freed it.
             unsafe { Self::release(b, e) };
+        }
+    }
+
+    /// Reports a free whose claimed size or alignment is not the allocation's: C++ sized or
+    /// aligned deletes as `new-delete-type-mismatch` (sizes compared unless the delete is
+    /// unsized, alignments as C++ does, 16 and below being the default), anything else (Rust
+    /// `dealloc`/`realloc`) as `layout-mismatch`.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn check_layout(
+        &self,
+        o: &Options,
+        h: &Header,
+        addr: usize,
+        family: Family,
+        size: usize,
+        align: usize,
+        regs: &Regs,
+    ) {
+        if matches!(family, Family::New | Family::NewArray) {
+            let known = (size != Expect::ANY_SIZE).then_some(size);
+            let size_bad = known.is_some_and(|s| s != h.size);
+            if size_bad || report::cxx_align(align) != report::cxx_align(h.align) {
+                let access = Access::DeleteType { addr, size: known, align, family };
+                self.report_simple(o, Kind::NewDeleteTypeMismatch, access, Some(h), regs);
+            }
+        } else if size != h.size || align != h.align {
+            let access = Access::Layout { addr, size, align, family };
+            self.report_simple(o, Kind::LayoutMismatch, access, Some(h), regs);
         }
     }
 

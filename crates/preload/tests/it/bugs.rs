@@ -141,6 +141,71 @@ fn alloc_dealloc_mismatch_in_cxx() {
     }
 }
 
+/// Number of report headers on stderr: a second report of the same bug makes it 2.
+fn headers(r: &crate::common::Run) -> usize {
+    r.stderr.lines().filter(|l| l.starts_with("BUG: KASAN:")).count()
+}
+
+#[test]
+fn delete_of_new_array_is_one_alloc_dealloc_mismatch() {
+    // `delete` of `new int[10]`: a sized delete of 4 bytes, but the family is what is wrong.
+    let r = run(&program("mismatch.cc"), &["array-delete"], "");
+    assert_eq!(headers(&r), 1, "one report per bug:\n{}", r.stderr);
+    let rep = r.only("alloc-dealloc-mismatch");
+    assert!(rep.header().contains(" in release_delete"), "{}", rep.text);
+    assert!(!r.stderr.contains("Layout"), "no Rust words for C++:\n{}", r.stderr);
+}
+
+#[test]
+fn sized_delete_of_wrong_size_is_new_delete_type_mismatch() {
+    for (scenario, alloc, freed, afn, ffn) in [
+        // ::operator delete(p, 8) of ::operator new(16)
+        ("sized-delete", 16, 8, "make_raw", "release_sized"),
+        // delete of a Derived (24 bytes) through a Base* (4 bytes), no virtual destructor
+        ("base-delete", 24, 4, "make_derived", "release_base"),
+    ] {
+        let r = run(&program("mismatch.cc"), &[scenario], "");
+        assert_eq!(headers(&r), 1, "{scenario}: one report per bug:\n{}", r.stderr);
+        let rep = r.only("new-delete-type-mismatch");
+        assert!(
+            rep.header().starts_with(&format!("BUG: KASAN: new-delete-type-mismatch in {ffn}(")),
+            "{scenario}: {}",
+            rep.text
+        );
+        assert!(
+            rep.access().starts_with("Free of addr 0x")
+                && rep.access().ends_with(&format!(
+                    "with operator delete: object passed to delete has wrong type: \
+                     size of the allocated type: {alloc} bytes; \
+                     size of the deallocated type: {freed} bytes"
+                )),
+            "{scenario}: {}",
+            rep.access()
+        );
+        assert!(!rep.text.contains("Layout"), "{scenario}: {}", rep.text);
+        let (_, frames) = rep.section("Allocated by thread");
+        assert!(frames.iter().any(|f| f.contains(&format!(" in {afn}("))), "{}", rep.text);
+        assert!(rep.stack().iter().any(|f| f.contains(ffn)), "{scenario}: {}", rep.text);
+    }
+}
+
+#[test]
+fn aligned_delete_of_wrong_alignment_is_new_delete_type_mismatch() {
+    // ::operator delete(p, align_val_t(32)) of ::operator new(64, align_val_t(64))
+    let r = run(&program("mismatch.cc"), &["aligned-delete"], "");
+    assert_eq!(headers(&r), 1, "one report per bug:\n{}", r.stderr);
+    let rep = r.only("new-delete-type-mismatch");
+    assert!(rep.header().contains(" in release_aligned(void*, unsigned long)+"), "{}", rep.text);
+    assert!(
+        rep.access().ends_with(
+            "object passed to delete has wrong type: alignment of the allocated type: 64 bytes; \
+             alignment of the deallocated type: 32 bytes"
+        ),
+        "{}",
+        rep.access()
+    );
+}
+
 #[test]
 fn every_backend_records_the_allocating_function() {
     for stacks in ["fp", "libgcc", "dwarf", "shadow", "auto"] {
