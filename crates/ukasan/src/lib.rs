@@ -44,7 +44,14 @@
 //!   symbolized by `ukasan-symbolize` (function, file:line, inlined frames) with
 //!   `module+offset` on every line; `symbolize=0` prints raw frames plus the module map for
 //!   offline symbolization ([`report::format_stack`]). The symbolizer allocates: reports run
-//!   under the re-entrancy guard, so its memory is untracked.
+//!   under the re-entrancy guard, so its memory is untracked. The header,
+//!   `BUG: KASAN: <kind> in <function>`, names a function of the program: the first frame
+//!   that is not Rust's allocator machinery or std (`__rust_dealloc`, `alloc::`, `core::`,
+//!   `std::`, ...). A write found later than it happened reads
+//!   `BUG: KASAN: <kind> write in <function> (found at free|quarantine eviction|exit)` and,
+//!   when found at eviction or exit, names the function that allocated the object
+//!   (out-of-bounds) or freed it (use-after-free), from its track; the detection stack
+//!   follows as usual.
 //! - **Exit**: an `on_exit` handler verifies every quarantined object, reports leaks, and
 //!   turns a clean exit status into `exitcode` when anything was reported.
 //!

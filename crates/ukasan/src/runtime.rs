@@ -10,7 +10,7 @@
 use crate::chunk::{self, Family, Header, State, Track, F_LISTED, F_LOADER, F_RAW};
 use crate::leak::{self, Entry, Scratch};
 use crate::options::{Options, Stacks, MAX_DEPTH};
-use crate::report::{self, Access, Kind, Report, Reporter};
+use crate::report::{self, Access, Found, Kind, Report, Reporter};
 use crate::sys::{self, Guard, SpinLock};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
@@ -413,7 +413,7 @@ impl Runtime {
             self.check_layout(o, h, p as usize, expect.family, size, align, regs);
         }
         // SAFETY: the chunk is ours and owned by this free until quarantined.
-        unsafe { self.check_redzones(o, h, "free", regs) };
+        unsafe { self.check_redzones(o, h, Found::AtFree, regs) };
         h.free = self.track(o, regs);
         if h.flags & F_LISTED != 0 {
             self.unlink(h);
@@ -567,7 +567,7 @@ impl Runtime {
             // SAFETY: evicted chunks are out of every list and exclusively ours.
             let e = unsafe { &mut *evicted };
             evicted = e.next;
-            self.verify_quarantined(o, e, "quarantine eviction", regs);
+            self.verify_quarantined(o, e, Found::AtEviction, regs);
             e.set_state(State::Released);
             // SAFETY: out of every list; the program freed it.
             unsafe { Self::release(b, e) };
@@ -609,7 +609,7 @@ impl Runtime {
     /// # Safety
     /// The runtime owns `h`'s redzones: the chunk is being freed, is quarantined, or is live
     /// and listed under its shard's lock.
-    unsafe fn check_redzones(&self, o: &Options, h: &Header, when: &'static str, regs: &Regs) {
+    unsafe fn check_redzones(&self, o: &Options, h: &Header, when: Found, regs: &Regs) {
         // SAFETY: forwarded from the caller's contract.
         if let Some(d) = unsafe { h.find_redzone_damage() } {
             let access = Access::Corrupt { damage: d, when };
@@ -620,7 +620,7 @@ impl Runtime {
     }
 
     /// Checks a quarantined chunk's redzones and poison, reporting damage.
-    fn verify_quarantined(&self, o: &Options, h: &Header, when: &'static str, regs: &Regs) {
+    fn verify_quarantined(&self, o: &Options, h: &Header, when: Found, regs: &Regs) {
         // SAFETY: quarantined chunks are owned by the runtime.
         unsafe { self.check_redzones(o, h, when, regs) };
         // SAFETY: as above; poisoned at free.
@@ -719,7 +719,7 @@ impl Runtime {
             while !c.is_null() {
                 // SAFETY: quarantined chunks of this shard; lock held; never released here.
                 let h = unsafe { &*c };
-                self.verify_quarantined(o, h, "exit", regs);
+                self.verify_quarantined(o, h, Found::AtExit, regs);
                 c = h.next;
             }
         }
@@ -731,7 +731,7 @@ impl Runtime {
                 let h = unsafe { &*c };
                 if h.flags & F_RAW == 0 {
                     // SAFETY: a live chunk's redzones belong to the runtime.
-                    unsafe { self.check_redzones(o, h, "exit", regs) };
+                    unsafe { self.check_redzones(o, h, Found::AtExit, regs) };
                 }
                 c = h.next;
             }

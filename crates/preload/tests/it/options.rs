@@ -48,6 +48,19 @@ fn json_lines_format() {
     let frames = v["allocated"]["stack"].as_array().unwrap();
     assert!(frames.iter().any(|f| f["function"] == "do_alloc"), "{}", lines[0]);
     assert_eq!(v["object"]["size"], 64);
+    assert!(v["function"].as_str().unwrap().starts_with("do_free+"), "{}", lines[0]);
+    assert!(v.get("found_at").is_none(), "{}", lines[0]);
+}
+
+#[test]
+fn json_late_finding_names_the_freeing_function_and_when() {
+    let r = run(&program("bugs.c"), &["uaf-at-exit"], "report_format=json");
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["kind"], "use-after-free");
+    assert_eq!(v["found_at"], "exit");
+    assert!(v["function"].as_str().unwrap().starts_with("do_free+"), "{}", lines[0]);
 }
 
 #[test]

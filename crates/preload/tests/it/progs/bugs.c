@@ -32,9 +32,13 @@ void *free_in_thread(void *arg) {
   return NULL;
 }
 
-/* Allocates and frees 3 MiB in 64 KiB pieces: pushes older objects out of a 1 MiB quarantine. */
+/* Allocates and frees 3 MiB in 64 KiB pieces: pushes older objects out of a 1 MiB quarantine.
+ * Calls free itself, so reports of what it evicts can tell it from do_free. */
 __attribute__((noinline)) void churn(void) {
-  for (int i = 0; i < 48; i++) do_free(do_alloc(64 << 10));
+  for (int i = 0; i < 48; i++) {
+    free(do_alloc(64 << 10));
+    __asm__ volatile("" ::: "memory");
+  }
 }
 
 char *keep; /* a global root: what it points to is not a leak */
@@ -72,6 +76,13 @@ int main(int argc, char **argv) {
     char *p = do_alloc(32);
     do_free(p);
     poke(p, 5, 7);
+    churn();
+    printf("churned\n");
+  } else if (!strcmp(s, "overflow-at-eviction")) {
+    /* A write past the end after the free lands in the redzone: out-of-bounds. */
+    char *p = do_alloc(32);
+    do_free(p);
+    poke(p, 33, 7);
     churn();
     printf("churned\n");
   } else if (!strcmp(s, "uaf-at-exit")) {
