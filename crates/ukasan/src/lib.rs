@@ -73,6 +73,7 @@
 //! | `verbosity` | 1: configuration at start, statistics at exit (0) |
 //! | `symbolize` | 0: raw frames and the module map, for offline symbolization (1) |
 //! | `depot` | 0: capture stacks but do not store them (1) |
+//! | `depot_size_mb` | stack depot budget in MiB, 1..=1024 (64); when full, new stacks are not saved |
 //!
 //! # Costs
 //! Per object: 96 + 32 bytes plus the right redzone and alignment padding, the quarantine

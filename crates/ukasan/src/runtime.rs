@@ -172,6 +172,7 @@ impl Runtime {
         if o.detect_leaks.is_none() {
             o.detect_leaks = Some(self.leaks_default);
         }
+        Self::size_depot(&o);
         let (lo, hi) = leak::loader_range();
         // Relaxed: published by the Release store of READY below.
         self.loader.0.store(lo, Ordering::Relaxed);
@@ -202,17 +203,39 @@ impl Runtime {
             let _ = core::fmt::write(
                 &mut b,
                 format_args!(
-                    "ukasan: generic mode, stacks={:?} depth={} quarantine={} MiB redzone={} leaks={}\n",
+                    "ukasan: generic mode, stacks={:?} depth={} quarantine={} MiB redzone={} leaks={} depot={} MiB\n",
                     o.stacks,
                     o.depth,
                     o.quarantine_bytes >> 20,
                     o.redzone,
-                    o.detect_leaks == Some(true)
+                    o.detect_leaks == Some(true),
+                    stackdepot::stats().bytes_budget >> 20
                 ),
             );
             sys::write_all(2, b.as_bytes());
         }
         true
+    }
+
+    /// Gives the stack depot the `depot_size_mb` budget; it must come before the first save,
+    /// which no tracked allocation has made yet. Says so if the depot was in use already
+    /// (another runtime in the process saved stacks first).
+    #[cold]
+    fn size_depot(o: &Options) {
+        let now = stackdepot::stats().bytes_budget;
+        if stackdepot::set_budget(o.depot_bytes) || now == o.depot_bytes as u64 {
+            return;
+        }
+        let mut b = sys::FixedBuf::<160>::new();
+        let _ = core::fmt::write(
+            &mut b,
+            format_args!(
+                "ukasan: depot_size_mb={} ignored: the stack depot was in use already (now {} MiB)\n",
+                o.depot_bytes >> 20,
+                now >> 20
+            ),
+        );
+        sys::write_all(2, b.as_bytes());
     }
 
     /// Allocates an untracked chunk (before init, or from inside the runtime).

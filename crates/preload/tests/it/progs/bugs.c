@@ -43,6 +43,22 @@ __attribute__((noinline)) void churn(void) {
 
 char *keep; /* a global root: what it points to is not a leak */
 
+/* 2^level distinct call paths: each level calls down from one of two call sites. */
+static volatile int sink_a, sink_b;
+__attribute__((noinline)) void walk(unsigned bits, int level) {
+  if (level == 0) {
+    do_free(do_alloc(8));
+    return;
+  }
+  if (bits & 1) {
+    walk(bits >> 1, level - 1);
+    sink_a++;
+  } else {
+    walk(bits >> 1, level - 1);
+    sink_b++;
+  }
+}
+
 int main(int argc, char **argv) {
   const char *s = argc > 1 ? argv[1] : "";
   printf("main_tid=%ld\n", tid());
@@ -102,6 +118,9 @@ int main(int argc, char **argv) {
       do_free(p);
       do_free(p);
     }
+  } else if (!strcmp(s, "many-stacks")) {
+    /* 2 x 16384 distinct stacks of ~20 frames: about 5 MiB of depot records. */
+    for (unsigned i = 0; i < (1u << 14); i++) walk(i, 14);
   } else if (!strcmp(s, "clean")) {
     char *p = do_alloc(100);
     memset(p, 1, 100);
