@@ -147,8 +147,22 @@ impl Options {
             }
             let mut line = FixedBuf::<512>::new();
             let Some(eq) = item.iter().position(|&c| c == b'=') else {
-                let _ =
-                    write!(line, "ukasan: option '{}' has no value (write key=value)", Lossy(item));
+                // A NUL is a bad value for every key: the error gives the accepted values
+                // (on a copy, so nothing is set whatever happens).
+                let mut probe = *self;
+                let _ = match probe.set(item, b"\0") {
+                    Err("") => write!(
+                        line,
+                        "ukasan: unknown option '{}' ignored (accepted: {KeyList})",
+                        Lossy(item)
+                    ),
+                    Err(accepted) => write!(
+                        line,
+                        "ukasan: option '{0}' has no value (write {0}=<value>, accepted: {accepted})",
+                        Lossy(item)
+                    ),
+                    Ok(()) => write!(line, "ukasan: option '{0}' has no value", Lossy(item)),
+                };
                 err(line.as_str());
                 continue;
             };
@@ -366,9 +380,16 @@ mod tests {
     }
 
     #[test]
-    fn missing_value_is_reported() {
-        let (_, errs) = parse("halt_on_error");
-        assert_eq!(errs.len(), 1);
-        assert!(errs[0].contains("no value"));
+    fn missing_value_is_reported_with_the_accepted_values() {
+        let (o, errs) = parse("halt_on_error:log_path:bogus");
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert_eq!(
+            errs[0],
+            "ukasan: option 'halt_on_error' has no value \
+             (write halt_on_error=<value>, accepted: 0, 1, true, false)"
+        );
+        assert!(errs[1].contains("write log_path=<value>, accepted: a path"), "{errs:?}");
+        assert!(errs[2].contains("unknown option 'bogus'"), "{errs:?}");
+        assert!(!o.halt_on_error && o.log_path().is_empty());
     }
 }
