@@ -50,7 +50,7 @@ pub fn sibling(name: &str, what: &[&str]) -> Result<PathBuf> {
         bail!(
             "{name} is not next to {} and there is no source tree to build it from{}",
             exe.display(),
-            if name == LIB_NAME { " (set UKASAN_LIB to its path)" } else { "" }
+            if name == LIB_NAME { " (set UKASAN_LIB=/path/to/libukasan.so)" } else { "" }
         );
     }
     build(&root, &exe_dir, name, what)?;

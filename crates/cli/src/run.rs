@@ -10,21 +10,9 @@ use clap::Args;
 use crate::child;
 use crate::mode::{parse_mode, Mode, Stacks};
 
-/// Options understood by the detector (`UKASAN_OPTIONS`), for `-o key=value` validation.
-pub const KNOWN_KEYS: &[&str] = &[
-    "stacks",
-    "depot",
-    "depth",
-    "quarantine_size_mb",
-    "redzone",
-    "halt_on_error",
-    "exitcode",
-    "log_path",
-    "report_format",
-    "detect_leaks",
-    "symbolize",
-    "verbosity",
-];
+/// Options understood by the detector (`UKASAN_OPTIONS`), for `-o key=value` validation:
+/// the detector's own list.
+pub const KNOWN_KEYS: &[&str] = ukasan::options::KEYS;
 
 /// Arguments of `ukasan run`.
 #[derive(Args, Debug, Default, Clone)]
@@ -135,5 +123,6 @@ mod tests {
         let e = parse_kv("colour=red").unwrap_err();
         assert!(e.contains("unknown option `colour`") && e.contains("halt_on_error"), "{e}");
         assert!(parse_kv("log_path=a:b").unwrap_err().contains("`:`"));
+        assert!(parse_kv("depot_size_mb=128").is_ok(), "the depot's full warning suggests it");
     }
 }

@@ -1,5 +1,10 @@
 //! C++ `operator new` / `operator delete`, every standard form, by their Itanium-mangled
 //! names.
+//!
+//! Every delete tells the runtime what it knows of the object: its family, the size a sized
+//! delete passes (else [`Expect::ANY_SIZE`]) and the alignment (16, the default, unless an
+//! `std::align_val_t` is passed), so a delete through a pointer of the wrong type is
+//! reported as `new-delete-type-mismatch`, as ASan does.
 
 use super::{Libc, RT};
 use core::ffi::c_void;
@@ -87,26 +92,26 @@ new_op!(/// `operator new[](size_t, std::align_val_t, const std::nothrow_t&)`.
     _ZnamSt11align_val_tRKSt9nothrow_t, Family::NewArray, nothrow, (align: usize, _t: Nothrow), align);
 
 delete_op!(/// `operator delete(void*)`.
-    _ZdlPv, Family::New, (), None);
+    _ZdlPv, Family::New, (), Some((Expect::ANY_SIZE, 16)));
 delete_op!(/// `operator delete[](void*)`.
-    _ZdaPv, Family::NewArray, (), None);
+    _ZdaPv, Family::NewArray, (), Some((Expect::ANY_SIZE, 16)));
 delete_op!(/// `operator delete(void*, size_t)`.
     _ZdlPvm, Family::New, (size: usize), Some((size, 16)));
 delete_op!(/// `operator delete[](void*, size_t)`.
     _ZdaPvm, Family::NewArray, (size: usize), Some((size, 16)));
 delete_op!(/// `operator delete(void*, std::align_val_t)`.
-    _ZdlPvSt11align_val_t, Family::New, (_align: usize), None);
+    _ZdlPvSt11align_val_t, Family::New, (align: usize), Some((Expect::ANY_SIZE, align)));
 delete_op!(/// `operator delete[](void*, std::align_val_t)`.
-    _ZdaPvSt11align_val_t, Family::NewArray, (_align: usize), None);
+    _ZdaPvSt11align_val_t, Family::NewArray, (align: usize), Some((Expect::ANY_SIZE, align)));
 delete_op!(/// `operator delete(void*, size_t, std::align_val_t)`.
     _ZdlPvmSt11align_val_t, Family::New, (size: usize, align: usize), Some((size, align)));
 delete_op!(/// `operator delete[](void*, size_t, std::align_val_t)`.
     _ZdaPvmSt11align_val_t, Family::NewArray, (size: usize, align: usize), Some((size, align)));
 delete_op!(/// `operator delete(void*, const std::nothrow_t&)`.
-    _ZdlPvRKSt9nothrow_t, Family::New, (_t: Nothrow), None);
+    _ZdlPvRKSt9nothrow_t, Family::New, (_t: Nothrow), Some((Expect::ANY_SIZE, 16)));
 delete_op!(/// `operator delete[](void*, const std::nothrow_t&)`.
-    _ZdaPvRKSt9nothrow_t, Family::NewArray, (_t: Nothrow), None);
+    _ZdaPvRKSt9nothrow_t, Family::NewArray, (_t: Nothrow), Some((Expect::ANY_SIZE, 16)));
 delete_op!(/// `operator delete(void*, std::align_val_t, const std::nothrow_t&)`.
-    _ZdlPvSt11align_val_tRKSt9nothrow_t, Family::New, (_align: usize, _t: Nothrow), None);
+    _ZdlPvSt11align_val_tRKSt9nothrow_t, Family::New, (align: usize, _t: Nothrow), Some((Expect::ANY_SIZE, align)));
 delete_op!(/// `operator delete[](void*, std::align_val_t, const std::nothrow_t&)`.
-    _ZdaPvSt11align_val_tRKSt9nothrow_t, Family::NewArray, (_align: usize, _t: Nothrow), None);
+    _ZdaPvSt11align_val_tRKSt9nothrow_t, Family::NewArray, (align: usize, _t: Nothrow), Some((Expect::ANY_SIZE, align)));

@@ -21,6 +21,7 @@
 //!
 //! Stopped at any point, the depot stays consistent: at worst some pool bytes are wasted.
 
+use core::fmt::Write;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -37,6 +38,10 @@ pub const DEFAULT_BUDGET: usize = 64 << 20;
 pub const POOL_SIZE: usize = 1 << POOL_SHIFT;
 /// Most pools a depot can hold (so at most `MAX_POOLS * POOL_SIZE` bytes of records).
 pub const MAX_POOLS: usize = (1 << POOL_BITS) - 1;
+/// Largest budget worth giving a depot (1 GiB): the largest table and about 500 pools;
+/// [`MAX_POOLS`] pools of [`POOL_SIZE`] would not fit much more. ukasan's `depot_size_mb`
+/// option accepts up to this.
+pub const MAX_BUDGET: usize = 1 << 30;
 
 const POOL_SHIFT: u32 = 21;
 /// Records start on 8-byte granules; the handle stores the offset in granules.
@@ -478,12 +483,13 @@ impl Depot {
                                                            // Relaxed: only "exactly one thread writes the warning" matters, which the atomic
                                                            // swap gives in any ordering.
         if !self.warned.swap(true, Ordering::Relaxed) {
-            let mut buf = [0u8; 20];
-            sys::write_stderr(b"ukasan: stack depot full (budget ");
-            sys::write_stderr(sys::fmt_u64(self.budget.load(Ordering::Relaxed) as u64, &mut buf));
-            sys::write_stderr(
-                b" bytes): new stacks are not saved (raise it with the depot budget option)\n",
-            );
+            // Relaxed: statistics and a budget fixed before the first mapping.
+            let budget = self.budget.load(Ordering::Relaxed);
+            let (frames, traces) =
+                (self.frames.load(Ordering::Relaxed), self.unique.load(Ordering::Relaxed));
+            let mut line = Line::new();
+            full_warning(&mut line, budget, frames.checked_div(traces).unwrap_or(0));
+            sys::write_stderr(line.as_bytes());
         }
         Handle::NONE
     }
@@ -494,6 +500,60 @@ impl Depot {
         let t = self.table().expect("a save made the table");
         // SAFETY: the lock lives as long as the table, which lives as long as `self`.
         unsafe { &*(t.lock() as *const OwnerLock) }
+    }
+}
+
+/// The warning line of a full depot of `budget` bytes whose traces average `avg_frames`
+/// frames. It names the option that raises the budget (ukasan's `depot_size_mb`, in MiB) and
+/// a value to try, or, at [`MAX_BUDGET`], the `depth` that makes stacks shorter.
+fn full_warning(w: &mut Line, budget: usize, avg_frames: u64) {
+    const MIB: usize = 1 << 20;
+    let _ =
+        write!(w, "ukasan: stack depot full (budget {budget} bytes): new stacks are not saved; ");
+    if budget >= MAX_BUDGET {
+        let depth = (avg_frames / 2).clamp(1, MAX_DEPTH as u64);
+        let _ = write!(
+            w,
+            "depot_size_mb={} is the largest: keep fewer frames per stack with \
+             UKASAN_OPTIONS=depth={depth} (stored stacks average {avg_frames} frames)",
+            MAX_BUDGET / MIB
+        );
+    } else {
+        let want = (2 * budget.div_ceil(MIB)).clamp(1, MAX_BUDGET / MIB);
+        let _ = write!(w, "raise it with UKASAN_OPTIONS=depot_size_mb={want} (now ");
+        let _ = if budget.is_multiple_of(MIB) {
+            write!(w, "{}", budget / MIB)
+        } else {
+            write!(w, "{budget} bytes")
+        };
+        let _ = write!(w, ") or `ukasan run -o depot_size_mb={want}`");
+    }
+    let _ = w.write_str("\n");
+}
+
+/// A line of text in a fixed buffer (formatting without allocating); what does not fit is
+/// dropped.
+struct Line {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Line {
+    fn new() -> Line {
+        Line { buf: [0; 256], len: 0 }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Write for Line {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
     }
 }
 
@@ -580,6 +640,32 @@ impl Drop for Depot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn warning(budget: usize, avg: u64) -> String {
+        let mut l = Line::new();
+        full_warning(&mut l, budget, avg);
+        String::from_utf8(l.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn full_warning_names_the_option_and_a_value() {
+        assert_eq!(
+            warning(DEFAULT_BUDGET, 20),
+            "ukasan: stack depot full (budget 67108864 bytes): new stacks are not saved; \
+             raise it with UKASAN_OPTIONS=depot_size_mb=128 (now 64) or \
+             `ukasan run -o depot_size_mb=128`\n"
+        );
+        let w = warning(64 << 10, 16);
+        assert!(w.starts_with("ukasan: stack depot full (budget 65536 bytes)"), "{w}");
+        assert!(w.contains("UKASAN_OPTIONS=depot_size_mb=2 (now 65536 bytes)"), "{w}");
+        assert!(warning(0, 0).contains("depot_size_mb=1 (now 0)"));
+        assert!(warning(700 << 20, 9).contains("depot_size_mb=1024 (now 700)"));
+        let w = warning(MAX_BUDGET, 40);
+        assert!(w.contains("depot_size_mb=1024 is the largest"), "{w}");
+        assert!(w.contains("UKASAN_OPTIONS=depth=20 (stored stacks average 40 frames)"), "{w}");
+        assert!(warning(usize::MAX, 0).contains("UKASAN_OPTIONS=depth=1 "));
+        assert_eq!(warning(usize::MAX, 0).matches('\n').count(), 1);
+    }
 
     #[test]
     fn table_bits_follow_budget_within_bounds() {

@@ -9,9 +9,11 @@
 //!   each), and the bucket table is one more mapping; nothing is freed before the [`Depot`]
 //!   is dropped (the global one never is).
 //! - **Hard budget.** Pools and table together never exceed the budget ([`set_budget`],
-//!   default [`DEFAULT_BUDGET`] = 64 MiB). When a new trace no longer fits, [`save`] returns
-//!   [`Handle::NONE`] and writes one warning line to stderr with `write(2)`; traces already
-//!   stored keep their handles, and saving them again still finds them.
+//!   default [`DEFAULT_BUDGET`] = 64 MiB; ukasan sets it from its `depot_size_mb` option).
+//!   When a new trace no longer fits, [`save`] returns [`Handle::NONE`] and writes one
+//!   warning line to stderr with `write(2)`, naming the option and a value that raises the
+//!   budget; traces already stored keep their handles, and saving them again still finds
+//!   them.
 //! - **Lock-free lookups.** A power-of-two table of bucket heads; each record carries the
 //!   handle of the next record of its bucket. Records are immutable once published with a
 //!   Release store of the bucket head; lookups Acquire it. A hit costs a hash of the frames,
@@ -72,7 +74,7 @@ mod lock;
 mod stats;
 mod sys;
 
-pub use depot::{Depot, DEFAULT_BUDGET, MAX_DEPTH, MAX_POOLS, POOL_SIZE};
+pub use depot::{Depot, DEFAULT_BUDGET, MAX_BUDGET, MAX_DEPTH, MAX_POOLS, POOL_SIZE};
 pub use stats::Stats;
 
 /// A stored trace's name: 0 means "no trace"; the top [`Handle::EXTRA_BITS`] bits belong

@@ -141,31 +141,9 @@ pub(crate) fn write_stderr(mut msg: &[u8]) {
     }
 }
 
-/// Formats `v` in decimal into `buf`, returning the digits (no allocation).
-pub(crate) fn fmt_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    &buf[i..]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fmt_u64_formats_edges() {
-        let mut b = [0; 20];
-        assert_eq!(fmt_u64(0, &mut b), b"0");
-        assert_eq!(fmt_u64(1_048_576, &mut b), b"1048576");
-        assert_eq!(fmt_u64(u64::MAX, &mut b), b"18446744073709551615");
-    }
 
     #[test]
     fn thread_ids_differ_between_live_threads() {

@@ -10,6 +10,7 @@
 //! | `double-free`, `invalid-free` (foreign or interior pointer) | at the free call |
 //! | `layout-mismatch` (Rust `dealloc`/`realloc` with another `Layout`) | at the call |
 //! | `alloc-dealloc-mismatch` (malloc/free vs new/delete vs new[]/delete[]) | at the call |
+//! | `new-delete-type-mismatch` (C++ sized or aligned `delete` of another size or alignment) | at the call |
 //! | `out-of-bounds` write (a redzone byte changed) | at free, quarantine eviction, exit |
 //! | `use-after-free` write (a freed object's poison changed) | at eviction and exit |
 //! | `memory-leak` (still allocated at exit, grouped by stack) | at exit (`detect_leaks`) |
@@ -43,7 +44,14 @@
 //!   symbolized by `ukasan-symbolize` (function, file:line, inlined frames) with
 //!   `module+offset` on every line; `symbolize=0` prints raw frames plus the module map for
 //!   offline symbolization ([`report::format_stack`]). The symbolizer allocates: reports run
-//!   under the re-entrancy guard, so its memory is untracked.
+//!   under the re-entrancy guard, so its memory is untracked. The header,
+//!   `BUG: KASAN: <kind> in <function>`, names a function of the program: the first frame
+//!   that is not Rust's allocator machinery or std (`__rust_dealloc`, `alloc::`, `core::`,
+//!   `std::`, ...). A write found later than it happened reads
+//!   `BUG: KASAN: <kind> write in <function> (found at free|quarantine eviction|exit)` and,
+//!   when found at eviction or exit, names the function that allocated the object
+//!   (out-of-bounds) or freed it (use-after-free), from its track; the detection stack
+//!   follows as usual.
 //! - **Exit**: an `on_exit` handler verifies every quarantined object, reports leaks, and
 //!   turns a clean exit status into `exitcode` when anything was reported.
 //!
@@ -65,6 +73,7 @@
 //! | `verbosity` | 1: configuration at start, statistics at exit (0) |
 //! | `symbolize` | 0: raw frames and the module map, for offline symbolization (1) |
 //! | `depot` | 0: capture stacks but do not store them (1) |
+//! | `depot_size_mb` | stack depot budget in MiB, 1..=1024 (64); when full, new stacks are not saved |
 //!
 //! # Costs
 //! Per object: 96 + 32 bytes plus the right redzone and alignment padding, the quarantine

@@ -71,6 +71,9 @@ pub struct Options {
     /// `depot`: save stacks in the stack depot (0: capture and drop; tracks say
     /// "stack is not available").
     pub depot: bool,
+    /// `depot_size_mb`: the stack depot's budget, 1..=1024 MiB (default 64); once it is
+    /// full, new stacks are not saved.
+    pub depot_bytes: usize,
 }
 
 impl Default for Options {
@@ -79,10 +82,37 @@ impl Default for Options {
     }
 }
 
-/// Accepted keys, for the error line.
-const KEYS: &str =
-    "stacks, depth, quarantine_size_mb, redzone, halt_on_error, exitcode, log_path, \
-                    report_format, detect_leaks, verbosity, symbolize, depot";
+/// Every accepted key (for the error line, and for front ends that check keys: `ukasan run`).
+pub const KEYS: &[&str] = &[
+    "stacks",
+    "depth",
+    "quarantine_size_mb",
+    "redzone",
+    "halt_on_error",
+    "exitcode",
+    "log_path",
+    "report_format",
+    "detect_leaks",
+    "verbosity",
+    "symbolize",
+    "depot",
+    "depot_size_mb",
+];
+
+/// [`KEYS`] as one comma-separated list.
+struct KeyList;
+
+impl core::fmt::Display for KeyList {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, k) in KEYS.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(k)?;
+        }
+        Ok(())
+    }
+}
 
 impl Options {
     /// The defaults.
@@ -100,6 +130,7 @@ impl Options {
         verbosity: 0,
         symbolize: true,
         depot: true,
+        depot_bytes: stackdepot::DEFAULT_BUDGET,
     };
 
     /// `log_path` as bytes (empty: stderr).
@@ -116,8 +147,22 @@ impl Options {
             }
             let mut line = FixedBuf::<512>::new();
             let Some(eq) = item.iter().position(|&c| c == b'=') else {
-                let _ =
-                    write!(line, "ukasan: option '{}' has no value (write key=value)", Lossy(item));
+                // A NUL is a bad value for every key: the error gives the accepted values
+                // (on a copy, so nothing is set whatever happens).
+                let mut probe = *self;
+                let _ = match probe.set(item, b"\0") {
+                    Err("") => write!(
+                        line,
+                        "ukasan: unknown option '{}' ignored (accepted: {KeyList})",
+                        Lossy(item)
+                    ),
+                    Err(accepted) => write!(
+                        line,
+                        "ukasan: option '{0}' has no value (write {0}=<value>, accepted: {accepted})",
+                        Lossy(item)
+                    ),
+                    Ok(()) => write!(line, "ukasan: option '{0}' has no value", Lossy(item)),
+                };
                 err(line.as_str());
                 continue;
             };
@@ -126,7 +171,7 @@ impl Options {
                 let _ = if accepted.is_empty() {
                     write!(
                         line,
-                        "ukasan: unknown option '{}' ignored (accepted: {KEYS})",
+                        "ukasan: unknown option '{}' ignored (accepted: {KeyList})",
                         Lossy(key)
                     )
                 } else {
@@ -196,6 +241,13 @@ impl Options {
             b"verbosity" => self.verbosity = parse_num(v).filter(|&n| n <= 9).ok_or("0..=9")? as u8,
             b"symbolize" => self.symbolize = parse_bool(v).ok_or(BOOL)?,
             b"depot" => self.depot = parse_bool(v).ok_or(BOOL)?,
+            b"depot_size_mb" => {
+                self.depot_bytes = parse_num(v)
+                    .filter(|m| (1..=(stackdepot::MAX_BUDGET >> 20) as u64).contains(m))
+                    .ok_or("an integer number of MiB, 1..=1024")?
+                    as usize
+                    * (1 << 20)
+            }
             _ => return Err(""),
         }
         Ok(())
@@ -275,7 +327,8 @@ mod tests {
     fn parses_every_key() {
         let (o, errs) = parse(
             "stacks=fp:depth=8:quarantine_size_mb=2:redzone=20:halt_on_error=1:exitcode=23:\
-             log_path=/tmp/x:report_format=json:detect_leaks=0:verbosity=2:symbolize=0:depot=0",
+             log_path=/tmp/x:report_format=json:detect_leaks=0:verbosity=2:symbolize=0:depot=0:\
+             depot_size_mb=3",
         );
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(o.stacks, Stacks::Fp);
@@ -289,6 +342,25 @@ mod tests {
         assert_eq!(o.detect_leaks, Some(false));
         assert_eq!(o.verbosity, 2);
         assert!(!o.symbolize && !o.depot);
+        assert_eq!(o.depot_bytes, 3 << 20);
+    }
+
+    #[test]
+    fn every_key_is_listed_and_depot_size_mb_is_bounded() {
+        for key in KEYS.iter().filter(|&&k| k != "log_path") {
+            let (_, errs) = parse(&format!("{key}=?"));
+            assert!(
+                errs.len() == 1 && errs[0].contains("bad value"),
+                "{key} is listed but not parsed: {errs:?}"
+            );
+        }
+        let (o, errs) = parse("depot_size_mb=0:depot_size_mb=1025");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].contains("'0' for option 'depot_size_mb'") && errs[0].contains("1..=1024"));
+        assert_eq!(o.depot_bytes, stackdepot::DEFAULT_BUDGET);
+        let (o, errs) = parse("depot_size_mb=1024");
+        assert!(errs.is_empty());
+        assert_eq!(o.depot_bytes, stackdepot::MAX_BUDGET);
     }
 
     #[test]
@@ -296,7 +368,9 @@ mod tests {
         let (o, errs) = parse("stackz=fp:depth=0:stacks=frame:verbosity=3");
         assert_eq!(errs.len(), 3, "{errs:?}");
         assert!(
-            errs[0].contains("unknown option 'stackz'") && errs[0].contains("quarantine_size_mb")
+            errs[0].contains("unknown option 'stackz'")
+                && errs[0].contains("(accepted: stacks, depth, quarantine_size_mb, ")
+                && errs[0].contains(", depot, depot_size_mb)")
         );
         assert!(errs[1].contains("'0' for option 'depth'") && errs[1].contains("1..=256"));
         assert!(errs[2].contains("'frame'") && errs[2].contains("libgcc"));
@@ -306,9 +380,16 @@ mod tests {
     }
 
     #[test]
-    fn missing_value_is_reported() {
-        let (_, errs) = parse("halt_on_error");
-        assert_eq!(errs.len(), 1);
-        assert!(errs[0].contains("no value"));
+    fn missing_value_is_reported_with_the_accepted_values() {
+        let (o, errs) = parse("halt_on_error:log_path:bogus");
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert_eq!(
+            errs[0],
+            "ukasan: option 'halt_on_error' has no value \
+             (write halt_on_error=<value>, accepted: 0, 1, true, false)"
+        );
+        assert!(errs[1].contains("write log_path=<value>, accepted: a path"), "{errs:?}");
+        assert!(errs[2].contains("unknown option 'bogus'"), "{errs:?}");
+        assert!(!o.halt_on_error && o.log_path().is_empty());
     }
 }

@@ -24,6 +24,9 @@ pub enum Kind {
     LayoutMismatch,
     /// malloc/free vs new/delete vs new[]/delete[].
     AllocDeallocMismatch,
+    /// A C++ sized or aligned `delete`/`delete[]` whose size or alignment is not the
+    /// allocation's (ASan's name: the object is deleted through a pointer of another type).
+    NewDeleteTypeMismatch,
     /// A redzone byte changed.
     OutOfBounds,
     /// A freed object's poison changed.
@@ -40,6 +43,7 @@ impl Kind {
             Kind::InvalidFree => "invalid-free",
             Kind::LayoutMismatch => "layout-mismatch",
             Kind::AllocDeallocMismatch => "alloc-dealloc-mismatch",
+            Kind::NewDeleteTypeMismatch => "new-delete-type-mismatch",
             Kind::OutOfBounds => "out-of-bounds",
             Kind::UseAfterFree => "use-after-free",
             Kind::MemoryLeak => "memory-leak",
@@ -71,7 +75,7 @@ pub enum Access {
         /// How it is being freed.
         free: Family,
     },
-    /// A dealloc with a `Layout` (or sized delete) that does not match.
+    /// A Rust dealloc with a `Layout` that does not match.
     Layout {
         /// The pointer passed.
         addr: usize,
@@ -82,21 +86,62 @@ pub enum Access {
         /// Freeing function family.
         family: Family,
     },
+    /// A C++ `delete` whose size or alignment does not match the allocation's.
+    DeleteType {
+        /// The pointer passed.
+        addr: usize,
+        /// Size given (`None`: an unsized delete).
+        size: Option<usize>,
+        /// Alignment given (16 or less: default-aligned).
+        align: usize,
+        /// Freeing function family (`operator delete` or `operator delete []`).
+        family: Family,
+    },
     /// Bytes found modified, detected later.
     Corrupt {
         /// The modified range.
         damage: Damage,
-        /// Where it was detected (`free`, `quarantine eviction`, `exit`).
-        when: &'static str,
+        /// When it was detected.
+        when: Found,
     },
+}
+
+/// When a write the program should not have made was found (it happened before).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Found {
+    /// When the program freed the damaged object: the detection stack is its free.
+    AtFree,
+    /// When the freed object left the quarantine, during a free of another object.
+    AtEviction,
+    /// At process exit.
+    AtExit,
+}
+
+impl Found {
+    /// As printed after `found at` / `detected at`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Found::AtFree => "free",
+            Found::AtEviction => "quarantine eviction",
+            Found::AtExit => "exit",
+        }
+    }
+}
+
+impl core::fmt::Display for Found {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Access {
     fn addr(&self) -> usize {
         match *self {
-            Access::Free { addr } | Access::Mismatch { addr, .. } | Access::Layout { addr, .. } => {
-                addr
-            }
+            Access::Free { addr }
+            | Access::Mismatch { addr, .. }
+            | Access::Layout { addr, .. }
+            | Access::DeleteType { addr, .. } => addr,
             Access::Corrupt { damage, .. } => damage.start,
         }
     }
@@ -262,11 +307,48 @@ fn signature(r: &Report<'_>) -> u64 {
 
 const RULE: &str = "==================================================================\n";
 
+/// The stack whose function the header names, and when a late finding was made.
+///
+/// A write found later than it happened (at eviction, at exit) was not made by the code that
+/// found it: the header then names the function that allocated the object (out-of-bounds)
+/// or freed it (use-after-free), from the chunk's track. A write found when the program
+/// frees that same object names the freeing function, the top of the detection stack.
+fn header_site<'a>(r: &Report<'a>) -> (&'a [usize], Option<Found>) {
+    let Access::Corrupt { when, .. } = r.access else {
+        return (r.stack, None);
+    };
+    match r.chunk {
+        Some(c) if when != Found::AtFree => {
+            let t = if r.kind == Kind::UseAfterFree { &c.free } else { &c.alloc };
+            (track_frames(t), Some(when))
+        }
+        _ => (r.stack, Some(when)),
+    }
+}
+
+/// A track's stack from the depot (empty when not available).
+fn track_frames(t: &Track) -> &'static [usize] {
+    match stackdepot::fetch(stackdepot::Handle::from_raw(t.stack)) {
+        Some(frames) if t.stack != 0 => frames,
+        _ => &[],
+    }
+}
+
+/// `BUG: KASAN: <kind> in <function>`, or for a write found later
+/// `BUG: KASAN: <kind> write in <function> (found at <when>)`.
+fn header<const N: usize>(b: &mut FixedBuf<N>, o: &Options, r: &Report<'_>) {
+    let (site, found) = header_site(r);
+    let _ = write!(b, "BUG: KASAN: {}{} in ", r.kind, if found.is_some() { " write" } else { "" });
+    function_name(b, o, site);
+    if let Some(when) = found {
+        let _ = write!(b, " (found at {when})");
+    }
+    let _ = b.write_str("\n");
+}
+
 fn text(b: &mut FixedBuf<BUF>, o: &Options, r: &Report<'_>) {
     let _ = b.write_str(RULE);
-    let _ = write!(b, "BUG: KASAN: {} in ", r.kind);
-    function_name(b, o, r.stack.first().copied());
-    let _ = b.write_str("\n");
+    header(b, o, r);
     access_line(b, r);
     format_stack(b, o, r.stack);
     let _ = b.write_str("\n");
@@ -306,6 +388,31 @@ fn access_line<const N: usize>(b: &mut FixedBuf<N>, r: &Report<'_>) {
             r.chunk.map_or(0, |c| c.size),
             r.chunk.map_or(0, |c| c.align),
         ),
+        Access::DeleteType { addr, size, align, family } => {
+            let what = if family == Family::NewArray { "delete[]" } else { "delete" };
+            let _ = write!(
+                b,
+                "Free of addr 0x{addr:x} by thread {} with {}: object passed to {what} has wrong type:",
+                r.tid,
+                family.free_name()
+            );
+            let (asize, aalign) = r.chunk.map_or((0, 0), |c| (c.size, c.align));
+            let mut sep = "";
+            if let Some(size) = size {
+                let _ = write!(
+                    b,
+                    " size of the allocated type: {asize} bytes; size of the deallocated type: {size} bytes"
+                );
+                sep = ";";
+            }
+            if cxx_align(align) != cxx_align(aalign) {
+                let _ = write!(b, "{sep} alignment of the allocated type: ");
+                alignment_words(b, aalign);
+                let _ = b.write_str("; alignment of the deallocated type: ");
+                alignment_words(b, align);
+            }
+            b.write_str("\n")
+        }
         Access::Corrupt { damage, when } => {
             let _ = write!(
                 b,
@@ -330,14 +437,23 @@ fn access_line<const N: usize>(b: &mut FixedBuf<N>, r: &Report<'_>) {
     };
 }
 
+/// C++ alignments compare as `__STDCPP_DEFAULT_NEW_ALIGNMENT__` (16) at least.
+pub(crate) fn cxx_align(align: usize) -> usize {
+    align.max(crate::chunk::MIN_ALIGN)
+}
+
+/// An alignment in ASan's words: `default-aligned` or `N bytes`.
+fn alignment_words<const N: usize>(b: &mut FixedBuf<N>, align: usize) {
+    let _ = if cxx_align(align) == crate::chunk::MIN_ALIGN {
+        b.write_str("default-aligned")
+    } else {
+        write!(b, "{align} bytes")
+    };
+}
+
 fn track(b: &mut FixedBuf<BUF>, o: &Options, what: &str, t: &Track) {
     let _ = writeln!(b, "{what} by thread {}:", t.tid);
-    match stackdepot::fetch(stackdepot::Handle::from_raw(t.stack)) {
-        Some(frames) if t.stack != 0 => format_stack(b, o, frames),
-        _ => {
-            let _ = b.write_str(" (stack is not available)\n");
-        }
-    }
+    format_stack(b, o, track_frames(t));
     let _ = b.write_str("\n");
 }
 
@@ -388,22 +504,65 @@ fn memory(b: &mut FixedBuf<BUF>, addr: usize, c: &Header) {
     }
 }
 
-/// The function name for the header: the first frame's innermost function, else its module
-/// and offset, else its raw address.
-fn function_name<const N: usize>(b: &mut FixedBuf<N>, o: &Options, ra: Option<usize>) {
-    let Some(ra) = ra else {
+/// Whether a (demangled) function belongs to Rust's allocator machinery or to the standard
+/// library (`__rust_dealloc`, `alloc::alloc::dealloc`, `core::ptr::drop_in_place<..>`,
+/// `<alloc::vec::Vec<T> as core::ops::drop::Drop>::drop`, ...): headers name the first
+/// function of the program instead. Recent rustc names the allocator shims
+/// `__rustc::__rust_dealloc`.
+pub fn is_runtime_function(name: &str) -> bool {
+    let name = name.strip_prefix("__rustc::").unwrap_or(name);
+    const PREFIXES: [&str; 9] = [
+        "__rust_", "__rg_", "__rdl_", "alloc::", "core::", "std::", "<alloc::", "<core::", "<std::",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// The function name for a header: of the first frame of `frames` with a function of the
+/// program (see [`is_runtime_function`]; within a frame, the innermost such of its inlined
+/// functions), else of the first frame; its module and offset when nothing names it, its
+/// raw address when no module holds it; `<unknown>` for an empty stack.
+fn function_name<const N: usize>(b: &mut FixedBuf<N>, o: &Options, frames: &[usize]) {
+    let Some(&first) = frames.first() else {
         let _ = b.write_str("<unknown>");
         return;
     };
+    if !frames.iter().any(|&ra| frame_name(b, o, ra, true)) {
+        frame_name(b, o, first, false);
+    }
+}
+
+/// Writes the header name of the frame at `ra` and returns true, unless `skip_runtime` and
+/// every function there is runtime machinery (then writes nothing and returns false).
+fn frame_name<const N: usize>(
+    b: &mut FixedBuf<N>,
+    o: &Options,
+    ra: usize,
+    skip_runtime: bool,
+) -> bool {
     if o.symbolize {
         let frames = symbolize::with_global(|s| s.symbolize(ra, true));
-        if let Some(f) = frames.iter().find(|f| f.function.is_some()) {
-            let name = f.function.as_deref().unwrap_or("");
-            let _ = write!(b, "{name}+0x{:x}", f.offset);
-            return;
+        let mut named = frames.iter().filter_map(|f| Some((f.function.as_deref()?, f.offset)));
+        if let Some(innermost) = named.clone().next() {
+            let pick = if skip_runtime {
+                named.find(|(n, _)| !is_runtime_function(n))
+            } else {
+                Some(innermost)
+            };
+            let Some((name, offset)) = pick else {
+                return false;
+            };
+            let _ = write!(b, "{name}+0x{offset:x}");
+            return true;
         }
     }
-    match dl_symbol(ra.wrapping_sub(1)) {
+    let dl = dl_symbol(ra.wrapping_sub(1));
+    if let Some(s) = dl.as_ref().filter(|s| skip_runtime && !s.name.is_empty()) {
+        let name = String::from_utf8_lossy(s.name);
+        if is_runtime_function(&symbolize::demangle(&name)) {
+            return false;
+        }
+    }
+    match dl {
         Some(s) => {
             let module = s.module.rsplit(|&c| c == b'/').next().unwrap_or(s.module);
             let _ = write!(b, "{}+0x{:x}", Name(module), ra - s.fbase);
@@ -412,6 +571,7 @@ fn function_name<const N: usize>(b: &mut FixedBuf<N>, o: &Options, ra: Option<us
             let _ = write!(b, "0x{ra:x}");
         }
     }
+    true
 }
 
 /// One line per frame (and per inlined function): `#i 0xADDR in function+0xoff/0xlen
@@ -568,15 +728,13 @@ fn json_track(b: &mut FixedBuf<BUF>, o: &Options, name: &str, t: &Track) {
 
 fn json(b: &mut FixedBuf<BUF>, o: &Options, r: &Report<'_>) {
     let mut f = FixedBuf::<512>::new();
-    function_name(&mut f, o, r.stack.first().copied());
-    let _ = write!(
-        b,
-        "{{\"kind\":\"{}\",\"function\":{},\"addr\":\"0x{:x}\",\"thread\":{},\"access\":",
-        r.kind,
-        Json(f.as_bytes()),
-        r.access.addr(),
-        r.tid
-    );
+    let (site, found) = header_site(r);
+    function_name(&mut f, o, site);
+    let _ = write!(b, "{{\"kind\":\"{}\",\"function\":{}", r.kind, Json(f.as_bytes()));
+    if let Some(when) = found {
+        let _ = write!(b, ",\"found_at\":\"{when}\"");
+    }
+    let _ = write!(b, ",\"addr\":\"0x{:x}\",\"thread\":{},\"access\":", r.access.addr(), r.tid);
     let mut line = FixedBuf::<1024>::new();
     access_line(&mut line, r);
     let text = line.as_bytes();
@@ -656,7 +814,7 @@ pub(crate) fn leaks(rt: &Runtime, o: &Options) {
             }
             let _ = b.write_str(RULE);
             let _ = b.write_str("BUG: KASAN: memory-leak in ");
-            function_name(b, o, frames.first().copied());
+            function_name(b, o, frames);
             let _ = writeln!(
                 b,
                 "\nLeak of {} byte(s) in {} object(s) still allocated at exit (e.g. 0x{:x}, {} bytes)",
@@ -701,4 +859,45 @@ pub(crate) fn stats(rt: &Runtime, o: &Options) {
             d.bytes_used
         );
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_functions_are_rust_allocator_machinery_and_std() {
+        for name in [
+            "__rust_dealloc",
+            "__rustc::__rust_dealloc",
+            "__rg_dealloc",
+            "__rdl_dealloc",
+            "alloc::alloc::dealloc",
+            "core::ptr::drop_in_place<alloc::vec::Vec<u8>>",
+            "std::sys::alloc::unix::<impl core::alloc::global::GlobalAlloc for std::alloc::System>::dealloc",
+            "<alloc::vec::Vec<T,A> as core::ops::drop::Drop>::drop",
+            "<core::cell::RefCell<T> as core::ops::drop::Drop>::drop",
+            "<std::alloc::System as core::alloc::global::GlobalAlloc>::dealloc",
+        ] {
+            assert!(is_runtime_function(name), "{name}");
+        }
+        for name in [
+            "main",
+            "do_free",
+            "it::child::rust_free_site",
+            "<myapp::Buf as core::ops::drop::Drop>::drop",
+            "release_sized(void*, unsigned long)",
+            "allocate_thing",
+            "stdio_flush",
+        ] {
+            assert!(!is_runtime_function(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn found_names_read_after_found_at() {
+        assert_eq!(Found::AtFree.to_string(), "free");
+        assert_eq!(Found::AtEviction.to_string(), "quarantine eviction");
+        assert_eq!(Found::AtExit.to_string(), "exit");
+    }
 }

@@ -10,7 +10,7 @@
 use crate::chunk::{self, Family, Header, State, Track, F_LISTED, F_LOADER, F_RAW};
 use crate::leak::{self, Entry, Scratch};
 use crate::options::{Options, Stacks, MAX_DEPTH};
-use crate::report::{self, Access, Kind, Report, Reporter};
+use crate::report::{self, Access, Found, Kind, Report, Reporter};
 use crate::sys::{self, Guard, SpinLock};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
@@ -41,8 +41,16 @@ pub unsafe trait Backing {
 pub struct Expect {
     /// Family of the freeing function.
     pub family: Family,
-    /// `(size, align)` the program claims (Rust `Layout`, C++ sized delete); `None` if unknown.
+    /// `(size, align)` the program claims (Rust `Layout`, C++ sized or aligned delete);
+    /// `None` if unknown. A C++ delete that knows only the alignment passes
+    /// [`Expect::ANY_SIZE`] as the size.
     pub layout: Option<(usize, usize)>,
+}
+
+impl Expect {
+    /// The size of a C++ unsized delete (`operator delete(void*, std::align_val_t)`): only
+    /// its alignment is checked. No chunk is this large.
+    pub const ANY_SIZE: usize = usize::MAX;
 }
 
 struct ShardData {
@@ -167,6 +175,7 @@ impl Runtime {
         if o.detect_leaks.is_none() {
             o.detect_leaks = Some(self.leaks_default);
         }
+        Self::size_depot(&o);
         let (lo, hi) = leak::loader_range();
         // Relaxed: published by the Release store of READY below.
         self.loader.0.store(lo, Ordering::Relaxed);
@@ -197,17 +206,39 @@ impl Runtime {
             let _ = core::fmt::write(
                 &mut b,
                 format_args!(
-                    "ukasan: generic mode, stacks={:?} depth={} quarantine={} MiB redzone={} leaks={}\n",
+                    "ukasan: generic mode, stacks={:?} depth={} quarantine={} MiB redzone={} leaks={} depot={} MiB\n",
                     o.stacks,
                     o.depth,
                     o.quarantine_bytes >> 20,
                     o.redzone,
-                    o.detect_leaks == Some(true)
+                    o.detect_leaks == Some(true),
+                    stackdepot::stats().bytes_budget >> 20
                 ),
             );
             sys::write_all(2, b.as_bytes());
         }
         true
+    }
+
+    /// Gives the stack depot the `depot_size_mb` budget; it must come before the first save,
+    /// which no tracked allocation has made yet. Says so if the depot was in use already
+    /// (another runtime in the process saved stacks first).
+    #[cold]
+    fn size_depot(o: &Options) {
+        let now = stackdepot::stats().bytes_budget;
+        if stackdepot::set_budget(o.depot_bytes) || now == o.depot_bytes as u64 {
+            return;
+        }
+        let mut b = sys::FixedBuf::<160>::new();
+        let _ = core::fmt::write(
+            &mut b,
+            format_args!(
+                "ukasan: depot_size_mb={} ignored: the stack depot was in use already (now {} MiB)\n",
+                o.depot_bytes >> 20,
+                now >> 20
+            ),
+        );
+        sys::write_all(2, b.as_bytes());
     }
 
     /// Allocates an untracked chunk (before init, or from inside the runtime).
@@ -396,22 +427,19 @@ impl Runtime {
             );
             return;
         }
+        // One report per bad free: a wrong family says it all; only a free of the right
+        // family is checked for the size and alignment it claims.
         if expect.family != h.family()
             && !(expect.family == Family::Rust || h.family() == Family::Rust)
         {
             let access =
                 Access::Mismatch { addr: p as usize, alloc: h.family(), free: expect.family };
             self.report_simple(o, Kind::AllocDeallocMismatch, access, Some(h), regs);
-        }
-        if let Some((size, align)) = expect.layout {
-            if size != h.size || align != h.align {
-                let access =
-                    Access::Layout { addr: p as usize, size, align, family: expect.family };
-                self.report_simple(o, Kind::LayoutMismatch, access, Some(h), regs);
-            }
+        } else if let Some((size, align)) = expect.layout {
+            self.check_layout(o, h, p as usize, expect.family, size, align, regs);
         }
         // SAFETY: the chunk is ours and owned by this free until quarantined.
-        unsafe { self.check_redzones(o, h, "free", regs) };
+        unsafe { self.check_redzones(o, h, Found::AtFree, regs) };
         h.free = self.track(o, regs);
         if h.flags & F_LISTED != 0 {
             self.unlink(h);
@@ -565,10 +593,39 @@ impl Runtime {
             // SAFETY: evicted chunks are out of every list and exclusively ours.
             let e = unsafe { &mut *evicted };
             evicted = e.next;
-            self.verify_quarantined(o, e, "quarantine eviction", regs);
+            self.verify_quarantined(o, e, Found::AtEviction, regs);
             e.set_state(State::Released);
             // SAFETY: out of every list; the program freed it.
             unsafe { Self::release(b, e) };
+        }
+    }
+
+    /// Reports a free whose claimed size or alignment is not the allocation's: C++ sized or
+    /// aligned deletes as `new-delete-type-mismatch` (sizes compared unless the delete is
+    /// unsized, alignments as C++ does, 16 and below being the default), anything else (Rust
+    /// `dealloc`/`realloc`) as `layout-mismatch`.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn check_layout(
+        &self,
+        o: &Options,
+        h: &Header,
+        addr: usize,
+        family: Family,
+        size: usize,
+        align: usize,
+        regs: &Regs,
+    ) {
+        if matches!(family, Family::New | Family::NewArray) {
+            let known = (size != Expect::ANY_SIZE).then_some(size);
+            let size_bad = known.is_some_and(|s| s != h.size);
+            if size_bad || report::cxx_align(align) != report::cxx_align(h.align) {
+                let access = Access::DeleteType { addr, size: known, align, family };
+                self.report_simple(o, Kind::NewDeleteTypeMismatch, access, Some(h), regs);
+            }
+        } else if size != h.size || align != h.align {
+            let access = Access::Layout { addr, size, align, family };
+            self.report_simple(o, Kind::LayoutMismatch, access, Some(h), regs);
         }
     }
 
@@ -578,7 +635,7 @@ impl Runtime {
     /// # Safety
     /// The runtime owns `h`'s redzones: the chunk is being freed, is quarantined, or is live
     /// and listed under its shard's lock.
-    unsafe fn check_redzones(&self, o: &Options, h: &Header, when: &'static str, regs: &Regs) {
+    unsafe fn check_redzones(&self, o: &Options, h: &Header, when: Found, regs: &Regs) {
         // SAFETY: forwarded from the caller's contract.
         if let Some(d) = unsafe { h.find_redzone_damage() } {
             let access = Access::Corrupt { damage: d, when };
@@ -589,7 +646,7 @@ impl Runtime {
     }
 
     /// Checks a quarantined chunk's redzones and poison, reporting damage.
-    fn verify_quarantined(&self, o: &Options, h: &Header, when: &'static str, regs: &Regs) {
+    fn verify_quarantined(&self, o: &Options, h: &Header, when: Found, regs: &Regs) {
         // SAFETY: quarantined chunks are owned by the runtime.
         unsafe { self.check_redzones(o, h, when, regs) };
         // SAFETY: as above; poisoned at free.
@@ -688,7 +745,7 @@ impl Runtime {
             while !c.is_null() {
                 // SAFETY: quarantined chunks of this shard; lock held; never released here.
                 let h = unsafe { &*c };
-                self.verify_quarantined(o, h, "exit", regs);
+                self.verify_quarantined(o, h, Found::AtExit, regs);
                 c = h.next;
             }
         }
@@ -700,7 +757,7 @@ impl Runtime {
                 let h = unsafe { &*c };
                 if h.flags & F_RAW == 0 {
                     // SAFETY: a live chunk's redzones belong to the runtime.
-                    unsafe { self.check_redzones(o, h, "exit", regs) };
+                    unsafe { self.check_redzones(o, h, Found::AtExit, regs) };
                 }
                 c = h.next;
             }

@@ -51,7 +51,13 @@ fn overflow_found_at_free() {
     let r = bugs("overflow-at-free", "");
     let main = r.printed("main_tid");
     let rep = r.only("out-of-bounds");
-    assert!(rep.header().starts_with("BUG: KASAN: out-of-bounds in do_free+"), "{}", rep.text);
+    // Found when the program freed that object: its freeing function is the detection stack's.
+    assert!(
+        rep.header().starts_with("BUG: KASAN: out-of-bounds write in do_free+")
+            && rep.header().ends_with(" (found at free)"),
+        "{}",
+        rep.text
+    );
     assert!(rep.access().contains("detected at free by thread"), "{}", rep.access());
     assert!(
         rep.access().ends_with("1 byte(s) [0x") || rep.access().contains("modified: 78"),
@@ -72,6 +78,13 @@ fn underflow_found_at_free() {
 fn overflow_of_live_object_found_at_exit() {
     let r = bugs("overflow-at-exit", "");
     let rep = r.only("out-of-bounds");
+    // Found at exit: the header names the allocating function, not the exit hook.
+    assert!(
+        rep.header().starts_with("BUG: KASAN: out-of-bounds write in do_alloc+")
+            && rep.header().ends_with(" (found at exit)"),
+        "{}",
+        rep.text
+    );
     assert!(rep.access().contains("detected at exit"), "{}", rep.text);
     assert!(rep.text.contains("located 6 bytes to the right of 24-byte region"), "{}", rep.text);
     rep.assert_track("Allocated by thread", &r.printed("main_tid"), "do_alloc");
@@ -83,11 +96,18 @@ fn use_after_free_found_at_eviction() {
     let r = bugs("uaf-at-eviction", "quarantine_size_mb=1");
     let main = r.printed("main_tid");
     let rep = r.only("use-after-free");
+    // Found while another free evicted it: the header names the function that freed it.
+    assert!(
+        rep.header().starts_with("BUG: KASAN: use-after-free write in do_free+")
+            && rep.header().ends_with(" (found at quarantine eviction)"),
+        "{}",
+        rep.text
+    );
     assert!(rep.access().contains("detected at quarantine eviction"), "{}", rep.text);
     assert!(rep.access().contains("modified: 07"), "{}", rep.access());
     assert!(rep.text.contains("located 5 bytes inside of 32-byte region"), "{}", rep.text);
-    // Detected while churn() was freeing.
-    assert!(rep.stack().iter().any(|f| f.contains(" in churn+")), "{}", rep.text);
+    // Detected while churn() was freeing (its own free call, not do_free's).
+    assert!(rep.stack().first().is_some_and(|f| f.contains(" in churn+")), "{}", rep.text);
     rep.assert_track("Allocated by thread", &main, "do_alloc");
     rep.assert_track("Freed by thread", &main, "do_free");
     // Reported once, not again at exit.
@@ -95,9 +115,32 @@ fn use_after_free_found_at_eviction() {
 }
 
 #[test]
+fn overflow_of_freed_object_found_at_eviction() {
+    let r = bugs("overflow-at-eviction", "quarantine_size_mb=1");
+    let rep = r.only("out-of-bounds");
+    // Found while churn() freed other objects: the header names the allocating function.
+    assert!(
+        rep.header().starts_with("BUG: KASAN: out-of-bounds write in do_alloc+")
+            && rep.header().ends_with(" (found at quarantine eviction)"),
+        "{}",
+        rep.text
+    );
+    assert!(rep.stack().first().is_some_and(|f| f.contains(" in churn+")), "{}", rep.text);
+    assert!(rep.text.contains("located 1 bytes to the right of 32-byte region"), "{}", rep.text);
+    assert_eq!(r.reports().len(), 1, "{}", r.stderr);
+}
+
+#[test]
 fn use_after_free_found_at_exit() {
     let r = bugs("uaf-at-exit", "");
     let rep = r.only("use-after-free");
+    assert!(
+        rep.header().starts_with("BUG: KASAN: use-after-free write in do_free+")
+            && rep.header().ends_with(" (found at exit)"),
+        "{}",
+        rep.text
+    );
+    assert!(!rep.header().contains("exit_handlers"), "{}", rep.text);
     assert!(rep.access().contains("detected at exit"), "{}", rep.text);
     assert!(rep.text.contains("located 40 bytes inside of 48-byte region"), "{}", rep.text);
     rep.assert_track("Freed by thread", &r.printed("main_tid"), "do_free");
@@ -141,6 +184,71 @@ fn alloc_dealloc_mismatch_in_cxx() {
     }
 }
 
+/// Number of report headers on stderr: a second report of the same bug makes it 2.
+fn headers(r: &crate::common::Run) -> usize {
+    r.stderr.lines().filter(|l| l.starts_with("BUG: KASAN:")).count()
+}
+
+#[test]
+fn delete_of_new_array_is_one_alloc_dealloc_mismatch() {
+    // `delete` of `new int[10]`: a sized delete of 4 bytes, but the family is what is wrong.
+    let r = run(&program("mismatch.cc"), &["array-delete"], "");
+    assert_eq!(headers(&r), 1, "one report per bug:\n{}", r.stderr);
+    let rep = r.only("alloc-dealloc-mismatch");
+    assert!(rep.header().contains(" in release_delete"), "{}", rep.text);
+    assert!(!r.stderr.contains("Layout"), "no Rust words for C++:\n{}", r.stderr);
+}
+
+#[test]
+fn sized_delete_of_wrong_size_is_new_delete_type_mismatch() {
+    for (scenario, alloc, freed, afn, ffn) in [
+        // ::operator delete(p, 8) of ::operator new(16)
+        ("sized-delete", 16, 8, "make_raw", "release_sized"),
+        // delete of a Derived (24 bytes) through a Base* (4 bytes), no virtual destructor
+        ("base-delete", 24, 4, "make_derived", "release_base"),
+    ] {
+        let r = run(&program("mismatch.cc"), &[scenario], "");
+        assert_eq!(headers(&r), 1, "{scenario}: one report per bug:\n{}", r.stderr);
+        let rep = r.only("new-delete-type-mismatch");
+        assert!(
+            rep.header().starts_with(&format!("BUG: KASAN: new-delete-type-mismatch in {ffn}(")),
+            "{scenario}: {}",
+            rep.text
+        );
+        assert!(
+            rep.access().starts_with("Free of addr 0x")
+                && rep.access().ends_with(&format!(
+                    "with operator delete: object passed to delete has wrong type: \
+                     size of the allocated type: {alloc} bytes; \
+                     size of the deallocated type: {freed} bytes"
+                )),
+            "{scenario}: {}",
+            rep.access()
+        );
+        assert!(!rep.text.contains("Layout"), "{scenario}: {}", rep.text);
+        let (_, frames) = rep.section("Allocated by thread");
+        assert!(frames.iter().any(|f| f.contains(&format!(" in {afn}("))), "{}", rep.text);
+        assert!(rep.stack().iter().any(|f| f.contains(ffn)), "{scenario}: {}", rep.text);
+    }
+}
+
+#[test]
+fn aligned_delete_of_wrong_alignment_is_new_delete_type_mismatch() {
+    // ::operator delete(p, align_val_t(32)) of ::operator new(64, align_val_t(64))
+    let r = run(&program("mismatch.cc"), &["aligned-delete"], "");
+    assert_eq!(headers(&r), 1, "one report per bug:\n{}", r.stderr);
+    let rep = r.only("new-delete-type-mismatch");
+    assert!(rep.header().contains(" in release_aligned(void*, unsigned long)+"), "{}", rep.text);
+    assert!(
+        rep.access().ends_with(
+            "object passed to delete has wrong type: alignment of the allocated type: 64 bytes; \
+             alignment of the deallocated type: 32 bytes"
+        ),
+        "{}",
+        rep.access()
+    );
+}
+
 #[test]
 fn every_backend_records_the_allocating_function() {
     for stacks in ["fp", "libgcc", "dwarf", "shadow", "auto"] {
@@ -175,5 +283,11 @@ fn rust_program_double_free_with_symbolized_rust_names() {
     assert!(alloc.iter().any(|f| f.contains(" in rustprog::rust_alloc_site+")), "{}", rep.text);
     let (_, freed) = rep.section("Freed by thread");
     assert!(freed.iter().any(|f| f.contains(" in rustprog::rust_free_site+")), "{}", rep.text);
+    // Above it on the stack are std's System allocator and alloc::alloc::dealloc: skipped.
+    assert!(
+        rep.header().starts_with("BUG: KASAN: double-free in rustprog::rust_free_site+"),
+        "{}",
+        rep.text
+    );
     assert_eq!(r.reports().len(), 1, "{}", r.stderr);
 }

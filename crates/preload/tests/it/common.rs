@@ -53,8 +53,11 @@ pub fn program(name: &str) -> PathBuf {
         c.args(["-O", "-g", "-C", "force-frame-pointers=yes", "--edition", "2021"]);
         c
     } else {
-        let (compiler, extra): (&str, &[&str]) =
-            if name.ends_with(".cc") { ("g++", &[]) } else { ("cc", &["-pthread", "-ldl"]) };
+        let (compiler, extra): (&str, &[&str]) = if name.ends_with(".cc") {
+            ("g++", &["-fsized-deallocation"])
+        } else {
+            ("cc", &["-pthread", "-ldl"])
+        };
         let mut c = Command::new(compiler);
         c.args(["-O1", "-g", "-rdynamic", "-fno-omit-frame-pointer"]).args(extra);
         c

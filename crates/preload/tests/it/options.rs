@@ -29,6 +29,41 @@ fn halt_on_error_stops_with_exitcode() {
 }
 
 #[test]
+fn full_depot_says_which_option_raises_it() {
+    let r = run(&program("bugs.c"), &["many-stacks"], "depot_size_mb=1");
+    let warnings: Vec<&str> = r.stderr.lines().filter(|l| l.contains("stack depot full")).collect();
+    assert_eq!(warnings.len(), 1, "{}", r.stderr);
+    assert!(
+        warnings[0].starts_with("ukasan: stack depot full (budget 1048576 bytes)")
+            && warnings[0].contains(
+                "raise it with UKASAN_OPTIONS=depot_size_mb=2 (now 1) or \
+                 `ukasan run -o depot_size_mb=2`"
+            ),
+        "{}",
+        warnings[0]
+    );
+    assert!(r.stdout.contains("end\n"), "the program goes on: {}", r.stderr);
+    assert_eq!(r.status, Some(0), "a full depot is not a bug: {}", r.stderr);
+    // The default budget holds them all; depot_size_mb is applied at start (verbosity=1).
+    let r = run(&program("bugs.c"), &["many-stacks"], "verbosity=1:depot_size_mb=32");
+    assert!(!r.stderr.contains("stack depot full"), "{}", r.stderr);
+    assert!(r.stderr.contains(" depot=32 MiB\n"), "{}", r.stderr);
+}
+
+#[test]
+fn bad_depot_size_names_the_accepted_values() {
+    let r = run(&program("bugs.c"), &["clean"], "depot_size_mb=0");
+    assert!(
+        r.stderr.contains(
+            "bad value '0' for option 'depot_size_mb' ignored \
+             (accepted: an integer number of MiB, 1..=1024)"
+        ),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn exitcode_is_configurable() {
     let r = run(&program("bugs.c"), &["double-free"], "exitcode=7");
     assert_eq!(r.status, Some(7));
@@ -48,6 +83,19 @@ fn json_lines_format() {
     let frames = v["allocated"]["stack"].as_array().unwrap();
     assert!(frames.iter().any(|f| f["function"] == "do_alloc"), "{}", lines[0]);
     assert_eq!(v["object"]["size"], 64);
+    assert!(v["function"].as_str().unwrap().starts_with("do_free+"), "{}", lines[0]);
+    assert!(v.get("found_at").is_none(), "{}", lines[0]);
+}
+
+#[test]
+fn json_late_finding_names_the_freeing_function_and_when() {
+    let r = run(&program("bugs.c"), &["uaf-at-exit"], "report_format=json");
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["kind"], "use-after-free");
+    assert_eq!(v["found_at"], "exit");
+    assert!(v["function"].as_str().unwrap().starts_with("do_free+"), "{}", lines[0]);
 }
 
 #[test]

@@ -97,4 +97,9 @@ fn full_depot_writes_exactly_one_warning_line_to_stderr() {
     assert_eq!(status, 0);
     assert_eq!(out.lines().count(), 1, "stderr: {out:?}");
     assert!(out.starts_with("ukasan: stack depot full (budget 65536 bytes)"), "{out:?}");
+    // It names the option that raises the budget, with a value.
+    assert!(
+        out.contains("raise it with UKASAN_OPTIONS=depot_size_mb=2 (now 65536 bytes)"),
+        "{out:?}"
+    );
 }

@@ -151,11 +151,16 @@ impl Child {
         parts.iter().skip(1).step_by(2).map(|s| s.to_string()).collect()
     }
 
+    /// The one report of `kind` (`BUG: KASAN: <kind> in ...`, or `<kind> write in ...` for
+    /// a write found later).
     fn only(&self, kind: &str) -> String {
         let r: Vec<String> = self
             .reports()
             .into_iter()
-            .filter(|r| r.starts_with(&format!("BUG: KASAN: {kind} in ")))
+            .filter(|r| {
+                let rest = r.strip_prefix(&format!("BUG: KASAN: {kind} ")).unwrap_or("");
+                rest.starts_with("in ") || rest.starts_with("write in ")
+            })
             .collect();
         assert_eq!(r.len(), 1, "expected one {kind}:\n{}", self.stderr);
         r.into_iter().next().unwrap()
@@ -216,10 +221,22 @@ fn has(funcs: &[String], name: &str) -> bool {
     funcs.iter().any(|f| f.contains(name))
 }
 
+/// Asserts the header names `function` of this test (not `__rust_dealloc`,
+/// `alloc::alloc::dealloc` or another frame of the allocator machinery above it).
+fn assert_header(report: &str, prefix: &str, function: &str, suffix: &str) {
+    let header = report.lines().next().unwrap_or("");
+    let want = format!("BUG: KASAN: {prefix} in it::child::{function}+0x");
+    assert!(
+        header.starts_with(&want) && header.ends_with(suffix),
+        "want {want}..{suffix}:\n{report}"
+    );
+}
+
 #[test]
 fn layout_mismatch_on_dealloc() {
     let c = child("layout-mismatch", "");
     let r = c.only("layout-mismatch");
+    assert_header(&r, "layout-mismatch", "rust_free_site", "");
     let tid = c.tid();
     assert!(
         r.contains("Rust dealloc of addr 0x") && r.contains(&format!("by thread {tid} with Layout {{ size: 24, align: 8 }}, but it was allocated with Layout {{ size: 32, align: 8 }}")),
@@ -236,6 +253,7 @@ fn layout_mismatch_on_dealloc() {
 fn layout_mismatch_on_realloc() {
     let c = child("realloc-layout-mismatch", "");
     let r = c.only("layout-mismatch");
+    assert_header(&r, "layout-mismatch", "rust_realloc_site", "");
     assert!(r.contains("with Layout { size: 32, align: 16 }, but it was allocated with Layout { size: 32, align: 8 }"), "{r}");
     assert!(has(&stack_functions(&r), "rust_realloc_site"), "{r}");
     assert!(has(&section_functions(&r, "Allocated by thread"), "rust_alloc_site"), "{r}");
@@ -245,6 +263,7 @@ fn layout_mismatch_on_realloc() {
 fn double_free_of_rust_allocation() {
     let c = child("double-free", "stacks=fp");
     let r = c.only("double-free");
+    assert_header(&r, "double-free", "rust_free_site", "");
     let tid = c.tid();
     assert!(r.contains(&format!("Freed by thread {tid}:")), "{r}");
     assert!(has(&section_functions(&r, "Freed by thread"), "rust_free_site"), "{r}");
@@ -255,6 +274,8 @@ fn double_free_of_rust_allocation() {
 fn overflow_of_rust_allocation() {
     let c = child("overflow", "");
     let r = c.only("out-of-bounds");
+    // Found when the program freed that object: the freeing function is named.
+    assert_header(&r, "out-of-bounds write", "rust_free_site", " (found at free)");
     assert!(r.contains("detected at free"), "{r}");
     assert!(r.contains("located 0 bytes to the right of 32-byte region"), "{r}");
     assert!(has(&section_functions(&r, "Allocated by thread"), "rust_alloc_site"), "{r}");
@@ -264,6 +285,9 @@ fn overflow_of_rust_allocation() {
 fn use_after_free_of_rust_allocation_found_at_exit() {
     let c = child("use-after-free", "stacks=libgcc");
     let r = c.only("use-after-free");
+    // Found at exit: the header names the function that freed the object, not the exit hook.
+    assert_header(&r, "use-after-free write", "rust_free_site", " (found at exit)");
+    assert!(!r.lines().next().unwrap().contains("exit_handlers"), "{r}");
     assert!(r.contains("detected at exit"), "{r}");
     assert!(has(&section_functions(&r, "Freed by thread"), "rust_free_site"), "{r}");
     assert!(has(&section_functions(&r, "Allocated by thread"), "rust_alloc_site"), "{r}");

@@ -32,12 +32,32 @@ void *free_in_thread(void *arg) {
   return NULL;
 }
 
-/* Allocates and frees 3 MiB in 64 KiB pieces: pushes older objects out of a 1 MiB quarantine. */
+/* Allocates and frees 3 MiB in 64 KiB pieces: pushes older objects out of a 1 MiB quarantine.
+ * Calls free itself, so reports of what it evicts can tell it from do_free. */
 __attribute__((noinline)) void churn(void) {
-  for (int i = 0; i < 48; i++) do_free(do_alloc(64 << 10));
+  for (int i = 0; i < 48; i++) {
+    free(do_alloc(64 << 10));
+    __asm__ volatile("" ::: "memory");
+  }
 }
 
 char *keep; /* a global root: what it points to is not a leak */
+
+/* 2^level distinct call paths: each level calls down from one of two call sites. */
+static volatile int sink_a, sink_b;
+__attribute__((noinline)) void walk(unsigned bits, int level) {
+  if (level == 0) {
+    do_free(do_alloc(8));
+    return;
+  }
+  if (bits & 1) {
+    walk(bits >> 1, level - 1);
+    sink_a++;
+  } else {
+    walk(bits >> 1, level - 1);
+    sink_b++;
+  }
+}
 
 int main(int argc, char **argv) {
   const char *s = argc > 1 ? argv[1] : "";
@@ -74,6 +94,13 @@ int main(int argc, char **argv) {
     poke(p, 5, 7);
     churn();
     printf("churned\n");
+  } else if (!strcmp(s, "overflow-at-eviction")) {
+    /* A write past the end after the free lands in the redzone: out-of-bounds. */
+    char *p = do_alloc(32);
+    do_free(p);
+    poke(p, 33, 7);
+    churn();
+    printf("churned\n");
   } else if (!strcmp(s, "uaf-at-exit")) {
     char *p = do_alloc(48);
     do_free(p);
@@ -91,6 +118,9 @@ int main(int argc, char **argv) {
       do_free(p);
       do_free(p);
     }
+  } else if (!strcmp(s, "many-stacks")) {
+    /* 2 x 16384 distinct stacks of ~20 frames: about 5 MiB of depot records. */
+    for (unsigned i = 0; i < (1u << 14); i++) walk(i, 14);
   } else if (!strcmp(s, "clean")) {
     char *p = do_alloc(100);
     memset(p, 1, 100);
