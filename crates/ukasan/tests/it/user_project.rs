@@ -154,7 +154,7 @@ fn build(dir: &Path, name: &str, release: bool, rustflags: &str) -> PathBuf {
 fn report(stderr: &str, kind: &str) -> (String, usize) {
     let rule = "=".repeat(66);
     let parts: Vec<&str> = stderr.split(&format!("{rule}\n")).skip(1).step_by(2).collect();
-    let r = parts.iter().find(|r| r.starts_with(&format!("BUG: KASAN: {kind} in ")));
+    let r = parts.iter().find(|r| r.starts_with(&format!("BUG: KASAN: {kind} ")));
     let r = r.unwrap_or_else(|| panic!("no {kind} report in:\n{stderr}"));
     (r.to_string(), parts.len())
 }
@@ -203,6 +203,13 @@ fn check_build(exe: &Path, name: &str) {
     );
 
     let (r, _) = report(&run("use-after-free", ""), "use-after-free");
+    // Found at exit: the header names the freeing function, not the exit path.
+    let header = r.lines().next().unwrap_or("");
+    assert!(
+        header.contains("userproj::free_site_fn") && header.contains("(found at exit)"),
+        "{}",
+        ctx("uaf header", &r)
+    );
     assert!(has(&section(&r, "Allocated by thread"), "alloc_site_fn"), "{}", ctx("uaf", &r));
     assert!(has(&section(&r, "Freed by thread"), "free_site_fn"), "{}", ctx("uaf", &r));
 
