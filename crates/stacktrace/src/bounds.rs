@@ -99,7 +99,8 @@ fn slow(sp: usize, t: Range) -> Option<StackBounds> {
     }
     // The thread's own stack is the main `[stack]`, or the mapping that holds this thread's
     // static TLS (glibc places it at the top of every other thread's stack).
-    let tls = THREAD.with(|c| c as *const Cell<Range> as usize);
+    // (`try_with`: no TLS left during thread teardown; then only `[stack]` is recognised.)
+    let tls = THREAD.try_with(|c| c as *const Cell<Range> as usize).unwrap_or(0);
     let own = m.main_stack || (m.start <= tls && tls < m.end);
     let floor =
         if m.main_stack { m.end.saturating_sub(main_stack_limit()).min(m.start) } else { m.start };
