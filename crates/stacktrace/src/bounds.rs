@@ -98,18 +98,16 @@ fn slow(sp: usize, t: Range) -> Option<StackBounds> {
         return None;
     }
     // The thread's own stack is the main `[stack]`, or the mapping that holds this thread's
-    // static TLS (glibc places it at the top of every other thread's stack).
-    // (`try_with`: no TLS left during thread teardown; then only `[stack]` is recognised.)
+    // static TLS (glibc places it at the top of every other thread's stack), or else the
+    // first stack the thread is seen on that is not its `sigaltstack` (under valgrind, for
+    // one, the main stack is not labelled). (`try_with`: no TLS left during thread teardown.)
     let tls = THREAD.try_with(|c| c as *const Cell<Range> as usize).unwrap_or(0);
-    let own = m.main_stack || (m.start <= tls && tls < m.end);
+    let proven = m.main_stack || (m.start <= tls && tls < m.end);
+    let own = proven || t == Range::default();
     let floor =
         if m.main_stack { m.end.saturating_sub(main_stack_limit()).min(m.start) } else { m.start };
     let r = Range { lo: m.start, hi: m.end, floor };
-    if own && t == Range::default() {
-        let _ = THREAD.try_with(|c| c.set(r));
-    } else if !own {
-        let _ = OTHER.try_with(|c| c.set(r));
-    }
+    let _ = if own { THREAD.try_with(|c| c.set(r)) } else { OTHER.try_with(|c| c.set(r)) };
     Some(StackBounds { lo: m.start, hi: m.end })
 }
 
