@@ -81,8 +81,18 @@ pub(crate) fn mark(entries: &mut [Entry], work: &mut [u32]) {
             }
         }
     };
+    // The scratch arrays hold the address of every chunk: a root range that contains them
+    // (the maps merge the scratch mapping with a neighbour, such as the TLS mapping, when
+    // `mmap` happens to place it next to one) must not be scanned there, or every chunk
+    // looks reachable.
+    let skip = [
+        (entries.as_ptr() as usize, entries.as_ptr() as usize + core::mem::size_of_val(entries)),
+        (work.as_ptr() as usize, work.as_ptr() as usize + core::mem::size_of_val(work)),
+    ];
     for r in roots() {
-        scan(entries, work, &mut top, r.0, r.1);
+        for (lo, hi) in without(r, skip) {
+            scan(entries, work, &mut top, lo, hi);
+        }
     }
     for i in 0..entries.len() {
         if entries[i].mark == 2 {
@@ -96,6 +106,24 @@ pub(crate) fn mark(entries: &mut [Entry], work: &mut [u32]) {
         let (s, e) = (entries[i].start, entries[i].end);
         scan(entries, work, &mut top, s, e);
     }
+}
+
+/// `r` minus the ranges of `skip` (at most three pieces, empty ones `(0, 0)`).
+fn without(r: (usize, usize), mut skip: [(usize, usize); 2]) -> [(usize, usize); 3] {
+    skip.sort_unstable();
+    let mut out = [(0, 0); 3];
+    let mut lo = r.0;
+    for (i, &(s, e)) in skip.iter().enumerate() {
+        let (s, e) = (s.clamp(lo, r.1.max(lo)), e.clamp(lo, r.1.max(lo)));
+        if lo < s {
+            out[i] = (lo, s);
+        }
+        lo = lo.max(e);
+    }
+    if lo < r.1 {
+        out[2] = (lo, r.1);
+    }
+    out
 }
 
 /// The entry whose object contains `w` (a zero-size object matches its start).
@@ -225,6 +253,17 @@ mod tests {
         assert_eq!(find(&e, 200), Some(1));
         assert_eq!(find(&e, 201), None);
         assert_eq!(find(&e, 339), Some(2));
+    }
+
+    #[test]
+    fn roots_skip_the_scratch_arrays() {
+        let pieces =
+            |r, skip| without(r, skip).into_iter().filter(|&(lo, hi)| lo < hi).collect::<Vec<_>>();
+        assert_eq!(pieces((0, 100), [(10, 20), (50, 60)]), [(0, 10), (20, 50), (60, 100)]);
+        assert_eq!(pieces((0, 100), [(50, 60), (10, 20)]), [(0, 10), (20, 50), (60, 100)]);
+        assert_eq!(pieces((30, 40), [(10, 20), (50, 60)]), [(30, 40)]);
+        assert_eq!(pieces((0, 100), [(0, 100), (0, 0)]), []);
+        assert_eq!(pieces((15, 55), [(10, 20), (50, 60)]), [(20, 50)]);
     }
 
     #[test]
