@@ -200,14 +200,16 @@ pub fn capture_with(backend: Backend, buf: &mut [usize]) -> Result<usize, Unsupp
 #[macro_export]
 macro_rules! caller_regs {
     () => {{
+        // The rule of this expansion's instruction, remembered: no cache lookup when warm.
+        static SITE: $crate::__private::Site = $crate::__private::Site::new();
         let (pc, sp, fp) = $crate::__own_regs!();
-        $crate::__private::caller_of(pc, sp, fp)
+        $crate::__private::caller_of(&SITE, pc, sp, fp)
     }};
 }
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::arch::{caller_of, frame_record_regs, read_fp};
+    pub use crate::arch::{caller_of, frame_record_regs, read_fp, Site};
 }
 
 /// Captures starting from explicit registers, e.g. a signal handler's `ucontext` (so the

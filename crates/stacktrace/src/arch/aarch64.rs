@@ -1,5 +1,6 @@
 //! aarch64 register reads.
 
+use super::Site;
 use crate::Regs;
 
 /// Reads the current function's frame pointer (`x29`).
@@ -52,8 +53,8 @@ macro_rules! __own_regs {
 /// the entry points that use this are never leaves), checked to lie on the current stack
 /// above `sp`.
 #[inline]
-pub fn caller_of(pc: usize, sp: usize, fp: usize) -> Regs {
-    let _ = pc;
+pub fn caller_of(site: &Site, pc: usize, sp: usize, fp: usize) -> Regs {
+    let _ = (site, pc);
     let on_stack = crate::bounds::current(sp).is_some_and(|b| b.contains(fp, 16));
     if !fp.is_multiple_of(16) || fp < sp || !on_stack {
         return Regs::default();
@@ -67,7 +68,7 @@ pub fn caller_of(pc: usize, sp: usize, fp: usize) -> Regs {
 /// Registers of the caller of the function whose frame record is at `fp`.
 #[inline(always)]
 pub fn frame_record_regs(fp: usize) -> Regs {
-    caller_of(0, stack_pointer(), fp)
+    caller_of(&Site::new(), 0, stack_pointer(), fp)
 }
 
 /// Calls `f(arg)` with the stack pointer at `top`, then switches back: a slow path that needs

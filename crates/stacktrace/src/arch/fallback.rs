@@ -11,7 +11,7 @@ pub fn frame_record_regs(_fp: usize) -> Regs {
 }
 
 /// No port: no caller registers.
-pub fn caller_of(_pc: usize, _sp: usize, _fp: usize) -> Regs {
+pub fn caller_of(_site: &super::Site, _pc: usize, _sp: usize, _fp: usize) -> Regs {
     Regs::default()
 }
 

@@ -1,5 +1,6 @@
 //! x86-64 register reads.
 
+use super::Site;
 use crate::Regs;
 
 /// Reads the current function's frame pointer (`rbp`).
@@ -52,24 +53,27 @@ macro_rules! __own_regs {
 /// `(sp, fp)` (see [`crate::caller_regs!`]): one step by that function's CFI, through the
 /// rule cache. `rbp` is followed only where the CFI says it holds the function's frame
 /// record, so a function built without frame pointers (an allocator hook monomorphised in a
-/// user's crate) gets its caller right; every read is checked against the current stack's
-/// bounds. `Regs::default()` (no frames) when the CFI cannot be had (no unwind tables, or a
+/// user's crate) gets its caller right; every read is checked to lie in the function's own
+/// frame (at most 64 KiB above its stack pointer). `Regs::default()` (no frames) when the CFI cannot be had (no unwind tables, or a
 /// cold rule with too little stack left to parse it).
 #[inline]
-pub fn caller_of(pc: usize, sp: usize, fp: usize) -> Regs {
+pub fn caller_of(site: &Site, pc: usize, sp: usize, fp: usize) -> Regs {
     #[cfg(target_os = "linux")]
     {
         use crate::dwarf::step::{unwind_exact, Unwind};
-        let Some(b) = crate::bounds::current(sp) else { return Regs::default() };
+        // The words read belong to the calling function's own frame, which its CFI just
+        // described: between its live stack pointer and a frame's size above it. (No bounds
+        // lookup: the backends do that for the frames they walk.)
+        const OWN_FRAME_MAX: usize = 64 << 10;
         let read = |a: usize| -> Option<usize> {
-            if !(a.is_multiple_of(8) && a >= sp && b.contains(a, 8)) {
+            if !(a.is_multiple_of(8) && a >= sp && a - sp < OWN_FRAME_MAX) {
                 return None;
             }
-            // SAFETY: aligned, at or above the live stack pointer and inside the current
-            // stack's mapping.
+            // SAFETY: aligned, at or above the live stack pointer of the calling function
+            // and within its own frame as its CFI describes it: mapped stack memory.
             Some(unsafe { (a as *const usize).read() })
         };
-        let (slot, cfa, saved_fp) = match unwind_exact(pc, sp, fp) {
+        let (slot, cfa, saved_fp) = match unwind_exact(site, pc, sp, fp) {
             Unwind::Record => (fp.wrapping_add(8), fp.wrapping_add(16), Some(fp)),
             Unwind::Cfa { cfa, slot, fp_slot } => (slot, cfa, fp_slot),
             Unwind::Stop | Unwind::Other | Unwind::Refused => return Regs::default(),
@@ -90,7 +94,7 @@ pub fn caller_of(pc: usize, sp: usize, fp: usize) -> Regs {
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = (pc, sp);
+        let _ = (site, pc, sp);
         frame_record_regs(fp)
     }
 }

@@ -11,8 +11,10 @@ use super::cache::{self, Rule};
 use super::cfi;
 use super::module::Miss;
 use super::walk::{self, LiveRules, LiveStacks};
+use crate::arch::Site;
 use crate::fp::LiveStack;
 use crate::Regs;
+use core::sync::atomic::Ordering;
 
 /// How the frame running at `pc` (a return address, looked up at `pc - 1`) with stack
 /// pointer `sp` and frame pointer `fp` reaches its caller, for a walk that knows those
@@ -46,35 +48,59 @@ pub(crate) fn unwind(pc: usize, sp: usize, fp: usize) -> Unwind {
 }
 
 /// As [`unwind`], for a frame whose `pc` is the exact instruction (looked up as is): the
-/// registers an entry point reads of itself ([`crate::caller_regs!`]).
+/// registers an entry point reads of itself ([`crate::caller_regs!`]). `site` remembers the
+/// rule of the one instruction it is consulted for, in front of the process-wide cache.
 #[inline]
-pub(crate) fn unwind_exact(pc: usize, sp: usize, fp: usize) -> Unwind {
+pub(crate) fn unwind_exact(site: &Site, pc: usize, sp: usize, fp: usize) -> Unwind {
     if pc < 4096 {
         return Unwind::Stop;
     }
-    unwind_at(pc, pc, sp, fp)
+    // Relaxed: the xor check detects a pair torn by racing writers (as in `cache::get`).
+    let w = site.word.load(Ordering::Relaxed);
+    if site.key_xor_word.load(Ordering::Relaxed) ^ w == pc as u64 && w != 0 {
+        return decode(w, sp, fp);
+    }
+    match word_at(pc, pc) {
+        Ok(w) => {
+            // Relaxed: see above.
+            site.word.store(w, Ordering::Relaxed);
+            site.key_xor_word.store(pc as u64 ^ w, Ordering::Relaxed);
+            decode(w, sp, fp)
+        }
+        Err(u) => u,
+    }
 }
 
 #[inline(always)]
 fn unwind_at(lookup: usize, pc: usize, sp: usize, fp: usize) -> Unwind {
-    let word = match cache::get(lookup) {
-        Some(w) => w,
-        None => {
-            let r = match cfi::rule_for(lookup, pc, &mut false) {
-                Ok(r) => r,
-                // As the walker: no object or no CFI is a stable "stop".
-                Err(Miss::NotFound) => Rule::Stop,
-                Err(Miss::Transient) => return Unwind::Stop,
-                Err(Miss::LowStack) => return Unwind::Refused,
-            };
-            cache::insert(lookup, r);
-            match r.pack() {
-                Some(w) => w,
-                // A huge frame: whatever the walker does with it (today: stop), it decides.
-                None => return Unwind::Other,
-            }
-        }
+    match word_at(lookup, pc) {
+        Ok(w) => decode(w, sp, fp),
+        Err(u) => u,
+    }
+}
+
+/// The packed rule for the frame at `pc`, looked up at `lookup`; `Err` when there is no
+/// word to step by.
+#[inline(always)]
+fn word_at(lookup: usize, pc: usize) -> Result<u64, Unwind> {
+    if let Some(w) = cache::get(lookup) {
+        return Ok(w);
+    }
+    let r = match cfi::rule_for(lookup, pc, &mut false) {
+        Ok(r) => r,
+        // As the walker: no object or no CFI is a stable "stop".
+        Err(Miss::NotFound) => Rule::Stop,
+        Err(Miss::Transient) => return Err(Unwind::Stop),
+        Err(Miss::LowStack) => return Err(Unwind::Refused),
     };
+    cache::insert(lookup, r);
+    // A huge frame: whatever the walker does with it (today: stop), it decides.
+    r.pack().ok_or(Unwind::Other)
+}
+
+/// The step a packed rule gives from `(sp, fp)`.
+#[inline(always)]
+fn decode(word: u64, sp: usize, fp: usize) -> Unwind {
     // The common case first, on the packed word (as in the walker).
     if word == walk::FP_RECORD_WORD {
         return Unwind::Record;
