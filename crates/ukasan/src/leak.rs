@@ -60,8 +60,13 @@ impl<T> Drop for Scratch<T> {
     }
 }
 
-/// Marks the entries reachable from the roots. `entries` is sorted by `start`.
-pub(crate) fn mark(entries: &mut [Entry], work: &mut [u32]) {
+/// Marks the entries reachable from the roots and from the ranges `extra` passes to its
+/// callback (live guarded objects). `entries` is sorted by `start`.
+pub(crate) fn mark(
+    entries: &mut [Entry],
+    work: &mut [u32],
+    extra: impl FnOnce(&mut dyn FnMut(usize, usize)),
+) {
     let mut top = 0usize;
     let scan = |entries: &mut [Entry], work: &mut [u32], top: &mut usize, lo: usize, hi: usize| {
         let mut a = lo.next_multiple_of(8);
@@ -84,6 +89,7 @@ pub(crate) fn mark(entries: &mut [Entry], work: &mut [u32]) {
     for r in roots() {
         scan(entries, work, &mut top, r.0, r.1);
     }
+    extra(&mut |s, e| scan(entries, work, &mut top, s, e));
     for i in 0..entries.len() {
         if entries[i].mark == 2 {
             let (s, e) = (entries[i].start, entries[i].end);

@@ -8,9 +8,10 @@
 //! interrupting the runtime) are served untracked by the backing allocator.
 
 use crate::chunk::{self, Family, Header, State, Track, F_LISTED, F_LOADER, F_RAW};
+use crate::guarded;
 use crate::leak::{self, Entry, Scratch};
-use crate::options::{Options, Stacks, MAX_DEPTH};
-use crate::report::{self, Access, Found, Kind, Report, Reporter};
+use crate::options::{Mode, Options, Stacks, MAX_DEPTH};
+use crate::report::{self, Access, Found, Kind, Object, Report, Reporter};
 use crate::sys::{self, Guard, SpinLock};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
@@ -81,6 +82,8 @@ pub struct Runtime {
     loader: (AtomicUsize, AtomicUsize),
     shards: [SpinLock<ShardData>; SHARDS],
     pub(crate) reporter: Reporter,
+    /// The guard-page pool (`mode=guarded`).
+    pub(crate) guarded: guarded::Pool,
 }
 
 impl core::fmt::Debug for Runtime {
@@ -130,6 +133,7 @@ impl Runtime {
             loader: (AtomicUsize::new(0), AtomicUsize::new(0)),
             shards: [SHARD; SHARDS],
             reporter: Reporter::new(),
+            guarded: guarded::Pool::new(),
         }
     }
 
@@ -182,6 +186,9 @@ impl Runtime {
         self.loader.1.store(hi, Ordering::Relaxed);
         // SAFETY: we won the race to INITIALIZING; nobody reads `opts` before READY.
         unsafe { *self.opts.get() = o };
+        // SAFETY: the runtime lives for the rest of the process (documented above).
+        let this: &'static Runtime = unsafe { &*(self as *const Runtime) };
+        self.guarded.init(this, &o);
         // Release pairs with the Acquire loads in `options` and `init`.
         self.state.store(READY, Ordering::Release);
         // AcqRel on success: publishes the runtime address to the exit hook.
@@ -206,7 +213,8 @@ impl Runtime {
             let _ = core::fmt::write(
                 &mut b,
                 format_args!(
-                    "ukasan: generic mode, stacks={:?} depth={} quarantine={} MiB redzone={} leaks={} depot={} MiB\n",
+                    "ukasan: {} mode, stacks={:?} depth={} quarantine={} MiB redzone={} leaks={} depot={} MiB\n",
+                    if self.guarded.active() { "guarded" } else { "generic" },
                     o.stacks,
                     o.depth,
                     o.quarantine_bytes >> 20,
@@ -292,6 +300,11 @@ impl Runtime {
         let Some(_g) = Guard::enter() else {
             return self.alloc_raw_zeroed(b, size, align, family, zero);
         };
+        if o.mode == Mode::Guarded {
+            if let Some(p) = self.guarded.alloc(self, o, size, align, family, zero, regs) {
+                return p;
+            }
+        }
         let Some(g) = chunk::geometry(size, align, o.redzone) else {
             return null_mut();
         };
@@ -346,7 +359,7 @@ impl Runtime {
 
     /// A track for the current thread with the stack from `regs`.
     #[inline]
-    fn track(&self, o: &Options, regs: &Regs) -> Track {
+    pub(crate) fn track(&self, o: &Options, regs: &Regs) -> Track {
         let stack = if o.stacks == Stacks::Off {
             0
         } else if o.depth <= 64 {
@@ -393,6 +406,12 @@ impl Runtime {
     #[inline]
     pub unsafe fn free<B: Backing>(&self, b: &B, p: *mut u8, expect: Expect, regs: &Regs) {
         if p.is_null() {
+            return;
+        }
+        if self.guarded.contains(p as usize) {
+            let g = Guard::enter();
+            let o = self.options().filter(|_| g.is_some());
+            self.guarded.free(self, o, p as usize, expect, regs);
             return;
         }
         // Before init (possibly before the loader set up TLS): no thread-local access.
@@ -671,6 +690,9 @@ impl Runtime {
         if p.is_null() {
             return 0;
         }
+        if self.guarded.contains(p as usize) {
+            return self.guarded.live_size(p as usize).unwrap_or(0);
+        }
         // SAFETY: forwarded.
         unsafe { Self::header(p) }.filter(|h| h.state() == State::Live).map_or(0, |h| h.size)
     }
@@ -680,6 +702,9 @@ impl Runtime {
     /// # Safety
     /// As [`Runtime::free`].
     pub unsafe fn live_size(&self, p: *mut u8) -> Option<usize> {
+        if self.guarded.contains(p as usize) {
+            return self.guarded.live_size(p as usize);
+        }
         // SAFETY: forwarded.
         let h = unsafe { Self::header(p) }?;
         (h.state() == State::Live).then_some(h.size)
@@ -696,10 +721,40 @@ impl Runtime {
         h: Option<&Header>,
         regs: &Regs,
     ) {
+        self.report_object(o, kind, access, h.map(Object::of), regs);
+    }
+
+    /// Captures the current stack from `regs` and files a report about `obj`.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn report_object(
+        &self,
+        o: &Options,
+        kind: Kind,
+        access: Access,
+        obj: Option<Object>,
+        regs: &Regs,
+    ) {
         let mut buf = [0usize; MAX_DEPTH];
         let stacks = if o.stacks == Stacks::Off { Stacks::Auto } else { o.stacks };
         let n = capture(stacks, regs, &mut buf[..o.depth]);
-        let r = Report { kind, access, tid: sys::tid(), stack: &buf[..n], chunk: h };
+        self.report_stack(o, kind, access, obj, &buf[..n], false);
+    }
+
+    /// Files a report with a captured stack (`exact_pc`: its first entry is a faulting
+    /// instruction).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn report_stack(
+        &self,
+        o: &Options,
+        kind: Kind,
+        access: Access,
+        chunk: Option<Object>,
+        stack: &[usize],
+        exact_pc: bool,
+    ) {
+        let r = Report { kind, access, tid: sys::tid(), stack, exact_pc, chunk };
         self.reporter.emit(o, &r);
     }
 
@@ -805,7 +860,7 @@ impl Runtime {
         });
         let ents = &mut ents[..i];
         ents.sort_unstable_by_key(|e| e.start);
-        leak::mark(ents, work.slice(count));
+        leak::mark(ents, work.slice(count), |scan| self.guarded.for_each_live(scan));
         for e in ents.iter().filter(|e| e.mark == 0) {
             // SAFETY: listed chunks stay valid while their shard is locked.
             f(unsafe { &*e.h });

@@ -1,0 +1,794 @@
+//! Guarded mode (`mode=guarded`): KFENCE / GWP-ASan for user space.
+//!
+//! About one allocation in `sample_rate` (per thread) of at most [`MAX_SIZE`] bytes and an
+//! alignment of at most a page is served from a pool of guard-page slots mapped once with
+//! `mmap` at init (never from malloc):
+//!
+//! ```text
+//! | guard | data x DATA_PAGES | guard | data x DATA_PAGES | guard | ...
+//!                  [canary ... object]   <- right-aligned: one byte past the end faults
+//! ```
+//!
+//! The object sits at the right end of its slot's data pages (rounded down to its
+//! alignment); only the pages that hold it are accessible, and the bytes of those pages
+//! around it are filled with [`CANARY`], checked at free. A free records the free track,
+//! fills the object with the free poison, makes the data pages `PROT_NONE` and puts the slot at the tail of a FIFO, so it is
+//! reused as late as possible. Any read or write of a guard page, of the inaccessible pages
+//! before an object, or of a freed object faults; the SIGSEGV/SIGBUS handler installed at
+//! init reports it at once (`slab-out-of-bounds` / `use-after-free`, read or write from the
+//! page-fault error code, the faulting instruction as frame #0) and either exits
+//! (`halt_on_error`) or makes the page accessible and lets the access complete; the slots
+//! around that page are then retired, never reused. Faults outside the pool are passed to
+//! the handler that was installed before ours (or the default action).
+//!
+//! Allocations that are not sampled, too big, or made while the pool is exhausted are
+//! generic chunks (one notice on stderr when the pool runs dry).
+//!
+//! Costs: a sampled allocation is two `mprotect` calls (alloc, free) and a page of canary
+//! fill; unsampled ones pay one thread-local countdown on top of generic mode. Memory: the
+//! pool reserves `guarded_slots * (DATA_PAGES + 1)` pages of address space (1.25 MiB for the
+//! default 256 slots), touched only where objects are.
+//!
+//! Not detected: reads of the slack between the end of an object whose size is not a
+//! multiple of its alignment and the guard page (writes there are found at free); accesses
+//! that land in another live guarded object; use-after-free once the slot was reused.
+
+use crate::chunk::{Family, Track};
+use crate::options::{Mode, Options, MAX_DEPTH};
+use crate::report::{Access, Found, Kind, Object};
+use crate::runtime::{Expect, Runtime};
+use crate::sys::{self, Guard, SpinLock};
+use core::cell::{Cell, UnsafeCell};
+use core::ffi::{c_int, c_void};
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use stacktrace::Regs;
+
+/// Data pages per slot.
+pub const DATA_PAGES: usize = 4;
+/// Largest guarded request (bytes), with 4 KiB pages.
+pub const MAX_SIZE: usize = DATA_PAGES * 4096;
+/// Fill of the accessible bytes around a guarded object.
+pub const CANARY: u8 = 0xaa;
+
+const FREE: u8 = 0;
+const LIVE: u8 = 1;
+const FREED: u8 = 2;
+
+/// What one slot holds (plain data, written by the owner of the slot).
+#[derive(Clone, Copy)]
+struct Data {
+    family: u8,
+    user: usize,
+    size: usize,
+    align: usize,
+    alloc: Track,
+    free: Track,
+}
+
+/// Per-slot metadata, out of band (in its own mapping): an overflow cannot reach it.
+struct Meta {
+    state: AtomicU8,
+    /// The slot lost a guard page (a fault was let through): never reused.
+    retired: AtomicBool,
+    data: UnsafeCell<Data>,
+}
+
+struct Fifo {
+    ring: *mut u32,
+    head: usize,
+    len: usize,
+    cap: usize,
+}
+
+// SAFETY: `ring` points to the pool's own mapping; the lock around `Fifo` serializes access.
+unsafe impl Send for Fifo {}
+
+/// The slot pool of one runtime (empty unless `mode=guarded`).
+pub(crate) struct Pool {
+    /// Start of the mapping (0: no pool).
+    base: AtomicUsize,
+    end: AtomicUsize,
+    slots: AtomicUsize,
+    meta: AtomicPtr<Meta>,
+    fifo: SpinLock<Fifo>,
+    noticed: AtomicBool,
+}
+
+thread_local! {
+    /// Allocations left before this thread's next sampled one (0: sample the next).
+    static COUNTDOWN: Cell<u32> = const { Cell::new(0) };
+    /// The fault address (plus one; 0: none) this thread is passing to the previous
+    /// handler, which may pass it back. An address, not a flag: a handler that leaves with
+    /// `siglongjmp` never clears it.
+    static IN_CHAIN: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The runtime whose pool the fault handler serves.
+static FAULT_RT: AtomicPtr<Runtime> = AtomicPtr::new(null_mut());
+
+/// The handler found installed before ours, for SIGSEGV and SIGBUS: its address (0 is
+/// `SIG_DFL`) and whether it takes `SA_SIGINFO` arguments.
+static PREV_HANDLER: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+static PREV_SIGINFO: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+/// Serializes (re)installation of our handler.
+static INSTALL: SpinLock<()> = SpinLock::new(());
+
+/// The stack fault reports are formatted on (the symbolizer needs far more than a
+/// typical alternate signal stack, e.g. Rust std's 8 KiB), and who is on it.
+static REPORT_STACK: AtomicUsize = AtomicUsize::new(0);
+static REPORT_STACK_BUSY: AtomicBool = AtomicBool::new(false);
+const REPORT_STACK_SIZE: usize = 1 << 20;
+
+const PAGE: usize = 4096;
+const STRIDE: usize = (DATA_PAGES + 1) * PAGE;
+const ALTSTACK: usize = 64 << 10;
+
+const fn page_down(a: usize) -> usize {
+    a & !(PAGE - 1)
+}
+
+impl Pool {
+    pub(crate) const fn new() -> Pool {
+        Pool {
+            base: AtomicUsize::new(0),
+            end: AtomicUsize::new(0),
+            slots: AtomicUsize::new(0),
+            meta: AtomicPtr::new(null_mut()),
+            fifo: SpinLock::new(Fifo { ring: null_mut(), head: 0, len: 0, cap: 0 }),
+            noticed: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the pool is set up.
+    pub(crate) fn active(&self) -> bool {
+        // Acquire pairs with the Release store of `base` in `init`.
+        self.base.load(Ordering::Acquire) != 0
+    }
+
+    /// Whether `p` lies in the pool (O(1)).
+    #[inline]
+    pub(crate) fn contains(&self, p: usize) -> bool {
+        // Acquire pairs with the Release store of `base` in `init`.
+        let base = self.base.load(Ordering::Acquire);
+        base != 0 && p >= base && p < self.end.load(Ordering::Relaxed)
+    }
+
+    /// Maps the pool and installs the fault handler, for `rt` (a `static`). Falls back to
+    /// generic mode with a message if the pool cannot be set up.
+    #[cold]
+    pub(crate) fn init(&self, rt: &'static Runtime, o: &Options) {
+        if o.mode != Mode::Guarded {
+            return;
+        }
+        // SAFETY: sysconf has no preconditions.
+        if unsafe { libc::sysconf(libc::_SC_PAGESIZE) } != PAGE as libc::c_long {
+            sys::write_all(2, b"ukasan: guarded mode needs 4 KiB pages; generic mode only\n");
+            return;
+        }
+        // AcqRel: one runtime per process owns the fault handler.
+        if FAULT_RT
+            .compare_exchange(
+                null_mut(),
+                rt as *const _ as *mut _,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            sys::write_all(
+                2,
+                b"ukasan: guarded mode is used by another runtime; generic mode only\n",
+            );
+            return;
+        }
+        let n = o.guarded_slots;
+        let len = PAGE + n * STRIDE;
+        let meta_len = (n * core::mem::size_of::<Meta>() + n * 4).next_multiple_of(PAGE);
+        let (Some(base), Some(meta)) =
+            (map(len, libc::PROT_NONE), map(meta_len, libc::PROT_READ | libc::PROT_WRITE))
+        else {
+            sys::write_all(2, b"ukasan: cannot map the guarded pool; generic mode only\n");
+            FAULT_RT.store(null_mut(), Ordering::Release);
+            return;
+        };
+        {
+            let mut f = self.fifo.lock();
+            f.ring = (meta + n * core::mem::size_of::<Meta>()) as *mut u32;
+            f.cap = n;
+            for i in 0..n {
+                // SAFETY: the ring has `n` slots in the fresh mapping.
+                unsafe { *f.ring.add(i) = i as u32 };
+            }
+            f.len = n;
+        }
+        self.meta.store(meta as *mut Meta, Ordering::Relaxed);
+        self.slots.store(n, Ordering::Relaxed);
+        self.end.store(base + len, Ordering::Relaxed);
+        // Release pairs with the Acquire load in `contains`: the fields above are visible.
+        self.base.store(base, Ordering::Release);
+        if let Some(s) = map(REPORT_STACK_SIZE + PAGE, libc::PROT_READ | libc::PROT_WRITE) {
+            // SAFETY: the lowest page of the fresh mapping becomes its guard page.
+            unsafe { libc::mprotect(s as *mut c_void, PAGE, libc::PROT_NONE) };
+            // Relaxed: read by our fault handler, installed below (the sigaction syscall
+            // orders it before any delivery).
+            REPORT_STACK.store(s + PAGE + REPORT_STACK_SIZE, Ordering::Relaxed);
+        }
+        altstack();
+        ensure_handler();
+    }
+
+    fn meta(&self, i: usize) -> &Meta {
+        // SAFETY: `i < slots`; the metadata mapping holds `slots` zero-initialized entries
+        // (all-zero is a valid `Meta`) and lives for the process.
+        unsafe { &*self.meta.load(Ordering::Relaxed).add(i) }
+    }
+
+    fn data_start(&self, i: usize) -> usize {
+        self.base.load(Ordering::Relaxed) + PAGE + i * STRIDE
+    }
+
+    /// The slot whose data pages hold `a`, or whose guard page `a` is in, as
+    /// `(slot, in its data pages)`; the guard page between two slots goes to the closer
+    /// object.
+    fn locate(&self, a: usize) -> (usize, bool) {
+        let off = a - self.base.load(Ordering::Relaxed);
+        let (k, within) = (off / STRIDE, off % STRIDE);
+        let n = self.slots.load(Ordering::Relaxed);
+        if within >= PAGE && k < n {
+            return (k, true);
+        }
+        // A guard page: left of slot k's data, right of slot k-1's.
+        let dist = |i: usize| {
+            let m = self.meta(i);
+            // SAFETY: plain data; a racing update only changes which object is named.
+            let d = unsafe { *m.data.get() };
+            if m.state.load(Ordering::Acquire) == FREE || d.size == 0 {
+                usize::MAX
+            } else if a >= d.user + d.size {
+                a - (d.user + d.size)
+            } else {
+                d.user.saturating_sub(a)
+            }
+        };
+        match (k.checked_sub(1), k < n) {
+            (Some(l), true) if dist(l) <= dist(k) => (l, false),
+            (Some(l), false) => (l, false),
+            (_, true) => (k, false),
+            (None, false) => (0, false),
+        }
+    }
+
+    fn object(&self, i: usize, readable: bool) -> Object {
+        // SAFETY: plain data (see `locate`).
+        let d = unsafe { *self.meta(i).data.get() };
+        let end = self.data_start(i) + DATA_PAGES * PAGE;
+        Object {
+            user: d.user,
+            size: d.size,
+            align: d.align,
+            alloc: d.alloc,
+            free: d.free,
+            window: if readable { (page_down(d.user), end) } else { (0, 0) },
+        }
+    }
+
+    /// Serves a sampled allocation from the pool, or `None` (not sampled, too big, pool
+    /// empty): the caller allocates a generic chunk. Runs under the re-entrancy guard.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn alloc(
+        &self,
+        rt: &Runtime,
+        o: &Options,
+        size: usize,
+        align: usize,
+        family: Family,
+        zero: bool,
+        regs: &Regs,
+    ) -> Option<*mut u8> {
+        if size == 0 || size > MAX_SIZE || align > PAGE || self.base.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let left = COUNTDOWN.with(Cell::get);
+        if left > 1 {
+            COUNTDOWN.with(|c| c.set(left - 1));
+            return None;
+        }
+        COUNTDOWN.with(|c| c.set(o.sample_rate));
+        // A program (or Rust's std) may have installed its own handler since: put ours back
+        // in front, chaining to it.
+        ensure_handler();
+        self.alloc_sampled(rt, o, size, align, family, zero, regs)
+    }
+
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn alloc_sampled(
+        &self,
+        rt: &Runtime,
+        o: &Options,
+        size: usize,
+        align: usize,
+        family: Family,
+        zero: bool,
+        regs: &Regs,
+    ) -> Option<*mut u8> {
+        let Some(i) = self.pop() else {
+            // Relaxed: a once-only notice, nothing published.
+            if !self.noticed.swap(true, Ordering::Relaxed) {
+                let mut b = sys::FixedBuf::<200>::new();
+                let _ = core::fmt::write(
+                    &mut b,
+                    format_args!(
+                        "ukasan: guarded pool exhausted ({} slots in use or retired): further allocations are generic until slots are freed\n",
+                        self.slots.load(Ordering::Relaxed)
+                    ),
+                );
+                sys::write_all(2, b.as_bytes());
+            }
+            return None;
+        };
+        let start = self.data_start(i);
+        let end = start + DATA_PAGES * PAGE;
+        let user = (end - size) & !(align.max(1) - 1);
+        let lo = page_down(user);
+        // SAFETY: [lo, end) are data pages of slot `i`, which the pool owns exclusively now.
+        if unsafe {
+            libc::mprotect(lo as *mut c_void, end - lo, libc::PROT_READ | libc::PROT_WRITE)
+        } != 0
+        {
+            return None;
+        }
+        // SAFETY: [lo, end) was just made accessible; the object lies inside it.
+        unsafe {
+            core::ptr::write_bytes(lo as *mut u8, CANARY, user - lo);
+            core::ptr::write_bytes((user + size) as *mut u8, CANARY, end - user - size);
+            if zero {
+                core::ptr::write_bytes(user as *mut u8, 0, size);
+            }
+        }
+        let m = self.meta(i);
+        let alloc = rt.track(o, regs);
+        // SAFETY: the slot is out of the FIFO and not yet live: only this thread writes it.
+        unsafe {
+            *m.data.get() =
+                Data { family: family as u8, user, size, align, alloc, free: Track::default() };
+        }
+        // Release pairs with the Acquire of `free` and the fault handler: the data is visible.
+        m.state.store(LIVE, Ordering::Release);
+        Some(user as *mut u8)
+    }
+
+    fn pop(&self) -> Option<usize> {
+        let mut f = self.fifo.lock_bounded(1 << 12)?;
+        while f.len > 0 {
+            // SAFETY: `head < cap`, inside the ring.
+            let i = unsafe { *f.ring.add(f.head) } as usize;
+            f.head = (f.head + 1) % f.cap;
+            f.len -= 1;
+            if !self.meta(i).retired.load(Ordering::Relaxed) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    fn push(&self, i: usize, must_not_wait: bool) {
+        let f =
+            if must_not_wait { self.fifo.lock_bounded(1 << 12) } else { Some(self.fifo.lock()) };
+        // A lock held by the code a signal handler interrupted: the slot is lost, never reused.
+        let Some(mut f) = f else { return };
+        if f.len < f.cap {
+            let at = (f.head + f.len) % f.cap;
+            // SAFETY: `at < cap`, inside the ring.
+            unsafe { *f.ring.add(at) = i as u32 };
+            f.len += 1;
+        }
+    }
+
+    /// The requested size of a live guarded object starting at `p`.
+    pub(crate) fn live_size(&self, p: usize) -> Option<usize> {
+        let (i, data) = self.locate(p);
+        let m = self.meta(i);
+        // Acquire pairs with the Release in `alloc_sampled`.
+        if !data || m.state.load(Ordering::Acquire) != LIVE {
+            return None;
+        }
+        // SAFETY: plain data of a live slot.
+        let d = unsafe { *m.data.get() };
+        (d.user == p).then_some(d.size)
+    }
+
+    /// Frees a pointer inside the pool: double and invalid frees are reported (`o` is `None`
+    /// when re-entrant: then quietly), canary damage is reported as a write found at free.
+    pub(crate) fn free(
+        &self,
+        rt: &Runtime,
+        o: Option<&Options>,
+        p: usize,
+        expect: Expect,
+        regs: &Regs,
+    ) {
+        let (i, data) = self.locate(p);
+        let m = self.meta(i);
+        // SAFETY: plain data (see `locate`).
+        let d = unsafe { *m.data.get() };
+        let known = m.state.load(Ordering::Acquire) != FREE;
+        if !data || d.user != p || !known {
+            if let Some(o) = o {
+                let obj = (known && data).then(|| self.object(i, false));
+                rt.report_object(o, Kind::InvalidFree, Access::Free { addr: p }, obj, regs);
+            }
+            return;
+        }
+        // AcqRel: as `Header::take_live`: one of two racing frees wins.
+        if m.state.compare_exchange(LIVE, FREED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            if let Some(o) = o {
+                let obj = Some(self.object(i, false));
+                rt.report_object(o, Kind::DoubleFree, Access::Free { addr: p }, obj, regs);
+            }
+            return;
+        }
+        let end = self.data_start(i) + DATA_PAGES * PAGE;
+        if let Some(o) = o {
+            let fam = Family::from_u8(d.family);
+            if expect.family != fam && expect.family != Family::Rust && fam != Family::Rust {
+                let access = Access::Mismatch { addr: p, alloc: fam, free: expect.family };
+                rt.report_object(
+                    o,
+                    Kind::AllocDeallocMismatch,
+                    access,
+                    Some(self.object(i, true)),
+                    regs,
+                );
+            }
+            // SAFETY: the slot's object pages are still accessible (made so at alloc).
+            let damage = unsafe { find_damage(page_down(d.user), d.user, d.user + d.size, end) };
+            if let Some(damage) = damage {
+                let access = Access::Corrupt { damage, when: Found::AtFree };
+                rt.report_object(o, Kind::OutOfBounds, access, Some(self.object(i, true)), regs);
+            }
+            let free = rt.track(o, regs);
+            // SAFETY: this free won the state change; only it writes the free track.
+            unsafe { (*m.data.get()).free = free };
+        }
+        let start = self.data_start(i);
+        // SAFETY: the object's pages are accessible until the mprotect below, and ours: a
+        // freed object shows KASAN's free poison in the dump of a use-after-free report.
+        unsafe { core::ptr::write_bytes(d.user as *mut u8, crate::chunk::POISON, d.size) };
+        // SAFETY: the data pages of slot `i`, owned by the pool.
+        unsafe { libc::mprotect(start as *mut c_void, end - start, libc::PROT_NONE) };
+        if !m.retired.load(Ordering::Relaxed) {
+            self.push(i, o.is_none());
+        }
+    }
+
+    /// Calls `f(start, end)` on every live guarded object (leak roots and candidates).
+    pub(crate) fn for_each_live(&self, mut f: impl FnMut(usize, usize)) {
+        if self.base.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        for i in 0..self.slots.load(Ordering::Relaxed) {
+            let m = self.meta(i);
+            if m.state.load(Ordering::Acquire) == LIVE {
+                // SAFETY: plain data of a live slot.
+                let d = unsafe { *m.data.get() };
+                f(d.user, d.user + d.size);
+            }
+        }
+    }
+
+    /// Handles a fault at `addr` inside the pool. Signal context.
+    fn on_fault(&self, rt: &Runtime, addr: usize, write: bool, uc: *mut c_void) {
+        let Some(o) = rt.options() else { return };
+        let (i, data) = self.locate(addr);
+        let m = self.meta(i);
+        let state = m.state.load(Ordering::Acquire);
+        let kind = if data && state == FREED { Kind::UseAfterFree } else { Kind::SlabOutOfBounds };
+        let page = page_down(addr);
+        let go_on = !o.halt_on_error;
+        if go_on {
+            // Let the access complete (KFENCE): the page stays accessible, and the slots that
+            // share it are retired.
+            m.retired.store(true, Ordering::Relaxed);
+            if !data && i + 1 < self.slots.load(Ordering::Relaxed) {
+                self.meta(i + 1).retired.store(true, Ordering::Relaxed);
+            }
+            if i > 0 && !data {
+                self.meta(i - 1).retired.store(true, Ordering::Relaxed);
+            }
+            // SAFETY: a page of the pool's own mapping.
+            unsafe {
+                libc::mprotect(page as *mut c_void, PAGE, libc::PROT_READ | libc::PROT_WRITE)
+            };
+        }
+        let obj = (state != FREE).then(|| {
+            let mut obj = self.object(i, state == LIVE);
+            if state == FREED && go_on && data {
+                obj.window = (page, page + PAGE);
+            }
+            obj
+        });
+        // SAFETY: `uc` is the handler's live ucontext.
+        let regs = unsafe { stacktrace::regs_from_ucontext(uc) };
+        let mut buf = [0usize; MAX_DEPTH];
+        // DWARF first: at a faulting instruction the frame-pointer walk cannot tell whether
+        // the function has pushed its frame record yet (a leaf often never does), so it
+        // would drop the caller; the CFI knows. Frame pointers etc. when DWARF cannot serve.
+        let n = stacktrace::dwarf::capture_from(&regs, &mut buf[..o.depth])
+            .or_else(|_| stacktrace::capture_from(&regs, &mut buf[..o.depth]).map(|c| c.len))
+            .unwrap_or(0);
+        let exact = n > 0 && buf[0] == regs.pc;
+        let access = Access::Fault { addr, write, size: None };
+        let mut job = ReportJob { rt, o, kind, access, obj, stack: &buf[..n], exact };
+        on_report_stack(&mut job);
+    }
+}
+
+/// The first damaged canary range in `[lo, user)` (closest to the object) or `[end_obj, end)`.
+///
+/// # Safety
+/// `[lo, end)` is readable.
+unsafe fn find_damage(
+    lo: usize,
+    user: usize,
+    end_obj: usize,
+    end: usize,
+) -> Option<crate::chunk::Damage> {
+    // SAFETY: forwarded.
+    let (left, right) = unsafe {
+        (
+            core::slice::from_raw_parts(lo as *const u8, user - lo),
+            core::slice::from_raw_parts(end_obj as *const u8, end - end_obj),
+        )
+    };
+    if let Some(last) = left.iter().rposition(|&b| b != CANARY) {
+        let first = left.iter().position(|&b| b != CANARY).unwrap_or(last);
+        return Some(crate::chunk::Damage { start: lo + first, end: lo + last + 1 });
+    }
+    let first = right.iter().position(|&b| b != CANARY)?;
+    let last = right.iter().rposition(|&b| b != CANARY).unwrap_or(first);
+    Some(crate::chunk::Damage { start: end_obj + first, end: end_obj + last + 1 })
+}
+
+fn map(len: usize, prot: c_int) -> Option<usize> {
+    // SAFETY: an anonymous private mapping at an address of the kernel's choice.
+    let p = unsafe {
+        libc::mmap(
+            null_mut(),
+            len,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p as usize)
+}
+
+/// Gives this thread an alternate signal stack if it has none, so that a fault on a
+/// stack overflow reaches the handler (which passes it on).
+fn altstack() {
+    // SAFETY: sigaltstack with a null new stack only reads the current one.
+    let mut old: libc::stack_t = unsafe { core::mem::zeroed() };
+    // SAFETY: valid out-parameter.
+    if unsafe { libc::sigaltstack(null_mut(), &mut old) } != 0
+        || old.ss_flags & libc::SS_DISABLE == 0
+    {
+        return;
+    }
+    if let Some(s) = map(ALTSTACK + PAGE, libc::PROT_READ | libc::PROT_WRITE) {
+        // SAFETY: the lowest page becomes a guard page of the fresh mapping.
+        unsafe { libc::mprotect(s as *mut c_void, PAGE, libc::PROT_NONE) };
+        let st = libc::stack_t { ss_sp: (s + PAGE) as *mut c_void, ss_flags: 0, ss_size: ALTSTACK };
+        // SAFETY: `st` describes a mapping that lives for the process.
+        unsafe { libc::sigaltstack(&st, null_mut()) };
+    }
+}
+
+/// Installs our SIGSEGV/SIGBUS handler unless it is installed, keeping the one it replaces
+/// for chaining. A syscall per signal when ours is in place.
+fn ensure_handler() {
+    // Another thread is (re)installing: it will do.
+    let Some(_l) = INSTALL.try_lock() else { return };
+    for (k, sig) in [libc::SIGSEGV, libc::SIGBUS].into_iter().enumerate() {
+        // SAFETY: sigaction is plain data; all-zero is valid.
+        let mut cur: libc::sigaction = unsafe { core::mem::zeroed() };
+        // SAFETY: a query (null new action) with a valid out-parameter.
+        unsafe { libc::sigaction(sig, null_mut(), &mut cur) };
+        if cur.sa_sigaction == on_signal as *const () as usize {
+            continue;
+        }
+        // Relaxed stores, then the handler install (a syscall) publishes them to the
+        // handler's Relaxed loads; a fault racing this switch may see the older handler.
+        PREV_SIGINFO[k].store(cur.sa_flags & libc::SA_SIGINFO != 0, Ordering::Relaxed);
+        PREV_HANDLER[k].store(cur.sa_sigaction, Ordering::Relaxed);
+        // SAFETY: sigaction is plain data.
+        let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
+        sa.sa_sigaction = on_signal as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        // SAFETY: `sa.sa_mask` is a valid sigset; installs our handler.
+        unsafe {
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, null_mut());
+        }
+    }
+}
+
+/// A fault report waiting to be printed on the report stack.
+struct ReportJob<'a> {
+    rt: &'a Runtime,
+    o: &'a Options,
+    kind: Kind,
+    access: Access,
+    obj: Option<Object>,
+    stack: &'a [usize],
+    exact: bool,
+}
+
+extern "C" fn run_report_job(job: *mut c_void) {
+    // SAFETY: `on_report_stack` passes a live `ReportJob`.
+    let j = unsafe { &*(job as *const ReportJob<'_>) };
+    j.rt.report_stack(j.o, j.kind, j.access, j.obj, j.stack, j.exact);
+}
+
+/// Prints `job` on the report stack (on the current stack if there is none). Waits while
+/// another thread's fault report uses it.
+fn on_report_stack(job: &mut ReportJob<'_>) {
+    // Relaxed: set once at init, before any guarded object existed.
+    let top = REPORT_STACK.load(Ordering::Relaxed);
+    if top == 0 || !cfg!(target_arch = "x86_64") {
+        run_report_job(job as *mut ReportJob<'_> as *mut c_void);
+        return;
+    }
+    // Acquire pairs with the Release store below: the previous user is off the stack.
+    while REPORT_STACK_BUSY
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    // SAFETY: the report stack is ours (the busy flag) and 16-byte aligned at `top`.
+    unsafe { call_on_stack(top, run_report_job, job as *mut ReportJob<'_> as *mut c_void) };
+    // Release pairs with the Acquire above.
+    REPORT_STACK_BUSY.store(false, Ordering::Release);
+}
+
+/// Calls `f(arg)` with the stack pointer at `top`.
+///
+/// # Safety
+/// `[top - REPORT_STACK_SIZE, top)` is writable memory that nothing else uses meanwhile;
+/// `top` is 16-byte aligned.
+#[cfg(target_arch = "x86_64")]
+unsafe fn call_on_stack(top: usize, f: extern "C" fn(*mut c_void), arg: *mut c_void) {
+    // SAFETY: forwarded; r12 is callee-saved, so it holds the old stack pointer across the
+    // call; the callee sees an aligned stack (top is 16-aligned, `call` pushes 8 bytes as
+    // at any function entry).
+    unsafe {
+        core::arch::asm!(
+            // Keep the current stack pointer in a callee-saved register.
+            "mov r12, rsp",
+            // Switch to the report stack and call.
+            "mov rsp, {top}",
+            "call {f}",
+            // Back to the signal stack.
+            "mov rsp, r12",
+            top = in(reg) top,
+            f = in(reg) f,
+            in("rdi") arg,
+            out("r12") _,
+            clobber_abi("C"),
+        );
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn call_on_stack(_top: usize, f: extern "C" fn(*mut c_void), arg: *mut c_void) {
+    f(arg);
+}
+
+/// The x86-64 page-fault error code says whether the access was a write.
+fn is_write(uc: *mut c_void) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `uc` is the live `ucontext_t` of a SA_SIGINFO handler.
+        let uc = unsafe { &*(uc as *const libc::ucontext_t) };
+        uc.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = uc;
+        false
+    }
+}
+
+extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void) {
+    // Acquire pairs with the AcqRel publication in `Pool::init`.
+    let rt = FAULT_RT.load(Ordering::Acquire);
+    // SAFETY: the kernel passes a valid siginfo.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    // SAFETY: the published runtime is a `static`.
+    let rt = (!rt.is_null()).then(|| unsafe { &*rt });
+    match rt {
+        Some(rt) if rt.guarded.contains(addr) => {
+            let Some(_g) = Guard::enter() else {
+                // A fault inside the runtime itself: nothing can be reported safely.
+                sys::write_all(2, b"ukasan: fault in the guarded pool inside the runtime\n");
+                chain(sig, info, uc, true);
+                return;
+            };
+            rt.guarded.on_fault(rt, addr, is_write(uc), uc);
+        }
+        // The previous handler passed the fault back to us (it chains to what it found
+        // installed, which was ours): end the loop with the default action.
+        _ if IN_CHAIN.with(Cell::get) == addr.wrapping_add(1) => chain(sig, info, uc, true),
+        _ => chain(sig, info, uc, false),
+    }
+}
+
+/// Passes a signal to the handler installed before ours; with none (or `force_default`),
+/// restores the default action so the fault repeats with it when the handler returns.
+fn chain(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void, force_default: bool) {
+    let k = usize::from(sig == libc::SIGBUS);
+    // Relaxed: see `ensure_handler`.
+    let h = PREV_HANDLER[k].load(Ordering::Relaxed);
+    if force_default || h == libc::SIG_DFL || h == libc::SIG_IGN {
+        // SAFETY: sigaction is plain data; all-zero is SIG_DFL.
+        let dfl: libc::sigaction = unsafe { core::mem::zeroed() };
+        // SAFETY: restores the default action; async-signal-safe.
+        unsafe { libc::sigaction(sig, &dfl, null_mut()) };
+        // SAFETY: plain data read of the kernel's siginfo.
+        if unsafe { (*info).si_code } <= 0 {
+            // Sent by kill/raise: returning would not repeat it.
+            // SAFETY: raise is async-signal-safe.
+            unsafe { libc::raise(sig) };
+        }
+        return;
+    }
+    // Relaxed: see `ensure_handler`.
+    // SAFETY: the kernel passes a valid siginfo.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    IN_CHAIN.with(|c| c.set(addr.wrapping_add(1)));
+    if PREV_SIGINFO[k].load(Ordering::Relaxed) {
+        // SAFETY: the previous handler was installed as a SA_SIGINFO handler.
+        let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) =
+            unsafe { core::mem::transmute(h) };
+        f(sig, info, uc);
+    } else {
+        // SAFETY: the previous handler was installed as a plain handler.
+        let f: extern "C" fn(c_int) = unsafe { core::mem::transmute(h) };
+        f(sig);
+    }
+    IN_CHAIN.with(|c| c.set(0));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canary_damage_closest_to_the_object() {
+        let mut b = [CANARY; 64];
+        // SAFETY: the range is the local array.
+        let at = |b: &[u8; 64]| unsafe {
+            let lo = b.as_ptr() as usize;
+            find_damage(lo, lo + 32, lo + 45, lo + 64).map(|d| (d.start - lo, d.end - lo))
+        };
+        b[32..45].fill(0);
+        assert_eq!(at(&b), None);
+        b[46] = 1;
+        assert_eq!(at(&b), Some((46, 47)));
+        b[3] = 1;
+        b[30] = 1;
+        assert_eq!(at(&b), Some((3, 31)));
+    }
+
+    #[test]
+    fn slot_geometry() {
+        assert_eq!(STRIDE, 5 * 4096);
+        assert_eq!(page_down(0x12345), 0x12000);
+        assert!(MAX_SIZE.is_multiple_of(crate::chunk::MIN_ALIGN));
+    }
+}
