@@ -140,6 +140,20 @@ impl Pool {
         }
     }
 
+    /// Takes the slot FIFO's lock and keeps it (`fork` preparation).
+    pub(crate) fn raw_lock(&self) {
+        self.fifo.raw_lock();
+    }
+
+    /// Releases the lock taken by [`Pool::raw_lock`].
+    ///
+    /// # Safety
+    /// Held through `raw_lock` in this process (or inherited over `fork`).
+    pub(crate) unsafe fn force_unlock(&self) {
+        // SAFETY: forwarded.
+        unsafe { self.fifo.force_unlock() };
+    }
+
     /// Whether the pool is set up.
     pub(crate) fn active(&self) -> bool {
         // Acquire pairs with the Release store of `base` in `init`.

@@ -877,11 +877,14 @@ impl Runtime {
         for s in &self.shards {
             s.raw_lock();
         }
+        self.guarded.raw_lock();
     }
 
     /// # Safety
     /// All locks must be held through `lock_all`.
     unsafe fn unlock_all(&self) {
+        // SAFETY: held by lock_all in this process (or inherited over fork).
+        unsafe { self.guarded.force_unlock() };
         for s in &self.shards {
             // SAFETY: held by lock_all in this process (or inherited over fork).
             unsafe { s.force_unlock() };
