@@ -50,6 +50,9 @@ impl RunArgs {
     /// The `UKASAN_OPTIONS` value these flags ask for (flags first, `-o` after, so `-o` wins).
     pub fn options_string(&self) -> String {
         let mut parts = Vec::new();
+        if self.mode != Mode::Generic {
+            parts.push(format!("mode={}", self.mode.name()));
+        }
         if let Some(s) = self.stacks {
             parts.push(format!("stacks={}", s.name()));
         }
@@ -115,6 +118,9 @@ mod tests {
             ..RunArgs::default()
         };
         assert_eq!(a.options_string(), "stacks=fp:report_format=json:depth=8:stacks=off");
+        let g = RunArgs { mode: Mode::Guarded, ..RunArgs::default() };
+        assert_eq!(g.options_string(), "mode=guarded");
+        assert_eq!(RunArgs::default().options_string(), "");
     }
 
     #[test]
