@@ -29,7 +29,7 @@ fn overflow_read_by_one_byte_is_reported_at_the_read() {
     let main = r.printed("main_tid");
     let rep = one(&r, "slab-out-of-bounds", "read", "peek");
     assert!(
-        rep.access().starts_with("Read of unknown size at addr 0x")
+        rep.access().starts_with("Read of size 1 at addr 0x")
             && rep.access().ends_with(&format!(" by thread {main}")),
         "{}",
         rep.access()
@@ -50,7 +50,7 @@ fn overflow_read_by_one_byte_is_reported_at_the_read() {
 fn overflow_write_by_one_byte_is_reported_at_the_write() {
     let r = guarded("overflow-write", "");
     let rep = one(&r, "slab-out-of-bounds", "write", "poke");
-    assert!(rep.access().starts_with("Write of unknown size at addr 0x"), "{}", rep.access());
+    assert!(rep.access().starts_with("Write of size 1 at addr 0x"), "{}", rep.access());
     assert!(rep.text.contains("located 0 bytes to the right of 48-byte region"), "{}", rep.text);
     rep.assert_track("Allocated by thread", &r.printed("main_tid"), "do_alloc");
     assert!(r.stdout.contains("wrote\n"));
@@ -65,7 +65,7 @@ fn use_after_free_read_and_write_name_the_freeing_function() {
         let main = r.printed("main_tid");
         let rep = one(&r, "use-after-free", what, function);
         let verb = if what == "read" { "Read" } else { "Write" };
-        assert!(rep.access().starts_with(&format!("{verb} of unknown size")), "{}", rep.text);
+        assert!(rep.access().starts_with(&format!("{verb} of size 1 at addr 0x")), "{}", rep.text);
         assert!(
             rep.text.contains(&format!("located {inside} bytes inside of 64-byte region")),
             "{}",

@@ -322,7 +322,7 @@ fn guarded_mode_reports_rust_reads_at_the_access() {
     let c = child("guarded-read-after-free", opts);
     let r = c.only("use-after-free");
     assert_header(&r, "use-after-free read", "peek", "");
-    assert!(r.contains("Read of unknown size at addr 0x"), "{r}");
+    assert!(r.contains("Read of size 1 at addr 0x"), "{r}");
     assert!(r.contains("located 4 bytes inside of 32-byte region"), "{r}");
     assert!(has(&section_functions(&r, "Freed by thread"), "rust_free_site"), "{r}");
     assert_eq!(c.status, Some(1));
