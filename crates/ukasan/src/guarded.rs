@@ -449,15 +449,14 @@ impl Pool {
         let end = self.data_start(i) + DATA_PAGES * PAGE;
         if let Some(o) = o {
             let fam = Family::from_u8(d.family);
+            // As generic chunks: a wrong family says it all, else the claimed layout is
+            // checked.
             if expect.family != fam && expect.family != Family::Rust && fam != Family::Rust {
                 let access = Access::Mismatch { addr: p, alloc: fam, free: expect.family };
-                rt.report_object(
-                    o,
-                    Kind::AllocDeallocMismatch,
-                    access,
-                    Some(self.object(i, true)),
-                    regs,
-                );
+                let obj = Some(self.object(i, true));
+                rt.report_object(o, Kind::AllocDeallocMismatch, access, obj, regs);
+            } else if let Some((size, align)) = expect.layout {
+                rt.check_layout(o, self.object(i, true), p, expect.family, size, align, regs);
             }
             // SAFETY: the slot's object pages are still accessible (made so at alloc).
             let damage = unsafe { find_damage(page_down(d.user), d.user, d.user + d.size, end) };

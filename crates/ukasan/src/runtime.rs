@@ -455,7 +455,7 @@ impl Runtime {
                 Access::Mismatch { addr: p as usize, alloc: h.family(), free: expect.family };
             self.report_simple(o, Kind::AllocDeallocMismatch, access, Some(h), regs);
         } else if let Some((size, align)) = expect.layout {
-            self.check_layout(o, h, p as usize, expect.family, size, align, regs);
+            self.check_layout(o, Object::of(h), p as usize, expect.family, size, align, regs);
         }
         // SAFETY: the chunk is ours and owned by this free until quarantined.
         unsafe { self.check_redzones(o, h, Found::AtFree, regs) };
@@ -625,10 +625,10 @@ impl Runtime {
     /// `dealloc`/`realloc`) as `layout-mismatch`.
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    fn check_layout(
+    pub(crate) fn check_layout(
         &self,
         o: &Options,
-        h: &Header,
+        h: Object,
         addr: usize,
         family: Family,
         size: usize,
@@ -640,11 +640,11 @@ impl Runtime {
             let size_bad = known.is_some_and(|s| s != h.size);
             if size_bad || report::cxx_align(align) != report::cxx_align(h.align) {
                 let access = Access::DeleteType { addr, size: known, align, family };
-                self.report_simple(o, Kind::NewDeleteTypeMismatch, access, Some(h), regs);
+                self.report_object(o, Kind::NewDeleteTypeMismatch, access, Some(h), regs);
             }
         } else if size != h.size || align != h.align {
             let access = Access::Layout { addr, size, align, family };
-            self.report_simple(o, Kind::LayoutMismatch, access, Some(h), regs);
+            self.report_object(o, Kind::LayoutMismatch, access, Some(h), regs);
         }
     }
 

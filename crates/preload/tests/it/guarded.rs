@@ -187,3 +187,29 @@ fn clean_program_with_more_objects_than_slots() {
     // The pool ran dry once, said so once, and the rest went generic.
     assert_eq!(r.stderr.matches("guarded pool exhausted").count(), 1, "{}", r.stderr);
 }
+
+#[test]
+fn guarded_frees_get_the_family_and_size_checks_of_generic_chunks() {
+    let p = program("mismatch.cc");
+    let r = run(&p, &["array-delete"], GUARDED);
+    let rep = r.only("alloc-dealloc-mismatch");
+    assert!(
+        rep.access().contains("with operator delete, but it was allocated with operator new []"),
+        "{}",
+        rep.text
+    );
+    assert_eq!(r.reports().len(), 1, "{}", r.stderr);
+    let r = run(&p, &["sized-delete"], GUARDED);
+    let rep = r.only("new-delete-type-mismatch");
+    assert!(rep.header().contains(" in release_sized("), "{}", rep.text);
+    assert!(
+        rep.access().contains(
+            "size of the allocated type: 16 bytes; size of the deallocated type: 8 bytes"
+        ),
+        "{}",
+        rep.text
+    );
+    // The object was a guarded one: its memory is the slot's (canary before it).
+    assert!(rep.text.contains("located 0 bytes inside of 16-byte region"), "{}", rep.text);
+    assert!(rep.text.lines().any(|l| l.contains(" aa aa aa")), "{}", rep.text);
+}

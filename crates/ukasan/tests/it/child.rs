@@ -101,6 +101,10 @@ fn entry() {
             println!("read={}", peek(p, 32));
             rust_free_site(p, l);
         }
+        "guarded-layout-mismatch" => {
+            let p = rust_alloc_site(l);
+            rust_free_site(p, Layout::from_size_align(24, 8).unwrap());
+        }
         "guarded-read-after-free" => {
             let p = rust_alloc_site(l);
             rust_free_site(p, l);
@@ -326,6 +330,9 @@ fn guarded_mode_reports_rust_reads_at_the_access() {
     assert!(r.contains("located 4 bytes inside of 32-byte region"), "{r}");
     assert!(has(&section_functions(&r, "Freed by thread"), "rust_free_site"), "{r}");
     assert_eq!(c.status, Some(1));
+    let r = child("guarded-layout-mismatch", opts).only("layout-mismatch");
+    assert_header(&r, "layout-mismatch", "rust_free_site", "");
+    assert!(r.contains("Layout { size: 24, align: 8 }, but it was allocated with Layout { size: 32, align: 8 }"), "{r}");
     // The same bug in generic mode goes unseen: reads are invisible there.
     assert!(child("guarded-read-after-free", "").reports().is_empty());
 }
