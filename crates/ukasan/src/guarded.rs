@@ -22,8 +22,10 @@
 //! around that page are then retired, never reused. Faults outside the pool are passed to
 //! the handler that was installed before ours (or the default action).
 //!
-//! Allocations that are not sampled, too big, or made while the pool is exhausted are
-//! generic chunks (one notice on stderr when the pool runs dry).
+//! Allocations that are not sampled, too big, made by the dynamic loader, or made while the
+//! pool is exhausted are generic chunks (one notice on stderr when the pool runs dry).
+//! Frees of guarded objects get the generic checks (double and invalid free, family,
+//! claimed size and alignment); live guarded objects take part in the leak scan at exit.
 //!
 //! Costs: a sampled allocation is two `mprotect` calls (alloc, free) and a page of canary
 //! fill; unsampled ones pay one thread-local countdown on top of generic mode. Memory: the
@@ -35,6 +37,7 @@
 //! that land in another live guarded object; use-after-free once the slot was reused.
 
 use crate::chunk::{Family, Track};
+use crate::leak::Entry;
 use crate::options::{Mode, Options, MAX_DEPTH};
 use crate::report::{Access, Found, Kind, Object};
 use crate::runtime::{Expect, Runtime};
@@ -479,8 +482,8 @@ impl Pool {
         }
     }
 
-    /// Calls `f(start, end)` on every live guarded object (leak roots and candidates).
-    pub(crate) fn for_each_live(&self, mut f: impl FnMut(usize, usize)) {
+    /// Calls `f` on a leak-scan entry for every live guarded object.
+    pub(crate) fn for_each_live(&self, mut f: impl FnMut(Entry)) {
         if self.base.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -489,7 +492,7 @@ impl Pool {
             if m.state.load(Ordering::Acquire) == LIVE {
                 // SAFETY: plain data of a live slot.
                 let d = unsafe { *m.data.get() };
-                f(d.user, d.user + d.size);
+                f(Entry { start: d.user, end: d.user + d.size, alloc: d.alloc, mark: 0 });
             }
         }
     }
@@ -535,7 +538,8 @@ impl Pool {
             .or_else(|_| stacktrace::capture_from(&regs, &mut buf[..o.depth]).map(|c| c.len))
             .unwrap_or(0);
         let exact = n > 0 && buf[0] == regs.pc;
-        let size = if exact { access_size(regs.pc) } else { None };
+        // A jump into the pool faults on the fetch itself: nothing to decode there.
+        let size = if exact && !self.contains(regs.pc) { access_size(regs.pc) } else { None };
         let access = Access::Fault { addr, write, size };
         let mut job = ReportJob { rt, o, kind, access, obj, stack: &buf[..n], exact };
         on_report_stack(&mut job);

@@ -857,28 +857,29 @@ pub(crate) fn leaks(rt: &Runtime, o: &Options) {
     let mut n = 0;
     let (mut other_count, mut other_bytes, mut total_count, mut total_bytes) =
         (0usize, 0usize, 0usize, 0usize);
-    rt.for_each_leak(|h| {
+    rt.for_each_leak(|e| {
+        let size = e.end - e.start;
         total_count += 1;
-        total_bytes += h.size;
+        total_bytes += size;
         if let Some(g) = groups[..n]
             .iter_mut()
-            .find(|g| g.stack == h.alloc.stack && (h.alloc.stack != 0 || g.tid == h.alloc.tid))
+            .find(|g| g.stack == e.alloc.stack && (e.alloc.stack != 0 || g.tid == e.alloc.tid))
         {
             g.count += 1;
-            g.bytes += h.size;
+            g.bytes += size;
         } else if n < LEAK_GROUPS {
             groups[n] = Group {
-                stack: h.alloc.stack,
-                tid: h.alloc.tid,
+                stack: e.alloc.stack,
+                tid: e.alloc.tid,
                 count: 1,
-                bytes: h.size,
-                sample: h.user(),
-                sample_size: h.size,
+                bytes: size,
+                sample: e.start,
+                sample_size: size,
             };
             n += 1;
         } else {
             other_count += 1;
-            other_bytes += h.size;
+            other_bytes += size;
         }
     });
     if total_count == 0 {

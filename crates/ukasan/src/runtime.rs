@@ -300,7 +300,10 @@ impl Runtime {
         let Some(_g) = Guard::enter() else {
             return self.alloc_raw_zeroed(b, size, align, family, zero);
         };
-        if o.mode == Mode::Guarded {
+        // Relaxed: written before READY was published (Acquire in `options`).
+        let loader = self.loader.0.load(Ordering::Relaxed)..self.loader.1.load(Ordering::Relaxed);
+        // The loader's own allocations (TLS blocks, DTVs) stay generic: they are leak roots.
+        if o.mode == Mode::Guarded && !loader.contains(&regs.pc) {
             if let Some(p) = self.guarded.alloc(self, o, size, align, family, zero, regs) {
                 return p;
             }
@@ -313,8 +316,6 @@ impl Runtime {
             return null_mut();
         }
         let mut listed = if o.detect_leaks == Some(true) { F_LISTED } else { 0 };
-        // Relaxed: written before READY was published (Acquire in `options`).
-        let loader = self.loader.0.load(Ordering::Relaxed)..self.loader.1.load(Ordering::Relaxed);
         if listed != 0 && loader.contains(&regs.pc) {
             listed |= F_LOADER;
         }
@@ -823,9 +824,10 @@ impl Runtime {
         self.reporter.count() > 0
     }
 
-    /// Calls `f` on every tracked live chunk that no root reaches (see [`crate::leak`]),
-    /// with every shard locked. Without scratch memory, every tracked live chunk counts.
-    pub(crate) fn for_each_leak(&self, mut f: impl FnMut(&Header)) {
+    /// Calls `f` on every tracked live object (chunk or guarded) that no root reaches (see
+    /// [`crate::leak`]), with every shard locked. Without scratch memory, every tracked live
+    /// object counts.
+    pub(crate) fn for_each_leak(&self, mut f: impl FnMut(&Entry)) {
         let shards: [_; SHARDS] = core::array::from_fn(|i| self.shards[i].lock());
         let walk = |f: &mut dyn FnMut(&Header)| {
             for sh in &shards {
@@ -840,30 +842,33 @@ impl Runtime {
         };
         let mut count = 0usize;
         walk(&mut |_| count += 1);
+        self.guarded.for_each_live(|_| count += 1);
         let (Some(mut ents), Some(mut work)) =
             (Scratch::<Entry>::new(count), Scratch::<u32>::new(count))
         else {
             walk(&mut |h| {
                 if h.flags & F_RAW == 0 {
-                    f(h)
+                    f(&leak::entry(h))
                 }
             });
+            self.guarded.for_each_live(|e| f(&e));
             return;
         };
         let ents = ents.slice(count);
         let mut i = 0;
-        walk(&mut |h| {
+        let mut add = |e: Entry| {
             if i < ents.len() {
-                ents[i] = leak::entry(h);
+                ents[i] = e;
                 i += 1;
             }
-        });
+        };
+        walk(&mut |h| add(leak::entry(h)));
+        self.guarded.for_each_live(&mut add);
         let ents = &mut ents[..i];
         ents.sort_unstable_by_key(|e| e.start);
-        leak::mark(ents, work.slice(count), |scan| self.guarded.for_each_live(scan));
+        leak::mark(ents, work.slice(count));
         for e in ents.iter().filter(|e| e.mark == 0) {
-            // SAFETY: listed chunks stay valid while their shard is locked.
-            f(unsafe { &*e.h });
+            f(e);
         }
     }
 
