@@ -227,3 +227,13 @@ fn guarded_objects_are_leak_candidates_and_roots() {
     rep.assert_track("Allocated by thread", &r.printed("main_tid"), "do_alloc");
     assert!(r.stderr.contains("SUMMARY: ukasan: 120 byte(s) leaked in 3 allocation(s)"));
 }
+
+#[test]
+fn threads_churning_through_a_small_pool_run_clean() {
+    // 8 threads, 160000 malloc/realloc/free of 1..3100 bytes through 16 slots: slots are
+    // taken, freed and reused across threads all the time.
+    let r = guarded("threads", "guarded_slots=16:detect_leaks=1");
+    assert!(r.stdout.contains("threads ok\nend\n"), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.reports().is_empty(), "{}", r.stderr);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+}

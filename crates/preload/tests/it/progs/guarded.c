@@ -71,6 +71,35 @@ static void late_handler(int sig, siginfo_t *si, void *uc) {
     signal(sig, SIG_DFL);
 }
 
+/* Allocates, checks and frees objects of many sizes; returns 1 if a byte changed. */
+static void *churn_thread(void *arg) {
+  unsigned seed = (unsigned)(size_t)arg;
+  char *live[32] = {0};
+  for (int i = 0; i < 20000; i++) {
+    int k = (seed = seed * 1103515245u + 12345u) % 32;
+    if (live[k]) {
+      size_t n = malloc_usable_size(live[k]);
+      for (size_t j = 0; j < n; j++)
+        if (live[k][j] != (char)k)
+          return (void *)1;
+      if (i % 3 == 0) {
+        live[k] = realloc(live[k], n + 100);
+        memset(live[k], k, n + 100);
+        continue;
+      }
+      free(live[k]);
+      live[k] = NULL;
+    } else {
+      size_t n = 1 + (seed >> 8) % 3000;
+      live[k] = malloc(n);
+      memset(live[k], k, n);
+    }
+  }
+  for (int k = 0; k < 32; k++)
+    free(live[k]);
+  return NULL;
+}
+
 struct node {
   struct node *next;
   char pad[40];
@@ -148,6 +177,17 @@ int main(int argc, char **argv) {
     printf("survived a wild write\n");
   } else if (!strcmp(s, "stack-overflow")) {
     printf("%d\n", recurse(0));
+  } else if (!strcmp(s, "threads")) {
+    pthread_t t[8];
+    for (long i = 0; i < 8; i++)
+      pthread_create(&t[i], NULL, churn_thread, (void *)(i + 1));
+    int bad = 0;
+    for (int i = 0; i < 8; i++) {
+      void *r;
+      pthread_join(t[i], &r);
+      bad |= r != NULL;
+    }
+    printf("threads %s\n", bad ? "saw corruption" : "ok");
   } else if (!strcmp(s, "clean")) {
     /* Many objects, more than the pool holds, through every entry point. */
     char *keep[600];
