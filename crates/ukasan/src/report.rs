@@ -825,7 +825,14 @@ fn json(b: &mut FixedBuf<BUF>, o: &Options, r: &Report<'_>) {
     let mut line = FixedBuf::<1024>::new();
     access_line(&mut line, r);
     let text = line.as_bytes();
-    let _ = write!(b, "{},\"stack\":", Json(text.strip_suffix(b"\n").unwrap_or(text)));
+    let _ = write!(b, "{}", Json(text.strip_suffix(b"\n").unwrap_or(text)));
+    if let Access::Fault { write, size, .. } = r.access {
+        let _ = write!(b, ",\"is_write\":{write}");
+        if let Some(n) = size {
+            let _ = write!(b, ",\"size\":{n}");
+        }
+    }
+    let _ = b.write_str(",\"stack\":");
     json_stack(b, o, r.stack);
     if let Some(c) = &r.chunk {
         json_track(b, o, "allocated", &c.alloc);

@@ -237,3 +237,15 @@ fn threads_churning_through_a_small_pool_run_clean() {
     assert!(r.reports().is_empty(), "{}", r.stderr);
     assert_eq!(r.status, Some(0), "{}", r.stderr);
 }
+
+#[test]
+fn json_fault_reports_say_read_or_write_and_the_size() {
+    let r = guarded("uaf-write", "report_format=json");
+    let line = r.stderr.lines().find(|l| l.starts_with('{')).expect("a JSON report");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["kind"], "use-after-free", "{line}");
+    assert_eq!(v["is_write"], true, "{line}");
+    assert_eq!(v["size"], 1, "{line}");
+    assert!(v["function"].as_str().unwrap().starts_with("poke+"), "{line}");
+    assert_eq!(v["freed"]["stack"][0]["function"], "do_free", "{line}");
+}
