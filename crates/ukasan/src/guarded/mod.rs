@@ -36,12 +36,15 @@
 //! multiple of its alignment and the guard page (writes there are found at free); accesses
 //! that land in another live guarded object; use-after-free once the slot was reused.
 
+mod decode;
+mod signal;
+
 use crate::chunk::{Family, Track};
 use crate::leak::Entry;
 use crate::options::{Mode, Options, MAX_DEPTH};
 use crate::report::{Access, Found, Kind, Object};
 use crate::runtime::{Expect, Runtime};
-use crate::sys::{self, Guard, SpinLock};
+use crate::sys::{self, SpinLock};
 use core::cell::{Cell, UnsafeCell};
 use core::ffi::{c_int, c_void};
 use core::ptr::null_mut;
@@ -102,31 +105,13 @@ pub(crate) struct Pool {
 thread_local! {
     /// Allocations left before this thread's next sampled one (0: sample the next).
     static COUNTDOWN: Cell<u32> = const { Cell::new(0) };
-    /// The fault address (plus one; 0: none) this thread is passing to the previous
-    /// handler, which may pass it back. An address, not a flag: a handler that leaves with
-    /// `siglongjmp` never clears it.
-    static IN_CHAIN: Cell<usize> = const { Cell::new(0) };
 }
 
 /// The runtime whose pool the fault handler serves.
 static FAULT_RT: AtomicPtr<Runtime> = AtomicPtr::new(null_mut());
 
-/// The handler found installed before ours, for SIGSEGV and SIGBUS: its address (0 is
-/// `SIG_DFL`) and whether it takes `SA_SIGINFO` arguments.
-static PREV_HANDLER: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
-static PREV_SIGINFO: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
-/// Serializes (re)installation of our handler.
-static INSTALL: SpinLock<()> = SpinLock::new(());
-
-/// The stack fault reports are formatted on (the symbolizer needs far more than a
-/// typical alternate signal stack, e.g. Rust std's 8 KiB), and who is on it.
-static REPORT_STACK: AtomicUsize = AtomicUsize::new(0);
-static REPORT_STACK_BUSY: AtomicBool = AtomicBool::new(false);
-const REPORT_STACK_SIZE: usize = 1 << 20;
-
 const PAGE: usize = 4096;
 const STRIDE: usize = (DATA_PAGES + 1) * PAGE;
-const ALTSTACK: usize = 64 << 10;
 
 const fn page_down(a: usize) -> usize {
     a & !(PAGE - 1)
@@ -225,15 +210,9 @@ impl Pool {
         self.end.store(base + len, Ordering::Relaxed);
         // Release pairs with the Acquire load in `contains`: the fields above are visible.
         self.base.store(base, Ordering::Release);
-        if let Some(s) = map(REPORT_STACK_SIZE + PAGE, libc::PROT_READ | libc::PROT_WRITE) {
-            // SAFETY: the lowest page of the fresh mapping becomes its guard page.
-            unsafe { libc::mprotect(s as *mut c_void, PAGE, libc::PROT_NONE) };
-            // Relaxed: read by our fault handler, installed below (the sigaction syscall
-            // orders it before any delivery).
-            REPORT_STACK.store(s + PAGE + REPORT_STACK_SIZE, Ordering::Relaxed);
-        }
-        altstack();
-        ensure_handler();
+        signal::init_report_stack();
+        signal::altstack();
+        signal::ensure_handler();
     }
 
     fn meta(&self, i: usize) -> &Meta {
@@ -316,7 +295,7 @@ impl Pool {
         COUNTDOWN.with(|c| c.set(o.sample_rate));
         // A program (or Rust's std) may have installed its own handler since: put ours back
         // in front, chaining to it.
-        ensure_handler();
+        signal::ensure_handler();
         self.alloc_sampled(rt, o, size, align, family, zero, regs)
     }
 
@@ -539,75 +518,12 @@ impl Pool {
             .unwrap_or(0);
         let exact = n > 0 && buf[0] == regs.pc;
         // A jump into the pool faults on the fetch itself: nothing to decode there.
-        let size = if exact && !self.contains(regs.pc) { access_size(regs.pc) } else { None };
+        let size =
+            if exact && !self.contains(regs.pc) { decode::access_size(regs.pc) } else { None };
         let access = Access::Fault { addr, write, size };
-        let mut job = ReportJob { rt, o, kind, access, obj, stack: &buf[..n], exact };
-        on_report_stack(&mut job);
+        let mut job = signal::ReportJob { rt, o, kind, access, obj, stack: &buf[..n], exact };
+        signal::on_report_stack(&mut job);
     }
-}
-
-/// The size of the memory access of the x86-64 instruction at `pc`, for the common moves
-/// and arithmetic with a memory operand; `None` for what is not decoded (VEX, string
-/// instructions, ...). Reads at most the rest of `pc`'s page (code is readable).
-fn access_size(pc: usize) -> Option<usize> {
-    let end = page_down(pc) + PAGE;
-    // SAFETY: a byte of the page holding the faulting instruction, which is mapped
-    // and (on x86-64 Linux) readable.
-    decode_size(|i| (pc + i < end).then(|| unsafe { *((pc + i) as *const u8) }))
-}
-
-/// [`access_size`] over a byte reader (`byte(i)`: the instruction's i-th byte), compiled
-/// and tested on every host.
-fn decode_size(byte: impl Fn(usize) -> Option<u8>) -> Option<usize> {
-    let (mut i, mut opsize16, mut rep, mut rex_w) = (0, false, 0u8, false);
-    loop {
-        match byte(i)? {
-            0x66 => opsize16 = true,
-            0xf2 | 0xf3 => rep = byte(i)?,
-            0x67 | 0xf0 | 0x2e | 0x36 | 0x3e | 0x26 | 0x64 | 0x65 => {}
-            _ => break,
-        }
-        i += 1;
-        if i > 4 {
-            return None;
-        }
-    }
-    if let b @ 0x40..=0x4f = byte(i)? {
-        rex_w = b & 8 != 0;
-        i += 1;
-    }
-    let full = if rex_w {
-        8
-    } else if opsize16 {
-        2
-    } else {
-        4
-    };
-    let op = byte(i)?;
-    if rep != 0 && op != 0x0f {
-        return None;
-    }
-    Some(match op {
-        // mov, arithmetic, cmp, test, xchg with a byte operand
-        0x88 | 0x8a | 0xc6 | 0x80 | 0x84 | 0x86 | 0xfe | 0xf6 => 1,
-        0x00 | 0x02 | 0x08 | 0x0a | 0x20 | 0x22 | 0x28 | 0x2a | 0x30 | 0x32 | 0x38 | 0x3a => 1,
-        // the same with a full-size operand
-        0x89 | 0x8b | 0xc7 | 0x81 | 0x83 | 0x85 | 0x87 | 0xff | 0xf7 => full,
-        0x01 | 0x03 | 0x09 | 0x0b | 0x21 | 0x23 | 0x29 | 0x2b | 0x31 | 0x33 | 0x39 | 0x3b => full,
-        0x0f => match (rep, opsize16, byte(i + 1)?) {
-            // movzx / movsx
-            (0, _, 0xb6 | 0xbe) => 1,
-            (0, _, 0xb7 | 0xbf) => 2,
-            // movss / movsd
-            (0xf3, _, 0x10 | 0x11) => 4,
-            (0xf2, _, 0x10 | 0x11) => 8,
-            // movups/movupd, movaps/movapd, movdqa, movdqu
-            (0, _, 0x10 | 0x11 | 0x28 | 0x29) => 16,
-            (0, true, 0x6f | 0x7f) | (0xf3, _, 0x6f | 0x7f) => 16,
-            _ => return None,
-        },
-        _ => return None,
-    })
 }
 
 /// The first damaged canary range in `[lo, user)` (closest to the object) or `[end_obj, end)`.
@@ -651,202 +567,6 @@ fn map(len: usize, prot: c_int) -> Option<usize> {
     (p != libc::MAP_FAILED).then_some(p as usize)
 }
 
-/// Gives this thread an alternate signal stack if it has none, so that a fault on a
-/// stack overflow reaches the handler (which passes it on).
-fn altstack() {
-    // SAFETY: sigaltstack with a null new stack only reads the current one.
-    let mut old: libc::stack_t = unsafe { core::mem::zeroed() };
-    // SAFETY: valid out-parameter.
-    if unsafe { libc::sigaltstack(null_mut(), &mut old) } != 0
-        || old.ss_flags & libc::SS_DISABLE == 0
-    {
-        return;
-    }
-    if let Some(s) = map(ALTSTACK + PAGE, libc::PROT_READ | libc::PROT_WRITE) {
-        // SAFETY: the lowest page becomes a guard page of the fresh mapping.
-        unsafe { libc::mprotect(s as *mut c_void, PAGE, libc::PROT_NONE) };
-        let st = libc::stack_t { ss_sp: (s + PAGE) as *mut c_void, ss_flags: 0, ss_size: ALTSTACK };
-        // SAFETY: `st` describes a mapping that lives for the process.
-        unsafe { libc::sigaltstack(&st, null_mut()) };
-    }
-}
-
-/// Installs our SIGSEGV/SIGBUS handler unless it is installed, keeping the one it replaces
-/// for chaining. A syscall per signal when ours is in place.
-fn ensure_handler() {
-    // Another thread is (re)installing: it will do.
-    let Some(_l) = INSTALL.try_lock() else { return };
-    for (k, sig) in [libc::SIGSEGV, libc::SIGBUS].into_iter().enumerate() {
-        // SAFETY: sigaction is plain data; all-zero is valid.
-        let mut cur: libc::sigaction = unsafe { core::mem::zeroed() };
-        // SAFETY: a query (null new action) with a valid out-parameter.
-        unsafe { libc::sigaction(sig, null_mut(), &mut cur) };
-        if cur.sa_sigaction == on_signal as *const () as usize {
-            continue;
-        }
-        // Relaxed stores, then the handler install (a syscall) publishes them to the
-        // handler's Relaxed loads; a fault racing this switch may see the older handler.
-        PREV_SIGINFO[k].store(cur.sa_flags & libc::SA_SIGINFO != 0, Ordering::Relaxed);
-        PREV_HANDLER[k].store(cur.sa_sigaction, Ordering::Relaxed);
-        // SAFETY: sigaction is plain data.
-        let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
-        sa.sa_sigaction = on_signal as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-        // SAFETY: `sa.sa_mask` is a valid sigset; installs our handler.
-        unsafe {
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, null_mut());
-        }
-    }
-}
-
-/// A fault report waiting to be printed on the report stack.
-struct ReportJob<'a> {
-    rt: &'a Runtime,
-    o: &'a Options,
-    kind: Kind,
-    access: Access,
-    obj: Option<Object>,
-    stack: &'a [usize],
-    exact: bool,
-}
-
-extern "C" fn run_report_job(job: *mut c_void) {
-    // SAFETY: `on_report_stack` passes a live `ReportJob`.
-    let j = unsafe { &*(job as *const ReportJob<'_>) };
-    j.rt.report_stack(j.o, j.kind, j.access, j.obj, j.stack, j.exact);
-}
-
-/// Prints `job` on the report stack (on the current stack if there is none). Waits while
-/// another thread's fault report uses it.
-fn on_report_stack(job: &mut ReportJob<'_>) {
-    // Relaxed: set once at init, before any guarded object existed.
-    let top = REPORT_STACK.load(Ordering::Relaxed);
-    if top == 0 || !cfg!(target_arch = "x86_64") {
-        run_report_job(job as *mut ReportJob<'_> as *mut c_void);
-        return;
-    }
-    // Acquire pairs with the Release store below: the previous user is off the stack.
-    while REPORT_STACK_BUSY
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        core::hint::spin_loop();
-    }
-    // SAFETY: the report stack is ours (the busy flag) and 16-byte aligned at `top`.
-    unsafe { call_on_stack(top, run_report_job, job as *mut ReportJob<'_> as *mut c_void) };
-    // Release pairs with the Acquire above.
-    REPORT_STACK_BUSY.store(false, Ordering::Release);
-}
-
-/// Calls `f(arg)` with the stack pointer at `top`.
-///
-/// # Safety
-/// `[top - REPORT_STACK_SIZE, top)` is writable memory that nothing else uses meanwhile;
-/// `top` is 16-byte aligned.
-#[cfg(target_arch = "x86_64")]
-unsafe fn call_on_stack(top: usize, f: extern "C" fn(*mut c_void), arg: *mut c_void) {
-    // SAFETY: forwarded; r12 is callee-saved, so it holds the old stack pointer across the
-    // call; the callee sees an aligned stack (top is 16-aligned, `call` pushes 8 bytes as
-    // at any function entry).
-    unsafe {
-        core::arch::asm!(
-            // Keep the current stack pointer in a callee-saved register.
-            "mov r12, rsp",
-            // Switch to the report stack and call.
-            "mov rsp, {top}",
-            "call {f}",
-            // Back to the signal stack.
-            "mov rsp, r12",
-            top = in(reg) top,
-            f = in(reg) f,
-            in("rdi") arg,
-            out("r12") _,
-            clobber_abi("C"),
-        );
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn call_on_stack(_top: usize, f: extern "C" fn(*mut c_void), arg: *mut c_void) {
-    f(arg);
-}
-
-/// The x86-64 page-fault error code says whether the access was a write.
-fn is_write(uc: *mut c_void) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: `uc` is the live `ucontext_t` of a SA_SIGINFO handler.
-        let uc = unsafe { &*(uc as *const libc::ucontext_t) };
-        uc.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = uc;
-        false
-    }
-}
-
-extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void) {
-    // Acquire pairs with the AcqRel publication in `Pool::init`.
-    let rt = FAULT_RT.load(Ordering::Acquire);
-    // SAFETY: the kernel passes a valid siginfo.
-    let addr = unsafe { (*info).si_addr() } as usize;
-    // SAFETY: the published runtime is a `static`.
-    let rt = (!rt.is_null()).then(|| unsafe { &*rt });
-    match rt {
-        Some(rt) if rt.guarded.contains(addr) => {
-            let Some(_g) = Guard::enter() else {
-                // A fault inside the runtime itself: nothing can be reported safely.
-                sys::write_all(2, b"ukasan: fault in the guarded pool inside the runtime\n");
-                chain(sig, info, uc, true);
-                return;
-            };
-            rt.guarded.on_fault(rt, addr, is_write(uc), uc);
-        }
-        // The previous handler passed the fault back to us (it chains to what it found
-        // installed, which was ours): end the loop with the default action.
-        _ if IN_CHAIN.with(Cell::get) == addr.wrapping_add(1) => chain(sig, info, uc, true),
-        _ => chain(sig, info, uc, false),
-    }
-}
-
-/// Passes a signal to the handler installed before ours; with none (or `force_default`),
-/// restores the default action so the fault repeats with it when the handler returns.
-fn chain(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void, force_default: bool) {
-    let k = usize::from(sig == libc::SIGBUS);
-    // Relaxed: see `ensure_handler`.
-    let h = PREV_HANDLER[k].load(Ordering::Relaxed);
-    if force_default || h == libc::SIG_DFL || h == libc::SIG_IGN {
-        // SAFETY: sigaction is plain data; all-zero is SIG_DFL.
-        let dfl: libc::sigaction = unsafe { core::mem::zeroed() };
-        // SAFETY: restores the default action; async-signal-safe.
-        unsafe { libc::sigaction(sig, &dfl, null_mut()) };
-        // SAFETY: plain data read of the kernel's siginfo.
-        if unsafe { (*info).si_code } <= 0 {
-            // Sent by kill/raise: returning would not repeat it.
-            // SAFETY: raise is async-signal-safe.
-            unsafe { libc::raise(sig) };
-        }
-        return;
-    }
-    // Relaxed: see `ensure_handler`.
-    // SAFETY: the kernel passes a valid siginfo.
-    let addr = unsafe { (*info).si_addr() } as usize;
-    IN_CHAIN.with(|c| c.set(addr.wrapping_add(1)));
-    if PREV_SIGINFO[k].load(Ordering::Relaxed) {
-        // SAFETY: the previous handler was installed as a SA_SIGINFO handler.
-        let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) =
-            unsafe { core::mem::transmute(h) };
-        f(sig, info, uc);
-    } else {
-        // SAFETY: the previous handler was installed as a plain handler.
-        let f: extern "C" fn(c_int) = unsafe { core::mem::transmute(h) };
-        f(sig);
-    }
-    IN_CHAIN.with(|c| c.set(0));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -866,23 +586,6 @@ mod tests {
         b[3] = 1;
         b[30] = 1;
         assert_eq!(at(&b), Some((3, 31)));
-    }
-
-    #[test]
-    fn access_sizes_of_common_instructions() {
-        let size = |bytes: &[u8]| decode_size(|i| bytes.get(i).copied());
-        assert_eq!(size(&[0x0f, 0xb6, 0x04, 0x37]), Some(1)); // movzbl (%rdi,%rsi),%eax
-        assert_eq!(size(&[0x88, 0x14, 0x37]), Some(1)); // movb %dl,(%rdi,%rsi)
-        assert_eq!(size(&[0x8b, 0x07]), Some(4)); // mov (%rdi),%eax
-        assert_eq!(size(&[0x48, 0x8b, 0x07]), Some(8)); // mov (%rdi),%rax
-        assert_eq!(size(&[0x66, 0x89, 0x07]), Some(2)); // mov %ax,(%rdi)
-        assert_eq!(size(&[0x48, 0x03, 0x04, 0x8e]), Some(8)); // add (%rsi,%rcx,4),%rax
-        assert_eq!(size(&[0x48, 0x63, 0x04, 0x8e]), None); // movslq: not decoded
-        assert_eq!(size(&[0xf3, 0x0f, 0x6f, 0x07]), Some(16)); // movdqu (%rdi),%xmm0
-        assert_eq!(size(&[0xf2, 0x0f, 0x10, 0x07]), Some(8)); // movsd (%rdi),%xmm0
-        assert_eq!(size(&[0xf3, 0xa4]), None); // rep movsb
-        assert_eq!(size(&[0xc5, 0xfa, 0x6f, 0x07]), None); // VEX
-        assert_eq!(size(&[0x66]), None); // cut short (page end)
     }
 
     #[test]
