@@ -130,5 +130,8 @@ mod tests {
         assert!(e.contains("unknown option `colour`") && e.contains("halt_on_error"), "{e}");
         assert!(parse_kv("log_path=a:b").unwrap_err().contains("`:`"));
         assert!(parse_kv("depot_size_mb=128").is_ok(), "the depot's full warning suggests it");
+        for kv in ["mode=guarded", "guarded_slots=1024", "sample_rate=1"] {
+            assert!(parse_kv(kv).is_ok(), "{kv}");
+        }
     }
 }
