@@ -1,6 +1,6 @@
 //! `ukasan`: run programs under the detector, benchmark capture and detection, symbolize.
 //!
-//! - `ukasan run [--mode generic] [--stacks ...] [--json] [-o key=value]... -- PROGRAM [ARGS...]`
+//! - `ukasan run [--mode generic|guarded] [--stacks ...] [--json] [-o key=value]... -- PROGRAM [ARGS...]`
 //!   runs PROGRAM with `libukasan.so` preloaded (see [`preload`] for how the library is found,
 //!   or built on a fresh clone); with no PROGRAM, and with no subcommand at all, it runs the
 //!   bundled demo ([`demo`]): one small program per bug class and their reports.

@@ -2,25 +2,28 @@
 
 use std::fmt;
 
-/// A detector mode (DESIGN.md section 5). Only `generic` exists today.
+/// A detector mode (DESIGN.md section 5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Mode {
     /// Redzones, poison and quarantine on every object.
     #[default]
     Generic,
+    /// Sampled objects in guard-page slots: bad reads and writes fault at once.
+    Guarded,
 }
 
 impl Mode {
     /// Modes that can be selected now.
-    pub const ACCEPTED: &'static [&'static str] = &["generic"];
+    pub const ACCEPTED: &'static [&'static str] = &["generic", "guarded"];
     /// Modes that are designed but not built yet.
-    pub const PLANNED: &'static [&'static str] = &["guarded", "hw-tags"];
+    pub const PLANNED: &'static [&'static str] = &["hw-tags"];
 
     /// The name as accepted on the command line.
     pub const fn name(self) -> &'static str {
         match self {
             Mode::Generic => "generic",
+            Mode::Guarded => "guarded",
         }
     }
 }
@@ -35,6 +38,7 @@ impl fmt::Display for Mode {
 pub fn parse_mode(s: &str) -> Result<Mode, String> {
     match s {
         "generic" => Ok(Mode::Generic),
+        "guarded" => Ok(Mode::Guarded),
         _ if Mode::PLANNED.contains(&s) => Err(format!(
             "mode `{s}` is not implemented yet (accepted: {})",
             Mode::ACCEPTED.join(", ")
@@ -82,8 +86,9 @@ mod tests {
     #[test]
     fn mode_errors_name_the_accepted_values() {
         assert_eq!(parse_mode("generic"), Ok(Mode::Generic));
-        let e = parse_mode("guarded").unwrap_err();
-        assert!(e.contains("not implemented yet") && e.contains("generic"), "{e}");
+        assert_eq!(parse_mode("guarded"), Ok(Mode::Guarded));
+        let e = parse_mode("hw-tags").unwrap_err();
+        assert!(e.contains("not implemented yet") && e.contains("generic, guarded"), "{e}");
         let e = parse_mode("bogus").unwrap_err();
         assert!(e.contains("unknown mode `bogus`") && e.contains("hw-tags"), "{e}");
     }

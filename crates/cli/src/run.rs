@@ -50,6 +50,9 @@ impl RunArgs {
     /// The `UKASAN_OPTIONS` value these flags ask for (flags first, `-o` after, so `-o` wins).
     pub fn options_string(&self) -> String {
         let mut parts = Vec::new();
+        if self.mode != Mode::Generic {
+            parts.push(format!("mode={}", self.mode.name()));
+        }
         if let Some(s) = self.stacks {
             parts.push(format!("stacks={}", s.name()));
         }
@@ -115,6 +118,9 @@ mod tests {
             ..RunArgs::default()
         };
         assert_eq!(a.options_string(), "stacks=fp:report_format=json:depth=8:stacks=off");
+        let g = RunArgs { mode: Mode::Guarded, ..RunArgs::default() };
+        assert_eq!(g.options_string(), "mode=guarded");
+        assert_eq!(RunArgs::default().options_string(), "");
     }
 
     #[test]
@@ -124,5 +130,8 @@ mod tests {
         assert!(e.contains("unknown option `colour`") && e.contains("halt_on_error"), "{e}");
         assert!(parse_kv("log_path=a:b").unwrap_err().contains("`:`"));
         assert!(parse_kv("depot_size_mb=128").is_ok(), "the depot's full warning suggests it");
+        for kv in ["mode=guarded", "guarded_slots=1024", "sample_rate=1"] {
+            assert!(parse_kv(kv).is_ok(), "{kv}");
+        }
     }
 }

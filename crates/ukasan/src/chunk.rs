@@ -45,7 +45,7 @@ pub enum Family {
 }
 
 impl Family {
-    fn from_u8(v: u8) -> Family {
+    pub(crate) fn from_u8(v: u8) -> Family {
         match v {
             0 => Family::Rust,
             2 => Family::New,

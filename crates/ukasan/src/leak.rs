@@ -5,20 +5,22 @@
 //! pointer (static TLS), the contents of raw chunks (made before init or by the runtime
 //! itself), and the chunks the dynamic loader allocated (DTVs, TLS blocks; never reported). Every aligned word that points into a tracked live object (interior pointers
 //! count) marks it, and marked objects are scanned in turn. What stays unmarked is leaked.
+//! Live guarded objects ([`crate::guarded`]) are candidates like chunks.
 //!
 //! Limits: the stacks and registers of *other* threads still running at exit are not
 //! scanned (their objects may be reported), nor memory mapped directly with `mmap`.
 //!
 //! Works in `mmap`-ed scratch arrays (no allocation) while every registry shard is locked.
 
-use crate::chunk::{Header, F_LOADER, F_RAW};
+use crate::chunk::{Header, Track, F_LOADER, F_RAW};
 use core::ptr::null_mut;
 
 #[derive(Clone, Copy)]
 pub(crate) struct Entry {
     pub start: usize,
     pub end: usize,
-    pub h: *const Header,
+    /// Who allocated it.
+    pub alloc: Track,
     /// 0: candidate, 1: reached, 2: root (raw or the loader's chunk).
     pub mark: u8,
 }
@@ -138,7 +140,7 @@ pub(crate) fn entry(h: &Header) -> Entry {
     let start = h.user();
     // Raw chunks and the loader's chunks (TLS blocks hold program pointers) are roots.
     let mark = if h.flags & (F_RAW | F_LOADER) != 0 { 2 } else { 0 };
-    Entry { start, end: start + h.size, h, mark }
+    Entry { start, end: start + h.size, alloc: h.alloc, mark }
 }
 
 /// The address range of the dynamic loader's loaded segments (`AT_BASE` and its program
@@ -244,7 +246,7 @@ mod tests {
 
     #[test]
     fn find_matches_interior_and_zero_size() {
-        let mk = |start, end| Entry { start, end, h: core::ptr::null(), mark: 0 };
+        let mk = |start, end| Entry { start, end, alloc: Track::default(), mark: 0 };
         let e = [mk(100, 110), mk(200, 200), mk(300, 340)];
         assert_eq!(find(&e, 99), None);
         assert_eq!(find(&e, 100), Some(0));

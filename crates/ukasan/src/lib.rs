@@ -1,4 +1,4 @@
-//! ukasan: KASAN for user space, generic mode.
+//! ukasan: KASAN for user space, generic and guarded modes.
 //!
 //! Every heap object gets a header, redzones on both sides and, when freed, a poison fill
 //! and a stay in a quarantine; the header records who allocated it and who freed it (thread
@@ -14,6 +14,13 @@
 //! | `out-of-bounds` write (a redzone byte changed) | at free, quarantine eviction, exit |
 //! | `use-after-free` write (a freed object's poison changed) | at eviction and exit |
 //! | `memory-leak` (still allocated at exit, grouped by stack) | at exit (`detect_leaks`) |
+//! | `slab-out-of-bounds` / `use-after-free` read or write of a guarded object (`mode=guarded`) | at the access (SIGSEGV) |
+//!
+//! **Guarded mode** ([`guarded`], `mode=guarded`) adds KFENCE / GWP-ASan detection: about
+//! one allocation in `sample_rate` goes to a pool of guard-page slots, right-aligned
+//! against a `PROT_NONE` page and made inaccessible when freed, so an overflow or a
+//! use-after-free, read or write, faults at once and is reported from the SIGSEGV handler
+//! with the faulting instruction as frame #0.
 //!
 //! Two ways in, one runtime ([`Runtime`]):
 //! - [`Ukasan`], a [`GlobalAlloc`] wrapper for Rust programs;
@@ -74,6 +81,9 @@
 //! | `symbolize` | 0: raw frames and the module map, for offline symbolization (1) |
 //! | `depot` | 0: capture stacks but do not store them (1) |
 //! | `depot_size_mb` | stack depot budget in MiB, 1..=1024 (64); when full, new stacks are not saved |
+//! | `mode` | `generic` or `guarded` (guard-page slots for sampled allocations, see [`guarded`]) (`generic`) |
+//! | `guarded_slots` | slots in the guarded pool, 1..=65536 (256) |
+//! | `sample_rate` | guarded mode guards about one allocation in N per thread, 1..=1000000; 1: every allocation while slots last (1000) |
 //!
 //! # Costs
 //! Per object: 96 + 32 bytes plus the right redzone and alignment padding, the quarantine
@@ -84,9 +94,9 @@
 //! chunk is fresh, cache-cold memory) and the poison/redzone fills.
 //!
 //! # What it does not do
-//! Detect reads of freed memory or out-of-bounds reads (that needs guard pages or
-//! compiler instrumentation: the guarded and hw-tags modes), or detect writes before the
-//! object is freed or evicted. Leak detection scans conservatively for pointers from globals, the exiting
+//! Detect reads of freed memory or out-of-bounds reads in generic mode (guarded mode sees
+//! them for the objects it samples; the hw-tags mode is not built), or detect writes to
+//! generic chunks before the object is freed or evicted. Leak detection scans conservatively for pointers from globals, the exiting
 //! thread's stack and TLS (see [`leak`]); other threads' stacks are not scanned.
 //!
 //! # Builds
@@ -99,6 +109,8 @@
 //! ```no_run
 //! #[global_allocator]
 //! static A: ukasan::Ukasan<std::alloc::System> = ukasan::Ukasan::new(std::alloc::System);
+//! // Guarded mode, one allocation in 100 checked at every access:
+//! // ukasan::Ukasan::with_options(std::alloc::System, "mode=guarded:sample_rate=100");
 //!
 //! fn main() {
 //!     let v = vec![1u8; 16];
@@ -109,6 +121,7 @@
 #![warn(missing_docs)]
 
 pub mod chunk;
+pub mod guarded;
 pub mod leak;
 pub mod options;
 pub mod report;
@@ -116,7 +129,7 @@ pub mod runtime;
 pub mod sys;
 
 pub use chunk::Family;
-pub use options::{Format, Options, Stacks};
+pub use options::{Format, Mode, Options, Stacks};
 pub use runtime::{Backing, Expect, Runtime};
 
 use core::alloc::{GlobalAlloc, Layout};

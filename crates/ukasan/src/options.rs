@@ -36,6 +36,20 @@ pub enum Format {
     Json,
 }
 
+/// Detection mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mode {
+    /// Redzones, poison and quarantine for every object; bad writes found late.
+    Generic,
+    /// Sampled objects in guard-page slots: bad reads and writes fault at once
+    /// (see [`crate::guarded`]); the others as in generic mode.
+    Guarded,
+}
+
+/// Largest `guarded_slots` accepted.
+pub const MAX_GUARDED_SLOTS: usize = 1 << 16;
+
 /// Longest `log_path` accepted (bytes).
 pub const MAX_PATH: usize = 240;
 /// Deepest stack recorded.
@@ -74,6 +88,13 @@ pub struct Options {
     /// `depot_size_mb`: the stack depot's budget, 1..=1024 MiB (default 64); once it is
     /// full, new stacks are not saved.
     pub depot_bytes: usize,
+    /// `mode`: `generic` (default) or `guarded`.
+    pub mode: Mode,
+    /// `guarded_slots`: guard-page slots in the guarded pool, 1..=65536 (default 256).
+    pub guarded_slots: usize,
+    /// `sample_rate`: guard about one allocation in N, 1..=1000000 (default 1000; 1 guards
+    /// every allocation while slots last).
+    pub sample_rate: u32,
 }
 
 impl Default for Options {
@@ -97,6 +118,9 @@ pub const KEYS: &[&str] = &[
     "symbolize",
     "depot",
     "depot_size_mb",
+    "mode",
+    "guarded_slots",
+    "sample_rate",
 ];
 
 /// [`KEYS`] as one comma-separated list.
@@ -131,6 +155,9 @@ impl Options {
         symbolize: true,
         depot: true,
         depot_bytes: stackdepot::DEFAULT_BUDGET,
+        mode: Mode::Generic,
+        guarded_slots: 256,
+        sample_rate: 1000,
     };
 
     /// `log_path` as bytes (empty: stderr).
@@ -248,6 +275,24 @@ impl Options {
                     as usize
                     * (1 << 20)
             }
+            b"mode" => {
+                self.mode = match v {
+                    b"generic" => Mode::Generic,
+                    b"guarded" => Mode::Guarded,
+                    _ => return Err("generic, guarded"),
+                }
+            }
+            b"guarded_slots" => {
+                self.guarded_slots = parse_num(v)
+                    .filter(|n| (1..=MAX_GUARDED_SLOTS as u64).contains(n))
+                    .ok_or("an integer 1..=65536")? as usize
+            }
+            b"sample_rate" => {
+                self.sample_rate = parse_num(v)
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or("an integer 1..=1000000 (1: every allocation)")?
+                    as u32
+            }
             _ => return Err(""),
         }
         Ok(())
@@ -328,7 +373,7 @@ mod tests {
         let (o, errs) = parse(
             "stacks=fp:depth=8:quarantine_size_mb=2:redzone=20:halt_on_error=1:exitcode=23:\
              log_path=/tmp/x:report_format=json:detect_leaks=0:verbosity=2:symbolize=0:depot=0:\
-             depot_size_mb=3",
+             depot_size_mb=3:mode=guarded:guarded_slots=7:sample_rate=1",
         );
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(o.stacks, Stacks::Fp);
@@ -343,6 +388,25 @@ mod tests {
         assert_eq!(o.verbosity, 2);
         assert!(!o.symbolize && !o.depot);
         assert_eq!(o.depot_bytes, 3 << 20);
+        assert_eq!((o.mode, o.guarded_slots, o.sample_rate), (Mode::Guarded, 7, 1));
+    }
+
+    #[test]
+    fn guarded_options_are_bounded_and_named() {
+        let (o, errs) = parse("mode=kfence:guarded_slots=0:sample_rate=0:sample_rate=2000000");
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert_eq!(
+            errs[0],
+            "ukasan: bad value 'kfence' for option 'mode' ignored (accepted: generic, guarded)"
+        );
+        assert!(
+            errs[1].contains("'0' for option 'guarded_slots'") && errs[1].contains("1..=65536")
+        );
+        assert!(
+            errs[2].contains("'0' for option 'sample_rate'") && errs[2].contains("1..=1000000")
+        );
+        assert!(errs[3].contains("'2000000' for option 'sample_rate'"));
+        assert_eq!((o.mode, o.guarded_slots, o.sample_rate), (Mode::Generic, 256, 1000));
     }
 
     #[test]
@@ -370,7 +434,7 @@ mod tests {
         assert!(
             errs[0].contains("unknown option 'stackz'")
                 && errs[0].contains("(accepted: stacks, depth, quarantine_size_mb, ")
-                && errs[0].contains(", depot, depot_size_mb)")
+                && errs[0].contains(", depot, depot_size_mb, mode, guarded_slots, sample_rate)")
         );
         assert!(errs[1].contains("'0' for option 'depth'") && errs[1].contains("1..=256"));
         assert!(errs[2].contains("'frame'") && errs[2].contains("libgcc"));

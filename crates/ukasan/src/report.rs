@@ -5,7 +5,7 @@
 //! program aborts right after. The caller holds the re-entrancy guard, so whatever the
 //! symbolizer allocates goes untracked to the backing allocator.
 
-use crate::chunk::{Damage, Family, Header, Track};
+use crate::chunk::{Damage, Family, Header, Track, LEFT_RZ};
 use crate::options::{Format, Options};
 use crate::runtime::Runtime;
 use crate::sys::{self, FixedBuf, SpinLock};
@@ -29,6 +29,8 @@ pub enum Kind {
     NewDeleteTypeMismatch,
     /// A redzone byte changed.
     OutOfBounds,
+    /// A guarded object's guard page or slack was touched (guarded mode, at the access).
+    SlabOutOfBounds,
     /// A freed object's poison changed.
     UseAfterFree,
     /// Still allocated at exit.
@@ -45,6 +47,7 @@ impl Kind {
             Kind::AllocDeallocMismatch => "alloc-dealloc-mismatch",
             Kind::NewDeleteTypeMismatch => "new-delete-type-mismatch",
             Kind::OutOfBounds => "out-of-bounds",
+            Kind::SlabOutOfBounds => "slab-out-of-bounds",
             Kind::UseAfterFree => "use-after-free",
             Kind::MemoryLeak => "memory-leak",
         }
@@ -97,6 +100,15 @@ pub enum Access {
         /// Freeing function family (`operator delete` or `operator delete []`).
         family: Family,
     },
+    /// A read or write that faulted (guarded mode), reported at the access.
+    Fault {
+        /// The faulting address.
+        addr: usize,
+        /// A write (else a read).
+        write: bool,
+        /// Access size when known.
+        size: Option<usize>,
+    },
     /// Bytes found modified, detected later.
     Corrupt {
         /// The modified range.
@@ -141,8 +153,41 @@ impl Access {
             Access::Free { addr }
             | Access::Mismatch { addr, .. }
             | Access::Layout { addr, .. }
-            | Access::DeleteType { addr, .. } => addr,
+            | Access::DeleteType { addr, .. }
+            | Access::Fault { addr, .. } => addr,
             Access::Corrupt { damage, .. } => damage.start,
+        }
+    }
+}
+
+/// The object a report is about: a generic chunk or a guarded slot's object.
+#[derive(Clone, Copy, Debug)]
+pub struct Object {
+    /// Start of the object (the pointer the program got).
+    pub user: usize,
+    /// Requested size.
+    pub size: usize,
+    /// Requested alignment.
+    pub align: usize,
+    /// Allocation track.
+    pub alloc: Track,
+    /// Free track (thread 0: not freed).
+    pub free: Track,
+    /// Bytes around the object the memory dump may read (empty: no dump).
+    pub window: (usize, usize),
+}
+
+impl Object {
+    /// A generic chunk: its redzones and object can be dumped.
+    pub fn of(h: &Header) -> Object {
+        let user = h.user();
+        Object {
+            user,
+            size: h.size,
+            align: h.align,
+            alloc: h.alloc,
+            free: h.free,
+            window: (user - LEFT_RZ, user + h.size + h.right_rz()),
         }
     }
 }
@@ -158,8 +203,10 @@ pub struct Report<'a> {
     pub tid: u32,
     /// Stack where it was detected (newest first, return addresses).
     pub stack: &'a [usize],
-    /// The chunk involved, when there is one.
-    pub chunk: Option<&'a Header>,
+    /// `stack[0]` is the exact faulting instruction, not a return address.
+    pub exact_pc: bool,
+    /// The object involved, when there is one.
+    pub chunk: Option<Object>,
 }
 
 const BUF: usize = 64 << 10;
@@ -294,10 +341,13 @@ fn signature(r: &Report<'_>) -> u64 {
     for &f in r.stack.iter().take(4) {
         mix(f as u64);
     }
+    if let Access::Fault { write, .. } = r.access {
+        mix(u64::from(write));
+    }
     if let Some(c) = r.chunk {
         mix(u64::from(c.alloc.stack));
         if r.stack.is_empty() || c.alloc.stack == 0 {
-            mix(c.user() as u64);
+            mix(c.user as u64);
         }
     } else {
         mix(r.access.addr() as u64);
@@ -313,11 +363,11 @@ const RULE: &str = "============================================================
 /// found it: the header then names the function that allocated the object (out-of-bounds)
 /// or freed it (use-after-free), from the chunk's track. A write found when the program
 /// frees that same object names the freeing function, the top of the detection stack.
-fn header_site<'a>(r: &Report<'a>) -> (&'a [usize], Option<Found>) {
+fn header_site<'a>(r: &'a Report<'a>) -> (&'a [usize], Option<Found>) {
     let Access::Corrupt { when, .. } = r.access else {
         return (r.stack, None);
     };
-    match r.chunk {
+    match &r.chunk {
         Some(c) if when != Found::AtFree => {
             let t = if r.kind == Kind::UseAfterFree { &c.free } else { &c.alloc };
             (track_frames(t), Some(when))
@@ -338,8 +388,14 @@ fn track_frames(t: &Track) -> &'static [usize] {
 /// `BUG: KASAN: <kind> write in <function> (found at <when>)`.
 fn header<const N: usize>(b: &mut FixedBuf<N>, o: &Options, r: &Report<'_>) {
     let (site, found) = header_site(r);
-    let _ = write!(b, "BUG: KASAN: {}{} in ", r.kind, if found.is_some() { " write" } else { "" });
-    function_name(b, o, site);
+    let what = match r.access {
+        Access::Fault { write: true, .. } => " write",
+        Access::Fault { write: false, .. } => " read",
+        _ if found.is_some() => " write",
+        _ => "",
+    };
+    let _ = write!(b, "BUG: KASAN: {}{what} in ", r.kind);
+    function_name(b, o, site, r.exact_pc && found.is_none());
     if let Some(when) = found {
         let _ = write!(b, " (found at {when})");
     }
@@ -350,9 +406,9 @@ fn text(b: &mut FixedBuf<BUF>, o: &Options, r: &Report<'_>) {
     let _ = b.write_str(RULE);
     header(b, o, r);
     access_line(b, r);
-    format_stack(b, o, r.stack);
+    format_frames(b, o, r.stack, r.exact_pc);
     let _ = b.write_str("\n");
-    if let Some(c) = r.chunk {
+    if let Some(c) = &r.chunk {
         track(b, o, "Allocated", &c.alloc);
         if c.free.tid != 0 {
             track(b, o, "Freed", &c.free);
@@ -413,6 +469,14 @@ fn access_line<const N: usize>(b: &mut FixedBuf<N>, r: &Report<'_>) {
             }
             b.write_str("\n")
         }
+        Access::Fault { addr, write, size } => {
+            let _ = b.write_str(if write { "Write of " } else { "Read of " });
+            let _ = match size {
+                Some(n) => write!(b, "size {n}"),
+                None => b.write_str("unknown size"),
+            };
+            writeln!(b, " at addr 0x{addr:x} by thread {}", r.tid)
+        }
         Access::Corrupt { damage, when } => {
             let _ = write!(
                 b,
@@ -457,8 +521,8 @@ fn track(b: &mut FixedBuf<BUF>, o: &Options, what: &str, t: &Track) {
     let _ = b.write_str("\n");
 }
 
-fn object(b: &mut FixedBuf<BUF>, r: &Report<'_>, c: &Header) {
-    let (start, end) = (c.user(), c.user() + c.size);
+fn object(b: &mut FixedBuf<BUF>, r: &Report<'_>, c: &Object) {
+    let (start, end) = (c.user, c.user + c.size);
     let _ = writeln!(b, "The buggy address belongs to the object at 0x{start:x}");
     let _ = writeln!(b, " which belongs to a {}-byte region [0x{start:x}, 0x{end:x})", c.size);
     let a = r.access.addr();
@@ -473,14 +537,17 @@ fn object(b: &mut FixedBuf<BUF>, r: &Report<'_>, c: &Header) {
 }
 
 /// Rows of 16 bytes around `addr`, clipped to the chunk's block; the row holding `addr` is
-/// marked `>` and the byte under a `^`.
-fn memory(b: &mut FixedBuf<BUF>, addr: usize, c: &Header) {
-    let lo = c.user() - crate::chunk::LEFT_RZ;
-    let hi = c.user() + c.size + c.right_rz();
-    let row0 = (addr & !15).saturating_sub(32).max(lo & !15);
+/// marked `>` and the byte under a `^`. Bytes outside the object's window (a guard page)
+/// print as `..`.
+fn memory(b: &mut FixedBuf<BUF>, addr: usize, c: &Object) {
+    let (lo, hi) = c.window;
+    if lo >= hi {
+        return;
+    }
+    let row0 = (addr & !15).saturating_sub(32).max(lo & !15).min(hi.saturating_sub(1) & !15);
     let _ = b.write_str("Memory state around the buggy address:\n");
     let mut row = row0;
-    while row < hi && row < row0 + 5 * 16 {
+    while (row < hi || row <= addr) && row < row0 + 5 * 16 {
         let mark = if (row..row + 16).contains(&addr) { '>' } else { ' ' };
         let _ = write!(b, "{mark}0x{row:016x}:");
         for a in row..row + 16 {
@@ -521,13 +588,21 @@ pub fn is_runtime_function(name: &str) -> bool {
 /// program (see [`is_runtime_function`]; within a frame, the innermost such of its inlined
 /// functions), else of the first frame; its module and offset when nothing names it, its
 /// raw address when no module holds it; `<unknown>` for an empty stack.
-fn function_name<const N: usize>(b: &mut FixedBuf<N>, o: &Options, frames: &[usize]) {
+/// With `exact_first`, `frames[0]` is an exact instruction address (a fault), not a return
+/// address.
+fn function_name<const N: usize>(
+    b: &mut FixedBuf<N>,
+    o: &Options,
+    frames: &[usize],
+    exact_first: bool,
+) {
     let Some(&first) = frames.first() else {
         let _ = b.write_str("<unknown>");
         return;
     };
-    if !frames.iter().any(|&ra| frame_name(b, o, ra, true)) {
-        frame_name(b, o, first, false);
+    if !frames.iter().enumerate().any(|(i, &ra)| frame_name(b, o, ra, true, exact_first && i == 0))
+    {
+        frame_name(b, o, first, false, exact_first);
     }
 }
 
@@ -538,9 +613,10 @@ fn frame_name<const N: usize>(
     o: &Options,
     ra: usize,
     skip_runtime: bool,
+    exact: bool,
 ) -> bool {
     if o.symbolize {
-        let frames = symbolize::with_global(|s| s.symbolize(ra, true));
+        let frames = symbolize::with_global(|s| s.symbolize(ra, !exact));
         let mut named = frames.iter().filter_map(|f| Some((f.function.as_deref()?, f.offset)));
         if let Some(innermost) = named.clone().next() {
             let pick = if skip_runtime {
@@ -555,7 +631,7 @@ fn frame_name<const N: usize>(
             return true;
         }
     }
-    let dl = dl_symbol(ra.wrapping_sub(1));
+    let dl = dl_symbol(ra.wrapping_sub(usize::from(!exact)));
     if let Some(s) = dl.as_ref().filter(|s| skip_runtime && !s.name.is_empty()) {
         let name = String::from_utf8_lossy(s.name);
         if is_runtime_function(&symbolize::demangle(&name)) {
@@ -581,13 +657,24 @@ fn frame_name<const N: usize>(
 ///
 /// Allocates (the symbolizer): call under the re-entrancy guard only.
 pub fn format_stack<const N: usize>(b: &mut FixedBuf<N>, o: &Options, frames: &[usize]) {
+    format_frames(b, o, frames, false);
+}
+
+/// [`format_stack`]; with `exact_first`, `frames[0]` is an exact instruction address.
+fn format_frames<const N: usize>(
+    b: &mut FixedBuf<N>,
+    o: &Options,
+    frames: &[usize],
+    exact_first: bool,
+) {
     for (i, &ra) in frames.iter().enumerate() {
         if !o.symbolize {
             let _ = writeln!(b, " #{i}{}", symbolize::format_raw_frame(ra));
             continue;
         }
-        let module = dl_symbol(ra.wrapping_sub(1));
-        let syms = symbolize::with_global(|s| s.symbolize(ra, true));
+        let exact = exact_first && i == 0;
+        let module = dl_symbol(ra.wrapping_sub(usize::from(!exact)));
+        let syms = symbolize::with_global(|s| s.symbolize(ra, !exact));
         let mut named = false;
         for f in syms.iter().filter(|f| f.function.is_some()) {
             named = true;
@@ -729,7 +816,7 @@ fn json_track(b: &mut FixedBuf<BUF>, o: &Options, name: &str, t: &Track) {
 fn json(b: &mut FixedBuf<BUF>, o: &Options, r: &Report<'_>) {
     let mut f = FixedBuf::<512>::new();
     let (site, found) = header_site(r);
-    function_name(&mut f, o, site);
+    function_name(&mut f, o, site, r.exact_pc && found.is_none());
     let _ = write!(b, "{{\"kind\":\"{}\",\"function\":{}", r.kind, Json(f.as_bytes()));
     if let Some(when) = found {
         let _ = write!(b, ",\"found_at\":\"{when}\"");
@@ -738,14 +825,21 @@ fn json(b: &mut FixedBuf<BUF>, o: &Options, r: &Report<'_>) {
     let mut line = FixedBuf::<1024>::new();
     access_line(&mut line, r);
     let text = line.as_bytes();
-    let _ = write!(b, "{},\"stack\":", Json(text.strip_suffix(b"\n").unwrap_or(text)));
+    let _ = write!(b, "{}", Json(text.strip_suffix(b"\n").unwrap_or(text)));
+    if let Access::Fault { write, size, .. } = r.access {
+        let _ = write!(b, ",\"is_write\":{write}");
+        if let Some(n) = size {
+            let _ = write!(b, ",\"size\":{n}");
+        }
+    }
+    let _ = b.write_str(",\"stack\":");
     json_stack(b, o, r.stack);
-    if let Some(c) = r.chunk {
+    if let Some(c) = &r.chunk {
         json_track(b, o, "allocated", &c.alloc);
         if c.free.tid != 0 {
             json_track(b, o, "freed", &c.free);
         }
-        let _ = write!(b, ",\"object\":{{\"addr\":\"0x{:x}\",\"size\":{}}}", c.user(), c.size);
+        let _ = write!(b, ",\"object\":{{\"addr\":\"0x{:x}\",\"size\":{}}}", c.user, c.size);
     }
     let _ = b.write_str("}\n");
 }
@@ -770,28 +864,29 @@ pub(crate) fn leaks(rt: &Runtime, o: &Options) {
     let mut n = 0;
     let (mut other_count, mut other_bytes, mut total_count, mut total_bytes) =
         (0usize, 0usize, 0usize, 0usize);
-    rt.for_each_leak(|h| {
+    rt.for_each_leak(|e| {
+        let size = e.end - e.start;
         total_count += 1;
-        total_bytes += h.size;
+        total_bytes += size;
         if let Some(g) = groups[..n]
             .iter_mut()
-            .find(|g| g.stack == h.alloc.stack && (h.alloc.stack != 0 || g.tid == h.alloc.tid))
+            .find(|g| g.stack == e.alloc.stack && (e.alloc.stack != 0 || g.tid == e.alloc.tid))
         {
             g.count += 1;
-            g.bytes += h.size;
+            g.bytes += size;
         } else if n < LEAK_GROUPS {
             groups[n] = Group {
-                stack: h.alloc.stack,
-                tid: h.alloc.tid,
+                stack: e.alloc.stack,
+                tid: e.alloc.tid,
                 count: 1,
-                bytes: h.size,
-                sample: h.user(),
-                sample_size: h.size,
+                bytes: size,
+                sample: e.start,
+                sample_size: size,
             };
             n += 1;
         } else {
             other_count += 1;
-            other_bytes += h.size;
+            other_bytes += size;
         }
     });
     if total_count == 0 {
@@ -814,7 +909,7 @@ pub(crate) fn leaks(rt: &Runtime, o: &Options) {
             }
             let _ = b.write_str(RULE);
             let _ = b.write_str("BUG: KASAN: memory-leak in ");
-            function_name(b, o, frames);
+            function_name(b, o, frames, false);
             let _ = writeln!(
                 b,
                 "\nLeak of {} byte(s) in {} object(s) still allocated at exit (e.g. 0x{:x}, {} bytes)",

@@ -8,9 +8,10 @@
 //! interrupting the runtime) are served untracked by the backing allocator.
 
 use crate::chunk::{self, Family, Header, State, Track, F_LISTED, F_LOADER, F_RAW};
+use crate::guarded;
 use crate::leak::{self, Entry, Scratch};
-use crate::options::{Options, Stacks, MAX_DEPTH};
-use crate::report::{self, Access, Found, Kind, Report, Reporter};
+use crate::options::{Mode, Options, Stacks, MAX_DEPTH};
+use crate::report::{self, Access, Found, Kind, Object, Report, Reporter};
 use crate::sys::{self, Guard, SpinLock};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
@@ -81,6 +82,8 @@ pub struct Runtime {
     loader: (AtomicUsize, AtomicUsize),
     shards: [SpinLock<ShardData>; SHARDS],
     pub(crate) reporter: Reporter,
+    /// The guard-page pool (`mode=guarded`).
+    pub(crate) guarded: guarded::Pool,
 }
 
 impl core::fmt::Debug for Runtime {
@@ -130,6 +133,7 @@ impl Runtime {
             loader: (AtomicUsize::new(0), AtomicUsize::new(0)),
             shards: [SHARD; SHARDS],
             reporter: Reporter::new(),
+            guarded: guarded::Pool::new(),
         }
     }
 
@@ -182,6 +186,9 @@ impl Runtime {
         self.loader.1.store(hi, Ordering::Relaxed);
         // SAFETY: we won the race to INITIALIZING; nobody reads `opts` before READY.
         unsafe { *self.opts.get() = o };
+        // SAFETY: the runtime lives for the rest of the process (documented above).
+        let this: &'static Runtime = unsafe { &*(self as *const Runtime) };
+        self.guarded.init(this, &o);
         // Release pairs with the Acquire loads in `options` and `init`.
         self.state.store(READY, Ordering::Release);
         // AcqRel on success: publishes the runtime address to the exit hook.
@@ -206,7 +213,8 @@ impl Runtime {
             let _ = core::fmt::write(
                 &mut b,
                 format_args!(
-                    "ukasan: generic mode, stacks={:?} depth={} quarantine={} MiB redzone={} leaks={} depot={} MiB\n",
+                    "ukasan: {} mode, stacks={:?} depth={} quarantine={} MiB redzone={} leaks={} depot={} MiB\n",
+                    if self.guarded.active() { "guarded" } else { "generic" },
                     o.stacks,
                     o.depth,
                     o.quarantine_bytes >> 20,
@@ -292,6 +300,14 @@ impl Runtime {
         let Some(_g) = Guard::enter() else {
             return self.alloc_raw_zeroed(b, size, align, family, zero);
         };
+        // Relaxed: written before READY was published (Acquire in `options`).
+        let loader = self.loader.0.load(Ordering::Relaxed)..self.loader.1.load(Ordering::Relaxed);
+        // The loader's own allocations (TLS blocks, DTVs) stay generic: they are leak roots.
+        if o.mode == Mode::Guarded && !loader.contains(&regs.pc) {
+            if let Some(p) = self.guarded.alloc(self, o, size, align, family, zero, regs) {
+                return p;
+            }
+        }
         let Some(g) = chunk::geometry(size, align, o.redzone) else {
             return null_mut();
         };
@@ -300,8 +316,6 @@ impl Runtime {
             return null_mut();
         }
         let mut listed = if o.detect_leaks == Some(true) { F_LISTED } else { 0 };
-        // Relaxed: written before READY was published (Acquire in `options`).
-        let loader = self.loader.0.load(Ordering::Relaxed)..self.loader.1.load(Ordering::Relaxed);
         if listed != 0 && loader.contains(&regs.pc) {
             listed |= F_LOADER;
         }
@@ -346,7 +360,7 @@ impl Runtime {
 
     /// A track for the current thread with the stack from `regs`.
     #[inline]
-    fn track(&self, o: &Options, regs: &Regs) -> Track {
+    pub(crate) fn track(&self, o: &Options, regs: &Regs) -> Track {
         let stack = if o.stacks == Stacks::Off {
             0
         } else if o.depth <= 64 {
@@ -395,6 +409,12 @@ impl Runtime {
         if p.is_null() {
             return;
         }
+        if self.guarded.contains(p as usize) {
+            let g = Guard::enter();
+            let o = self.options().filter(|_| g.is_some());
+            self.guarded.free(self, o, p as usize, expect, regs);
+            return;
+        }
         // Before init (possibly before the loader set up TLS): no thread-local access.
         let Some(o) = self.options() else {
             // SAFETY: forwarded contract.
@@ -436,7 +456,7 @@ impl Runtime {
                 Access::Mismatch { addr: p as usize, alloc: h.family(), free: expect.family };
             self.report_simple(o, Kind::AllocDeallocMismatch, access, Some(h), regs);
         } else if let Some((size, align)) = expect.layout {
-            self.check_layout(o, h, p as usize, expect.family, size, align, regs);
+            self.check_layout(o, Object::of(h), p as usize, expect.family, size, align, regs);
         }
         // SAFETY: the chunk is ours and owned by this free until quarantined.
         unsafe { self.check_redzones(o, h, Found::AtFree, regs) };
@@ -606,10 +626,10 @@ impl Runtime {
     /// `dealloc`/`realloc`) as `layout-mismatch`.
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    fn check_layout(
+    pub(crate) fn check_layout(
         &self,
         o: &Options,
-        h: &Header,
+        h: Object,
         addr: usize,
         family: Family,
         size: usize,
@@ -621,11 +641,11 @@ impl Runtime {
             let size_bad = known.is_some_and(|s| s != h.size);
             if size_bad || report::cxx_align(align) != report::cxx_align(h.align) {
                 let access = Access::DeleteType { addr, size: known, align, family };
-                self.report_simple(o, Kind::NewDeleteTypeMismatch, access, Some(h), regs);
+                self.report_object(o, Kind::NewDeleteTypeMismatch, access, Some(h), regs);
             }
         } else if size != h.size || align != h.align {
             let access = Access::Layout { addr, size, align, family };
-            self.report_simple(o, Kind::LayoutMismatch, access, Some(h), regs);
+            self.report_object(o, Kind::LayoutMismatch, access, Some(h), regs);
         }
     }
 
@@ -671,6 +691,9 @@ impl Runtime {
         if p.is_null() {
             return 0;
         }
+        if self.guarded.contains(p as usize) {
+            return self.guarded.live_size(p as usize).unwrap_or(0);
+        }
         // SAFETY: forwarded.
         unsafe { Self::header(p) }.filter(|h| h.state() == State::Live).map_or(0, |h| h.size)
     }
@@ -680,6 +703,9 @@ impl Runtime {
     /// # Safety
     /// As [`Runtime::free`].
     pub unsafe fn live_size(&self, p: *mut u8) -> Option<usize> {
+        if self.guarded.contains(p as usize) {
+            return self.guarded.live_size(p as usize);
+        }
         // SAFETY: forwarded.
         let h = unsafe { Self::header(p) }?;
         (h.state() == State::Live).then_some(h.size)
@@ -696,10 +722,40 @@ impl Runtime {
         h: Option<&Header>,
         regs: &Regs,
     ) {
+        self.report_object(o, kind, access, h.map(Object::of), regs);
+    }
+
+    /// Captures the current stack from `regs` and files a report about `obj`.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn report_object(
+        &self,
+        o: &Options,
+        kind: Kind,
+        access: Access,
+        obj: Option<Object>,
+        regs: &Regs,
+    ) {
         let mut buf = [0usize; MAX_DEPTH];
         let stacks = if o.stacks == Stacks::Off { Stacks::Auto } else { o.stacks };
         let n = capture(stacks, regs, &mut buf[..o.depth]);
-        let r = Report { kind, access, tid: sys::tid(), stack: &buf[..n], chunk: h };
+        self.report_stack(o, kind, access, obj, &buf[..n], false);
+    }
+
+    /// Files a report with a captured stack (`exact_pc`: its first entry is a faulting
+    /// instruction).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn report_stack(
+        &self,
+        o: &Options,
+        kind: Kind,
+        access: Access,
+        chunk: Option<Object>,
+        stack: &[usize],
+        exact_pc: bool,
+    ) {
+        let r = Report { kind, access, tid: sys::tid(), stack, exact_pc, chunk };
         self.reporter.emit(o, &r);
     }
 
@@ -768,9 +824,10 @@ impl Runtime {
         self.reporter.count() > 0
     }
 
-    /// Calls `f` on every tracked live chunk that no root reaches (see [`crate::leak`]),
-    /// with every shard locked. Without scratch memory, every tracked live chunk counts.
-    pub(crate) fn for_each_leak(&self, mut f: impl FnMut(&Header)) {
+    /// Calls `f` on every tracked live object (chunk or guarded) that no root reaches (see
+    /// [`crate::leak`]), with every shard locked. Without scratch memory, every tracked live
+    /// object counts.
+    pub(crate) fn for_each_leak(&self, mut f: impl FnMut(&Entry)) {
         let shards: [_; SHARDS] = core::array::from_fn(|i| self.shards[i].lock());
         let walk = |f: &mut dyn FnMut(&Header)| {
             for sh in &shards {
@@ -785,30 +842,33 @@ impl Runtime {
         };
         let mut count = 0usize;
         walk(&mut |_| count += 1);
+        self.guarded.for_each_live(|_| count += 1);
         let (Some(mut ents), Some(mut work)) =
             (Scratch::<Entry>::new(count), Scratch::<u32>::new(count))
         else {
             walk(&mut |h| {
                 if h.flags & F_RAW == 0 {
-                    f(h)
+                    f(&leak::entry(h))
                 }
             });
+            self.guarded.for_each_live(|e| f(&e));
             return;
         };
         let ents = ents.slice(count);
         let mut i = 0;
-        walk(&mut |h| {
+        let mut add = |e: Entry| {
             if i < ents.len() {
-                ents[i] = leak::entry(h);
+                ents[i] = e;
                 i += 1;
             }
-        });
+        };
+        walk(&mut |h| add(leak::entry(h)));
+        self.guarded.for_each_live(&mut add);
         let ents = &mut ents[..i];
         ents.sort_unstable_by_key(|e| e.start);
         leak::mark(ents, work.slice(count));
         for e in ents.iter().filter(|e| e.mark == 0) {
-            // SAFETY: listed chunks stay valid while their shard is locked.
-            f(unsafe { &*e.h });
+            f(e);
         }
     }
 
@@ -822,11 +882,14 @@ impl Runtime {
         for s in &self.shards {
             s.raw_lock();
         }
+        self.guarded.raw_lock();
     }
 
     /// # Safety
     /// All locks must be held through `lock_all`.
     unsafe fn unlock_all(&self) {
+        // SAFETY: held by lock_all in this process (or inherited over fork).
+        unsafe { self.guarded.force_unlock() };
         for s in &self.shards {
             // SAFETY: held by lock_all in this process (or inherited over fork).
             unsafe { s.force_unlock() };

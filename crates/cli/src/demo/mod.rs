@@ -68,6 +68,14 @@ const CASES: &[Case] = &[
         options: "detect_leaks=0",
     },
     Case {
+        kind: "slab-out-of-bounds",
+        about: "one element read past a malloc'd array, caught at the read in guarded mode",
+        lang: Lang::C,
+        file: "oob_read.c",
+        source: include_str!("oob_read.c"),
+        options: "detect_leaks=0:mode=guarded:sample_rate=1",
+    },
+    Case {
         kind: "alloc-dealloc-mismatch",
         about: "new[] released with delete",
         lang: Lang::Cxx,

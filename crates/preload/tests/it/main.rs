@@ -6,5 +6,6 @@
 mod bugs;
 mod clean;
 mod common;
+mod guarded;
 mod options;
 mod shadow;

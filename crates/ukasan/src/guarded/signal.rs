@@ -1,0 +1,242 @@
+//! The SIGSEGV/SIGBUS handler of guarded mode: installed in front of whatever handler was
+//! there (and put back in front when a program or Rust's std replaces it), it reports
+//! faults in the pool on a stack of its own and passes every other fault to the handler it
+//! replaced, or to the default action.
+
+use super::{map, FAULT_RT, PAGE};
+use crate::options::Options;
+use crate::report::{Access, Kind, Object};
+use crate::runtime::Runtime;
+use crate::sys::{self, Guard, SpinLock};
+use core::cell::Cell;
+use core::ffi::{c_int, c_void};
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+thread_local! {
+    /// The fault address (plus one; 0: none) this thread is passing to the previous
+    /// handler, which may pass it back. An address, not a flag: a handler that leaves with
+    /// `siglongjmp` never clears it.
+    static IN_CHAIN: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The handler found installed before ours, for SIGSEGV and SIGBUS: its address (0 is
+/// `SIG_DFL`) and whether it takes `SA_SIGINFO` arguments.
+static PREV_HANDLER: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+static PREV_SIGINFO: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+/// Serializes (re)installation of our handler.
+static INSTALL: SpinLock<()> = SpinLock::new(());
+
+/// The stack fault reports are formatted on (the symbolizer needs far more than a
+/// typical alternate signal stack, e.g. Rust std's 8 KiB), and who is on it.
+static REPORT_STACK: AtomicUsize = AtomicUsize::new(0);
+static REPORT_STACK_BUSY: AtomicBool = AtomicBool::new(false);
+const REPORT_STACK_SIZE: usize = 1 << 20;
+const ALTSTACK: usize = 64 << 10;
+
+/// Maps the stack fault reports are formatted on.
+pub(super) fn init_report_stack() {
+    if let Some(s) = map(REPORT_STACK_SIZE + PAGE, libc::PROT_READ | libc::PROT_WRITE) {
+        // SAFETY: the lowest page of the fresh mapping becomes its guard page.
+        unsafe { libc::mprotect(s as *mut c_void, PAGE, libc::PROT_NONE) };
+        // Relaxed: read by our fault handler, installed after this (the sigaction syscall
+        // orders it before any delivery).
+        REPORT_STACK.store(s + PAGE + REPORT_STACK_SIZE, Ordering::Relaxed);
+    }
+}
+
+/// Gives this thread an alternate signal stack if it has none, so that a fault on a
+/// stack overflow reaches the handler (which passes it on).
+pub(super) fn altstack() {
+    // SAFETY: sigaltstack with a null new stack only reads the current one.
+    let mut old: libc::stack_t = unsafe { core::mem::zeroed() };
+    // SAFETY: valid out-parameter.
+    if unsafe { libc::sigaltstack(null_mut(), &mut old) } != 0
+        || old.ss_flags & libc::SS_DISABLE == 0
+    {
+        return;
+    }
+    if let Some(s) = map(ALTSTACK + PAGE, libc::PROT_READ | libc::PROT_WRITE) {
+        // SAFETY: the lowest page becomes a guard page of the fresh mapping.
+        unsafe { libc::mprotect(s as *mut c_void, PAGE, libc::PROT_NONE) };
+        let st = libc::stack_t { ss_sp: (s + PAGE) as *mut c_void, ss_flags: 0, ss_size: ALTSTACK };
+        // SAFETY: `st` describes a mapping that lives for the process.
+        unsafe { libc::sigaltstack(&st, null_mut()) };
+    }
+}
+
+/// Installs our SIGSEGV/SIGBUS handler unless it is installed, keeping the one it replaces
+/// for chaining. A syscall per signal when ours is in place.
+pub(super) fn ensure_handler() {
+    // Another thread is (re)installing: it will do.
+    let Some(_l) = INSTALL.try_lock() else { return };
+    for (k, sig) in [libc::SIGSEGV, libc::SIGBUS].into_iter().enumerate() {
+        // SAFETY: sigaction is plain data; all-zero is valid.
+        let mut cur: libc::sigaction = unsafe { core::mem::zeroed() };
+        // SAFETY: a query (null new action) with a valid out-parameter.
+        unsafe { libc::sigaction(sig, null_mut(), &mut cur) };
+        if cur.sa_sigaction == on_signal as *const () as usize {
+            continue;
+        }
+        // Relaxed stores, then the handler install (a syscall) publishes them to the
+        // handler's Relaxed loads; a fault racing this switch may see the older handler.
+        PREV_SIGINFO[k].store(cur.sa_flags & libc::SA_SIGINFO != 0, Ordering::Relaxed);
+        PREV_HANDLER[k].store(cur.sa_sigaction, Ordering::Relaxed);
+        // SAFETY: sigaction is plain data.
+        let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
+        sa.sa_sigaction = on_signal as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        // SAFETY: `sa.sa_mask` is a valid sigset; installs our handler.
+        unsafe {
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, null_mut());
+        }
+    }
+}
+
+/// A fault report waiting to be printed on the report stack.
+pub(super) struct ReportJob<'a> {
+    pub(super) rt: &'a Runtime,
+    pub(super) o: &'a Options,
+    pub(super) kind: Kind,
+    pub(super) access: Access,
+    pub(super) obj: Option<Object>,
+    pub(super) stack: &'a [usize],
+    pub(super) exact: bool,
+}
+
+extern "C" fn run_report_job(job: *mut c_void) {
+    // SAFETY: `on_report_stack` passes a live `ReportJob`.
+    let j = unsafe { &*(job as *const ReportJob<'_>) };
+    j.rt.report_stack(j.o, j.kind, j.access, j.obj, j.stack, j.exact);
+}
+
+/// Prints `job` on the report stack (on the current stack if there is none). Waits while
+/// another thread's fault report uses it.
+pub(super) fn on_report_stack(job: &mut ReportJob<'_>) {
+    // Relaxed: set once at init, before any guarded object existed.
+    let top = REPORT_STACK.load(Ordering::Relaxed);
+    if top == 0 || !cfg!(target_arch = "x86_64") {
+        run_report_job(job as *mut ReportJob<'_> as *mut c_void);
+        return;
+    }
+    // Acquire pairs with the Release store below: the previous user is off the stack.
+    while REPORT_STACK_BUSY
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    // SAFETY: the report stack is ours (the busy flag) and 16-byte aligned at `top`.
+    unsafe { call_on_stack(top, run_report_job, job as *mut ReportJob<'_> as *mut c_void) };
+    // Release pairs with the Acquire above.
+    REPORT_STACK_BUSY.store(false, Ordering::Release);
+}
+
+/// Calls `f(arg)` with the stack pointer at `top`.
+///
+/// # Safety
+/// `[top - REPORT_STACK_SIZE, top)` is writable memory that nothing else uses meanwhile;
+/// `top` is 16-byte aligned.
+#[cfg(target_arch = "x86_64")]
+unsafe fn call_on_stack(top: usize, f: extern "C" fn(*mut c_void), arg: *mut c_void) {
+    // SAFETY: forwarded; r12 is callee-saved, so it holds the old stack pointer across the
+    // call; the callee sees an aligned stack (top is 16-aligned, `call` pushes 8 bytes as
+    // at any function entry).
+    unsafe {
+        core::arch::asm!(
+            // Keep the current stack pointer in a callee-saved register.
+            "mov r12, rsp",
+            // Switch to the report stack and call.
+            "mov rsp, {top}",
+            "call {f}",
+            // Back to the signal stack.
+            "mov rsp, r12",
+            top = in(reg) top,
+            f = in(reg) f,
+            in("rdi") arg,
+            out("r12") _,
+            clobber_abi("C"),
+        );
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn call_on_stack(_top: usize, f: extern "C" fn(*mut c_void), arg: *mut c_void) {
+    f(arg);
+}
+
+/// The x86-64 page-fault error code says whether the access was a write.
+fn is_write(uc: *mut c_void) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `uc` is the live `ucontext_t` of a SA_SIGINFO handler.
+        let uc = unsafe { &*(uc as *const libc::ucontext_t) };
+        uc.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = uc;
+        false
+    }
+}
+
+extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void) {
+    // Acquire pairs with the AcqRel publication in `Pool::init`.
+    let rt = FAULT_RT.load(Ordering::Acquire);
+    // SAFETY: the kernel passes a valid siginfo.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    // SAFETY: the published runtime is a `static`.
+    let rt = (!rt.is_null()).then(|| unsafe { &*rt });
+    match rt {
+        Some(rt) if rt.guarded.contains(addr) => {
+            let Some(_g) = Guard::enter() else {
+                // A fault inside the runtime itself: nothing can be reported safely.
+                sys::write_all(2, b"ukasan: fault in the guarded pool inside the runtime\n");
+                chain(sig, info, uc, true);
+                return;
+            };
+            rt.guarded.on_fault(rt, addr, is_write(uc), uc);
+        }
+        // The previous handler passed the fault back to us (it chains to what it found
+        // installed, which was ours): end the loop with the default action.
+        _ if IN_CHAIN.with(Cell::get) == addr.wrapping_add(1) => chain(sig, info, uc, true),
+        _ => chain(sig, info, uc, false),
+    }
+}
+
+/// Passes a signal to the handler installed before ours; with none (or `force_default`),
+/// restores the default action so the fault repeats with it when the handler returns.
+fn chain(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void, force_default: bool) {
+    let k = usize::from(sig == libc::SIGBUS);
+    // Relaxed: see `ensure_handler`.
+    let h = PREV_HANDLER[k].load(Ordering::Relaxed);
+    if force_default || h == libc::SIG_DFL || h == libc::SIG_IGN {
+        // SAFETY: sigaction is plain data; all-zero is SIG_DFL.
+        let dfl: libc::sigaction = unsafe { core::mem::zeroed() };
+        // SAFETY: restores the default action; async-signal-safe.
+        unsafe { libc::sigaction(sig, &dfl, null_mut()) };
+        // SAFETY: plain data read of the kernel's siginfo.
+        if unsafe { (*info).si_code } <= 0 {
+            // Sent by kill/raise: returning would not repeat it.
+            // SAFETY: raise is async-signal-safe.
+            unsafe { libc::raise(sig) };
+        }
+        return;
+    }
+    // Relaxed: see `ensure_handler`.
+    // SAFETY: the kernel passes a valid siginfo.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    IN_CHAIN.with(|c| c.set(addr.wrapping_add(1)));
+    if PREV_SIGINFO[k].load(Ordering::Relaxed) {
+        // SAFETY: the previous handler was installed as a SA_SIGINFO handler.
+        let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) =
+            unsafe { core::mem::transmute(h) };
+        f(sig, info, uc);
+    } else {
+        // SAFETY: the previous handler was installed as a plain handler.
+        let f: extern "C" fn(c_int) = unsafe { core::mem::transmute(h) };
+        f(sig);
+    }
+    IN_CHAIN.with(|c| c.set(0));
+}
