@@ -62,8 +62,12 @@ impl<T> Drop for Scratch<T> {
     }
 }
 
-/// Marks the entries reachable from the roots. `entries` is sorted by `start`.
-pub(crate) fn mark(entries: &mut [Entry], work: &mut [u32]) {
+/// Marks the entries reachable from the roots. `entries` is sorted by `start`. The current
+/// thread's stack is scanned from `stack_from` up: the stack pointer of the code that asked
+/// for the check (the exit path), so that the runtime's own frames, which overlay the
+/// frames of the program's last allocations and keep stale copies of their pointers, are
+/// not taken for roots.
+pub(crate) fn mark(entries: &mut [Entry], work: &mut [u32], stack_from: usize) {
     let mut top = 0usize;
     let scan = |entries: &mut [Entry], work: &mut [u32], top: &mut usize, lo: usize, hi: usize| {
         let mut a = lo.next_multiple_of(8);
@@ -91,7 +95,7 @@ pub(crate) fn mark(entries: &mut [Entry], work: &mut [u32]) {
         (entries.as_ptr() as usize, entries.as_ptr() as usize + core::mem::size_of_val(entries)),
         (work.as_ptr() as usize, work.as_ptr() as usize + core::mem::size_of_val(work)),
     ];
-    for r in roots() {
+    for r in roots(stack_from) {
         for (lo, hi) in without(r, skip) {
             scan(entries, work, &mut top, lo, hi);
         }
@@ -181,7 +185,7 @@ pub(crate) fn loader_range() -> (usize, usize) {
 }
 
 /// Root ranges: up to 512 module segments, the stack, the TLS mapping.
-fn roots() -> impl Iterator<Item = (usize, usize)> {
+fn roots(stack_from: usize) -> impl Iterator<Item = (usize, usize)> {
     let mut out = [(0usize, 0usize); 512];
     let mut n = 0usize;
     struct Acc<'a> {
@@ -215,7 +219,9 @@ fn roots() -> impl Iterator<Item = (usize, usize)> {
     let here = 0u8;
     let sp = core::hint::black_box(&here) as *const u8 as usize;
     if let Some(b) = stacktrace::bounds::current(sp) {
-        out[n] = (sp, b.hi);
+        // From the caller's frames up; from here if `stack_from` is not on this stack.
+        let from = if b.contains(stack_from, 1) && stack_from > sp { stack_from } else { sp };
+        out[n] = (from, b.hi);
         n += 1;
     }
     let tp: usize;

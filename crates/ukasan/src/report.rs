@@ -857,14 +857,15 @@ struct Group {
     sample_size: usize,
 }
 
-/// Reports chunks still live at exit, grouped by allocation stack, largest first.
-pub(crate) fn leaks(rt: &Runtime, o: &Options) {
+/// Reports chunks still live at exit, grouped by allocation stack, largest first; the
+/// current thread's stack counts as a root from `stack_from` up (see [`crate::leak::mark`]).
+pub(crate) fn leaks(rt: &Runtime, o: &Options, stack_from: usize) {
     let mut groups =
         [Group { stack: 0, tid: 0, count: 0, bytes: 0, sample: 0, sample_size: 0 }; LEAK_GROUPS];
     let mut n = 0;
     let (mut other_count, mut other_bytes, mut total_count, mut total_bytes) =
         (0usize, 0usize, 0usize, 0usize);
-    rt.for_each_leak(|e| {
+    rt.for_each_leak(stack_from, |e| {
         let size = e.end - e.start;
         total_count += 1;
         total_bytes += size;

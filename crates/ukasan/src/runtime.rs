@@ -819,7 +819,7 @@ impl Runtime {
             }
         }
         if o.detect_leaks == Some(true) {
-            report::leaks(self, o);
+            report::leaks(self, o, regs.sp);
         }
         self.reporter.count() > 0
     }
@@ -827,7 +827,7 @@ impl Runtime {
     /// Calls `f` on every tracked live object (chunk or guarded) that no root reaches (see
     /// [`crate::leak`]), with every shard locked. Without scratch memory, every tracked live
     /// object counts.
-    pub(crate) fn for_each_leak(&self, mut f: impl FnMut(&Entry)) {
+    pub(crate) fn for_each_leak(&self, stack_from: usize, mut f: impl FnMut(&Entry)) {
         let shards: [_; SHARDS] = core::array::from_fn(|i| self.shards[i].lock());
         let walk = |f: &mut dyn FnMut(&Header)| {
             for sh in &shards {
@@ -866,7 +866,7 @@ impl Runtime {
         self.guarded.for_each_live(&mut add);
         let ents = &mut ents[..i];
         ents.sort_unstable_by_key(|e| e.start);
-        leak::mark(ents, work.slice(count));
+        leak::mark(ents, work.slice(count), stack_from);
         for e in ents.iter().filter(|e| e.mark == 0) {
             f(e);
         }

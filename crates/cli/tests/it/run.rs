@@ -87,10 +87,10 @@ fn bad_options_name_the_accepted_values() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("bogus") && err.contains("shadow") && err.contains("libgcc"), "{err}");
 
-    let o = ukasan().args(["run", "--mode", "guarded", "--", "true"]).output().unwrap();
+    let o = ukasan().args(["run", "--mode", "hw-tags", "--", "true"]).output().unwrap();
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(2));
-    assert!(err.contains("not implemented yet") && err.contains("generic"), "{err}");
+    assert!(err.contains("not implemented yet") && err.contains("generic, guarded"), "{err}");
 
     let o = ukasan().args(["run", "--mode", "kfence", "--", "true"]).output().unwrap();
     assert!(text(&o).1.contains("unknown mode `kfence`"), "{}", text(&o).1);
