@@ -2,7 +2,8 @@
 //!
 //! In order:
 //! 1. `UKASAN_LIB`, when set (an explicit choice wins; it must name an existing file);
-//! 2. `libukasan.so` next to the running executable (`target/<profile>/`, where cargo puts both);
+//! 2. `libukasan.so` next to the running executable (`target/<profile>/`, where cargo puts both),
+//!    unless a source of the workspace is newer than it (then step 3 rebuilds it);
 //! 3. on a source checkout (this crate's manifest directory still exists), build it with
 //!    `cargo build -p ukasan-preload` into the same target directory and profile, printing one
 //!    line that it does so. `cargo run --release` builds only the cli package, so this is what
@@ -41,23 +42,56 @@ pub fn sibling(name: &str, what: &[&str]) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find the running executable")?;
     let exe_dir = exe.parent().context("the executable has no directory")?.to_path_buf();
     let file = exe_dir.join(name);
-    if file.is_file() {
-        return Ok(file);
-    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let root = root.canonicalize().unwrap_or(root);
-    if !root.join("crates/preload/Cargo.toml").is_file() {
+    let source = root.join("crates/preload/Cargo.toml").is_file();
+    // A file older than the sources it is built from (the checkout moved on since it was
+    // built) is rebuilt: it would silently run an older detector.
+    if file.is_file() && !(source && stale(&file, &root)) {
+        return Ok(file);
+    }
+    if !source {
         bail!(
             "{name} is not next to {} and there is no source tree to build it from{}",
             exe.display(),
             if name == LIB_NAME { " (set UKASAN_LIB=/path/to/libukasan.so)" } else { "" }
         );
     }
-    build(&root, &exe_dir, name, what)?;
+    let why = if file.is_file() { "older than its sources" } else { "not built yet" };
+    build(&root, &exe_dir, name, what, why)?;
     if !file.is_file() {
         bail!("`cargo build {}` succeeded but {} is missing", what.join(" "), file.display());
     }
+    if stale(&file, &root) {
+        // Up to date for cargo (the newer sources are not its inputs): do not ask again.
+        let _ = std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    }
     Ok(file)
+}
+
+/// Whether any source of the workspace (`Cargo.lock`, a crate's `Cargo.toml`, `build.rs` or
+/// a file under its `src/`) is newer than `file`.
+fn stale(file: &Path, root: &Path) -> bool {
+    fn newer(p: &Path, than: std::time::SystemTime) -> bool {
+        let Ok(meta) = std::fs::metadata(p) else { return false };
+        if meta.is_dir() {
+            let Ok(dir) = std::fs::read_dir(p) else { return false };
+            return dir.flatten().any(|e| newer(&e.path(), than));
+        }
+        meta.modified().is_ok_and(|m| m > than)
+    }
+    let Ok(built) = std::fs::metadata(file).and_then(|m| m.modified()) else { return true };
+    if newer(&root.join("Cargo.lock"), built) {
+        return true;
+    }
+    let Ok(crates) = std::fs::read_dir(root.join("crates")) else { return false };
+    crates.flatten().any(|c| {
+        let c = c.path();
+        ["Cargo.toml", "build.rs", "src"].iter().any(|f| newer(&c.join(f), built))
+    })
 }
 
 /// The cargo invocation that builds `what` (e.g. `-p ukasan-preload`) into `exe_dir`
@@ -82,13 +116,13 @@ pub fn build_command(root: &Path, exe_dir: &Path, what: &[&str]) -> Result<Comma
     Ok(cmd)
 }
 
-fn build(root: &Path, exe_dir: &Path, name: &str, what: &[&str]) -> Result<()> {
+fn build(root: &Path, exe_dir: &Path, name: &str, what: &[&str], why: &str) -> Result<()> {
     let mut cmd = build_command(root, exe_dir, what)?;
     let shown: Vec<String> = std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    eprintln!("ukasan: {name} not built yet, building it: {}", shown.join(" "));
+    eprintln!("ukasan: {name} {why}, building it: {}", shown.join(" "));
     let status = cmd.status().with_context(|| format!("cannot run {}", shown[0]))?;
     if !status.success() {
         bail!("building {name} failed ({status})");
