@@ -23,6 +23,9 @@ pub struct Tools {
     pub asan: Result<PathBuf, String>,
     /// Scratch directory for logs.
     pub scratch: PathBuf,
+    /// Options every ukasan flavor gets in addition to its own (the mode: `mode=guarded`,
+    /// `sample_rate=N`), `:`-separated; empty for generic mode.
+    pub mode_options: String,
 }
 
 /// Why a run produced no time.
@@ -61,7 +64,8 @@ pub fn run_once(p: &Prepared, workload: &str, f: &Flavor, tools: &Tools) -> Resu
             let lib = tools.lib.as_ref().map_err(|e| RunError::Skipped(e.clone()))?;
             let log = logs.join("ukasan");
             let options = format!(
-                "{opts}:detect_leaks=0:halt_on_error=0:verbosity=1:log_path={}",
+                "{opts}{}:detect_leaks=0:halt_on_error=0:verbosity=1:log_path={}",
+                tools.mode_options,
                 log.display()
             );
             env.extend(crate::run::detector_env(lib, &options));

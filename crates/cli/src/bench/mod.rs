@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// Detector mode.
     #[arg(long, default_value = "generic", value_parser = parse_mode)]
     mode: Mode,
+    /// Guarded mode: guard about one allocation in N (the detector's `sample_rate`; its
+    /// default when not given).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    sample_rate: Option<u32>,
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -62,6 +66,15 @@ pub struct BenchArgs {
 enum BenchCmd {
     /// Per-capture cost of each stack-capture backend at depths 8, 32, 128.
     Capture(capture::CaptureArgs),
+}
+
+/// The options every ukasan flavor gets for `mode` (see [`Tools::mode_options`]).
+fn mode_options(mode: Mode, sample_rate: Option<u32>) -> String {
+    match (mode, sample_rate) {
+        (Mode::Generic, _) => String::new(),
+        (m, None) => format!(":mode={m}"),
+        (m, Some(n)) => format!(":mode={m}:sample_rate={n}"),
+    }
 }
 
 /// One flavor's results on one workload.
@@ -106,6 +119,9 @@ pub fn main(args: &BenchArgs) -> Result<ExitCode> {
     if let Some(BenchCmd::Capture(c)) = &args.sub {
         return capture::main(c);
     }
+    if args.sample_rate.is_some() && args.mode != Mode::Guarded {
+        anyhow::bail!("--sample-rate applies to guarded mode only: add --mode guarded");
+    }
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 5 });
     let mut flavors: Vec<&'static Flavor> = match &args.flavors {
         Some(l) => l.0.clone(),
@@ -140,6 +156,7 @@ pub fn main(args: &BenchArgs) -> Result<ExitCode> {
             Err("not requested".into())
         },
         scratch: scratch.path().to_path_buf(),
+        mode_options: mode_options(args.mode, args.sample_rate),
     };
     if args.peers {
         notes.extend(peers::notes(&tools));

@@ -92,3 +92,19 @@ fn capture_table_has_a_row_per_backend() {
         assert!(!line.contains("unsupported"), "{line}");
     }
 }
+
+#[test]
+fn guarded_bench_runs_the_flavors_in_guarded_mode_and_sample_rate_needs_it() {
+    let o = ukasan().args(["bench", "--quick", "--sample-rate", "10"]).output().unwrap();
+    let (_, err) = text(&o);
+    assert!(!o.status.success() && err.contains("add --mode guarded"), "{err}");
+    let o = ukasan()
+        .args(["bench", "--quick", "--mode", "guarded", "--sample-rate", "1"])
+        .args(["--workloads", "rust", "--flavors", "no-stack-traces,shadow"])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("mode guarded"), "{out}");
+    assert!(timed_row(&out, "no-stack-traces") && timed_row(&out, "shadow"), "{out}\n{err}");
+}
