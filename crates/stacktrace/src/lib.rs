@@ -263,6 +263,23 @@ fn dispatch(backend: Backend, regs: &Regs, buf: &mut [usize]) -> Result<usize, U
     }
 }
 
+/// Calls `f(arg)` with the stack pointer at `top`, then switches back: for a slow path that
+/// needs more stack than the running one has (a signal handler on a small `sigaltstack`).
+/// x86-64 and aarch64; other targets run `f` on the current stack. Async-signal-safe.
+///
+/// # Safety
+/// `top` is the 16-byte-aligned end of a writable region that nothing else uses during the
+/// call and that is large enough for `f` (best with a guard page below it); `f` must not
+/// unwind, and `arg` must be what `f` expects.
+pub unsafe fn call_on_stack(
+    top: usize,
+    f: unsafe extern "C" fn(*mut libc::c_void),
+    arg: *mut libc::c_void,
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { arch::call_on_stack(top, f, arg) }
+}
+
 /// Strips pointer-authentication bits from an aarch64 code address (user space, 48-bit
 /// virtual addresses; top-byte-ignore makes the top byte free for PAC too). A no-op for
 /// addresses that carry none. Pure arithmetic: compiled and tested on every host.

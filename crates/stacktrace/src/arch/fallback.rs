@@ -53,3 +53,16 @@ pub(crate) unsafe fn read_gcspr() -> usize {
 pub(crate) fn read_scs_pointer() -> usize {
     0
 }
+
+/// No port: runs `f(arg)` on the current stack.
+///
+/// # Safety
+/// As the ported versions (`top` is unused here).
+pub(crate) unsafe fn call_on_stack(
+    _top: usize,
+    f: unsafe extern "C" fn(*mut libc::c_void),
+    arg: *mut libc::c_void,
+) {
+    // SAFETY: forwarded from the caller's contract on `f` and `arg`.
+    unsafe { f(arg) }
+}

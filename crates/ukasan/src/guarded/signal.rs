@@ -128,42 +128,11 @@ pub(super) fn on_report_stack(job: &mut ReportJob<'_>) {
         core::hint::spin_loop();
     }
     // SAFETY: the report stack is ours (the busy flag) and 16-byte aligned at `top`.
-    unsafe { call_on_stack(top, run_report_job, job as *mut ReportJob<'_> as *mut c_void) };
+    unsafe {
+        stacktrace::call_on_stack(top, run_report_job, job as *mut ReportJob<'_> as *mut c_void)
+    };
     // Release pairs with the Acquire above.
     REPORT_STACK_BUSY.store(false, Ordering::Release);
-}
-
-/// Calls `f(arg)` with the stack pointer at `top`.
-///
-/// # Safety
-/// `[top - REPORT_STACK_SIZE, top)` is writable memory that nothing else uses meanwhile;
-/// `top` is 16-byte aligned.
-#[cfg(target_arch = "x86_64")]
-unsafe fn call_on_stack(top: usize, f: extern "C" fn(*mut c_void), arg: *mut c_void) {
-    // SAFETY: forwarded; r12 is callee-saved, so it holds the old stack pointer across the
-    // call; the callee sees an aligned stack (top is 16-aligned, `call` pushes 8 bytes as
-    // at any function entry).
-    unsafe {
-        core::arch::asm!(
-            // Keep the current stack pointer in a callee-saved register.
-            "mov r12, rsp",
-            // Switch to the report stack and call.
-            "mov rsp, {top}",
-            "call {f}",
-            // Back to the signal stack.
-            "mov rsp, r12",
-            top = in(reg) top,
-            f = in(reg) f,
-            in("rdi") arg,
-            out("r12") _,
-            clobber_abi("C"),
-        );
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn call_on_stack(_top: usize, f: extern "C" fn(*mut c_void), arg: *mut c_void) {
-    f(arg);
 }
 
 /// The x86-64 page-fault error code says whether the access was a write.
