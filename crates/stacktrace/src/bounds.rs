@@ -33,20 +33,24 @@ impl StackBounds {
 }
 
 /// A cached range: `lo..hi`, and `floor`, the lowest address it may grow down to (`lo` for
-/// a fixed mapping; `0..0` is empty).
+/// a fixed mapping; `0..0` is empty). `proven`: known to be the thread's own stack (the main
+/// `[stack]`, or the mapping that holds the thread's TLS), so that its room can be trusted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Range {
     lo: usize,
     hi: usize,
     floor: usize,
+    proven: bool,
 }
 
 thread_local! {
     // Const-initialised, no destructor: no allocation and no registration at thread exit.
     /// The thread's own stack.
-    static THREAD: Cell<Range> = const { Cell::new(Range { lo: 0, hi: 0, floor: 0 }) };
+    static THREAD: Cell<Range> =
+        const { Cell::new(Range { lo: 0, hi: 0, floor: 0, proven: false }) };
     /// The last other stack found in the maps (a fiber's, `swapcontext`).
-    static OTHER: Cell<Range> = const { Cell::new(Range { lo: 0, hi: 0, floor: 0 }) };
+    static OTHER: Cell<Range> =
+        const { Cell::new(Range { lo: 0, hi: 0, floor: 0, proven: false }) };
 }
 
 /// How far below its top the main thread's stack may grow: `RLIMIT_STACK`, at most 128 MiB
@@ -106,7 +110,7 @@ fn slow(sp: usize, t: Range) -> Option<StackBounds> {
     let own = proven || t == Range::default();
     let floor =
         if m.main_stack { m.end.saturating_sub(main_stack_limit()).min(m.start) } else { m.start };
-    let r = Range { lo: m.start, hi: m.end, floor };
+    let r = Range { lo: m.start, hi: m.end, floor, proven };
     let _ = if own { THREAD.try_with(|c| c.set(r)) } else { OTHER.try_with(|c| c.set(r)) };
     Some(StackBounds { lo: m.start, hi: m.end })
 }
@@ -126,8 +130,8 @@ fn altstack() -> Option<StackBounds> {
 /// Whether the stack the caller runs on has at least `bytes` left below its stack pointer:
 /// on a `sigaltstack`, down to its base; on the thread's own stack, down to its lowest
 /// address (for the main thread, as far as it may grow). `false` when neither is known
-/// (a fiber's stack, an alternate stack with `SS_AUTODISARM`): the caller must then not
-/// take a path that needs that much stack.
+/// (a fiber's stack, an alternate stack with `SS_AUTODISARM`, a stack only assumed to be
+/// the thread's): the caller must then not take a path that needs that much stack.
 #[inline(never)]
 pub fn has_room(bytes: usize) -> bool {
     let here = crate::arch::stack_pointer();
@@ -138,7 +142,7 @@ pub fn has_room(bytes: usize) -> bool {
         return false;
     }
     let t = THREAD.try_with(Cell::get).unwrap_or_default();
-    (t.floor <= here && here < t.hi) && here - t.floor >= bytes
+    t.proven && (t.floor <= here && here < t.hi) && here - t.floor >= bytes
 }
 
 #[cfg(test)]
@@ -168,7 +172,7 @@ mod tests {
             let b = current(&y as *const u64 as usize).unwrap();
             // Its own stack, recognised by the TLS at its top.
             let t = THREAD.with(Cell::get);
-            assert_eq!((t.lo, t.hi, t.floor), (b.lo, b.hi, b.lo));
+            assert_eq!((t.lo, t.hi, t.floor, t.proven), (b.lo, b.hi, b.lo, true));
             assert!(has_room(64 << 10));
             assert!(!has_room(b.hi - b.lo + 1));
             b

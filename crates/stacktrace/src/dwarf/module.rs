@@ -130,8 +130,11 @@ fn find_dl(f: DlFindObjectFn, pc: usize) -> Result<Module, Miss> {
     // field is `l_addr` (the load bias).
     let bias = unsafe { *(r.link_map as *const usize) };
     let (start, end) = (r.map_start as usize, r.map_end as usize);
-    // The program headers: the first mapping starts with the ELF header.
-    let phdrs = elf_phdrs(start, end).ok_or(Miss::NotFound)?;
+    // The program headers: a shared object's first mapping starts with its ELF header. The
+    // main program's `dlfo_map_start` may be the start of its text segment instead (glibc
+    // 2.36 here, depending on the link layout): its headers are also at `AT_PHDR`. The
+    // `eh_frame` check below rejects headers of another object.
+    let phdrs = elf_phdrs(start, end).or_else(main_program_phdrs).ok_or(Miss::NotFound)?;
     let m = from_phdrs(bias, phdrs).ok_or(Miss::NotFound)?;
     if !core::ptr::eq(m.hdr.as_ptr(), r.eh_frame as *const u8) {
         return Err(Miss::NotFound);
@@ -140,6 +143,18 @@ fn find_dl(f: DlFindObjectFn, pc: usize) -> Result<Module, Miss> {
 }
 
 /// The program headers of the object mapped at `[start, end)`, read from its ELF header.
+/// The main program's program headers, from the auxiliary vector (async-signal-safe).
+fn main_program_phdrs() -> Option<&'static [libc::Elf64_Phdr]> {
+    // SAFETY: getauxval has no preconditions.
+    let (at, n) = unsafe { (libc::getauxval(libc::AT_PHDR), libc::getauxval(libc::AT_PHNUM)) };
+    if at == 0 || n == 0 || at & 7 != 0 {
+        return None;
+    }
+    // SAFETY: the kernel's `AT_PHDR` points at the main program's `AT_PHNUM` program
+    // headers, mapped for the process's life.
+    Some(unsafe { core::slice::from_raw_parts(at as *const libc::Elf64_Phdr, n as usize) })
+}
+
 fn elf_phdrs(start: usize, end: usize) -> Option<&'static [libc::Elf64_Phdr]> {
     const EHDR: usize = core::mem::size_of::<libc::Elf64_Ehdr>();
     if start & 7 != 0 || end.checked_sub(start)? < EHDR {
@@ -348,6 +363,21 @@ mod tests {
     #[inline(never)]
     fn here() -> usize {
         here as *const () as usize
+    }
+
+    #[test]
+    fn the_main_programs_headers_come_from_the_auxiliary_vector_too() {
+        // What `find_dl` falls back to when `dlfo_map_start` is not the ELF header: the same
+        // unwind tables as the lookup finds for this (main) program's code.
+        let phdrs = main_program_phdrs().expect("AT_PHDR");
+        // SAFETY: getauxval has no preconditions.
+        let phdr_at = unsafe { libc::getauxval(libc::AT_PHDR) } as usize;
+        let self_phdr = phdrs.iter().find(|p| p.p_type == libc::PT_PHDR).expect("PT_PHDR");
+        let bias = phdr_at - self_phdr.p_vaddr as usize;
+        let m = from_phdrs(bias, phdrs).expect("unwind tables from AT_PHDR");
+        let found = find(here(), &mut true).expect("this code's object");
+        assert_eq!(m.hdr.as_ptr(), found.hdr.as_ptr());
+        assert_eq!(m.eh_frame.as_ptr(), found.eh_frame.as_ptr());
     }
 
     #[test]
