@@ -209,7 +209,7 @@ macro_rules! caller_regs {
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::arch::{caller_of, frame_record_regs, read_fp, Site};
+    pub use crate::arch::{caller_of, read_fp, Site};
 }
 
 /// Captures starting from explicit registers, e.g. a signal handler's `ucontext` (so the

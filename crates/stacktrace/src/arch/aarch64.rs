@@ -65,12 +65,6 @@ pub fn caller_of(site: &Site, pc: usize, sp: usize, fp: usize) -> Regs {
     Regs { pc: crate::strip_pac(lr), sp: fp + 16, fp: saved_fp, pc_is_exact: false }
 }
 
-/// Registers of the caller of the function whose frame record is at `fp`.
-#[inline(always)]
-pub fn frame_record_regs(fp: usize) -> Regs {
-    caller_of(&Site::new(), 0, stack_pointer(), fp)
-}
-
 /// Calls `f(arg)` with the stack pointer at `top`, then switches back: a slow path that needs
 /// more stack than the running one has (see `dwarf::cfi`). `f` must not unwind.
 ///

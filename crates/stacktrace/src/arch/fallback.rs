@@ -6,10 +6,6 @@ pub fn read_fp() -> usize {
     0
 }
 
-pub fn frame_record_regs(_fp: usize) -> Regs {
-    Regs::default()
-}
-
 /// No port: no caller registers.
 pub fn caller_of(_site: &super::Site, _pc: usize, _sp: usize, _fp: usize) -> Regs {
     Regs::default()

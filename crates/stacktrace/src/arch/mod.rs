@@ -1,5 +1,6 @@
 //! The one switch on the architecture axis. Every arch module exports the same names:
-//! `read_fp`, `frame_record_regs`, `regs_from_ucontext`.
+//! `read_fp`, `caller_of`, `stack_pointer`, `call_on_stack`, `regs_from_ucontext` (and the
+//! `__own_regs!` macro).
 
 #[cfg(target_arch = "x86_64")]
 mod x86_64;

@@ -94,29 +94,9 @@ pub fn caller_of(site: &Site, pc: usize, sp: usize, fp: usize) -> Regs {
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = (site, pc, sp);
-        frame_record_regs(fp)
+        let _ = (site, pc, sp, fp);
+        Regs::default()
     }
-}
-
-/// Registers of the caller of the function whose frame record is at `fp`.
-///
-/// The record is trusted only if it is aligned and lies above the current stack pointer on
-/// the current thread's stack: a function built without frame pointers leaves an unrelated
-/// value in `rbp`, and then the answer is `Regs::default()` (every backend reports no frames)
-/// rather than a wild read. Prefer [`caller_of`], which asks the CFI first.
-#[inline(always)]
-pub fn frame_record_regs(fp: usize) -> Regs {
-    let sp = stack_pointer();
-    let on_stack = crate::bounds::current(sp).is_some_and(|b| b.contains(fp, 16));
-    if !fp.is_multiple_of(16) || fp < sp || !on_stack {
-        return Regs::default();
-    }
-    // SAFETY: `fp` is aligned, above the live stack pointer and inside the current thread's
-    // stack mapping: the frame record of the function that expanded `caller_regs!` (built
-    // with frame pointers), `{saved rbp, return address}`.
-    let (saved_fp, ra) = unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) };
-    Regs { pc: ra, sp: fp + 16, fp: saved_fp, pc_is_exact: false }
 }
 
 /// Calls `f(arg)` with the stack pointer at `top`, then switches back: a slow path that needs

@@ -39,8 +39,8 @@
 //! glibc the module snapshot may be refreshed with `dl_iterate_phdr`, which takes the
 //! loader's lock: [`capture_from`] never refreshes when `regs.pc_is_exact` (a signal
 //! context), so in a handler start from [`crate::regs_from_ucontext`]. The first capture on
-//! a thread reads `/proc/self/maps` for the stack bounds (async-signal-safe syscalls), as does
-//! each capture from a stack other than the thread's own (a `sigaltstack`).
+//! a thread reads `/proc/self/maps` for the stack bounds (async-signal-safe syscalls); a
+//! capture on a `sigaltstack` makes one `sigaltstack` call (see [`crate::bounds`]).
 //!
 //! # Known limits
 //! The cache is keyed by address: after `dlclose` and a `dlopen` that reuses the range, call
