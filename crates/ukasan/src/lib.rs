@@ -121,6 +121,7 @@
 #![warn(missing_docs)]
 
 pub mod chunk;
+pub mod generic;
 pub mod guarded;
 pub mod leak;
 pub mod options;

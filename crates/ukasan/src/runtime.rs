@@ -8,6 +8,7 @@
 //! interrupting the runtime) are served untracked by the backing allocator.
 
 use crate::chunk::{self, Family, Header, State, Track, F_LISTED, F_LOADER, F_RAW};
+use crate::generic::{self, quarantine::Quarantine};
 use crate::guarded;
 use crate::leak::{self, Entry, Scratch};
 use crate::options::{Mode, Options, Stacks, MAX_DEPTH};
@@ -65,6 +66,8 @@ struct ShardData {
 // serializes every access to them.
 unsafe impl Send for ShardData {}
 
+const NO_HEAP: u8 = u8::MAX;
+
 const UNINIT: u8 = 0;
 const INITIALIZING: u8 = 1;
 const READY: u8 = 2;
@@ -81,6 +84,10 @@ pub struct Runtime {
     /// Text range `[lo, hi)` of the dynamic loader (allocations it makes are not leaks).
     loader: (AtomicUsize, AtomicUsize),
     shards: [SpinLock<ShardData>; SHARDS],
+    /// Index in the heap's runtime table ([`NO_HEAP`]: every object mapped on its own).
+    heap: AtomicU8,
+    /// The quarantine of heap objects.
+    pub(crate) quarantine: Quarantine,
     pub(crate) reporter: Reporter,
     /// The guard-page pool (`mode=guarded`).
     pub(crate) guarded: guarded::Pool,
@@ -132,6 +139,8 @@ impl Runtime {
             q_total: AtomicUsize::new(0),
             loader: (AtomicUsize::new(0), AtomicUsize::new(0)),
             shards: [SHARD; SHARDS],
+            heap: AtomicU8::new(NO_HEAP),
+            quarantine: Quarantine::new(),
             reporter: Reporter::new(),
             guarded: guarded::Pool::new(),
         }
@@ -189,6 +198,10 @@ impl Runtime {
         // SAFETY: the runtime lives for the rest of the process (documented above).
         let this: &'static Runtime = unsafe { &*(self as *const Runtime) };
         self.guarded.init(this, &o);
+        if let Some(i) = generic::register(this) {
+            // Relaxed: published by the Release store of READY below.
+            self.heap.store(i, Ordering::Relaxed);
+        }
         // Release pairs with the Acquire loads in `options` and `init`.
         self.state.store(READY, Ordering::Release);
         // AcqRel on success: publishes the runtime address to the exit hook.
@@ -308,10 +321,42 @@ impl Runtime {
                 return p;
             }
         }
+        let heap = self.heap_index();
+        if heap != NO_HEAP {
+            let loader = loader.contains(&regs.pc);
+            if let Some(p) = generic::alloc(self, o, heap, size, align, family, zero, regs, loader)
+            {
+                return p;
+            }
+        }
+        self.alloc_large(o, size, align, family, zero, regs, &loader)
+    }
+
+    /// The runtime's index in the heap, or [`NO_HEAP`].
+    #[inline]
+    fn heap_index(&self) -> u8 {
+        // Relaxed: written before READY was published (Acquire in `options`).
+        self.heap.load(Ordering::Relaxed)
+    }
+
+    /// A chunk mapped on its own (too large or too aligned for the heap's classes).
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn alloc_large(
+        &self,
+        o: &Options,
+        size: usize,
+        align: usize,
+        family: Family,
+        zero: bool,
+        regs: &Regs,
+        loader: &core::ops::Range<usize>,
+    ) -> *mut u8 {
         let Some(g) = chunk::geometry(size, align, o.redzone) else {
             return null_mut();
         };
-        let base = b.alloc(g.total, g.align);
+        let base = Direct.alloc(g.total, g.align);
         if base.is_null() {
             return null_mut();
         }
@@ -323,7 +368,7 @@ impl Runtime {
         let user = unsafe { Header::init(base, g, size, align, family, listed, true) };
         // SAFETY: the header was just initialized and is exclusively ours.
         let h = unsafe { &mut *Header::of(user as usize) };
-        h.alloc = self.track(o, regs);
+        h.alloc = self.track_seq(o, regs);
         if zero {
             // SAFETY: `size` user bytes lie inside the block.
             unsafe { core::ptr::write_bytes(user, 0, size) };
@@ -358,7 +403,16 @@ impl Runtime {
         p
     }
 
-    /// A track for the current thread with the stack from `regs`.
+    /// A track for the current thread with the stack from `regs` and a sequence number
+    /// (guarded objects and large chunks: rare enough for one shared counter).
+    #[inline]
+    pub(crate) fn track_seq(&self, o: &Options, regs: &Regs) -> Track {
+        // Relaxed: a unique, roughly ordered number; nothing is published through it.
+        Track { seq: self.seq.fetch_add(1, Ordering::Relaxed), ..self.track(o, regs) }
+    }
+
+    /// A track for the current thread with the stack from `regs` (no sequence number: heap
+    /// objects do not share a counter between threads).
     #[inline]
     pub(crate) fn track(&self, o: &Options, regs: &Regs) -> Track {
         let stack = if o.stacks == Stacks::Off {
@@ -370,8 +424,7 @@ impl Runtime {
             let mut buf = [0usize; MAX_DEPTH];
             self.save(o, regs, &mut buf[..o.depth])
         };
-        // Relaxed: a unique, roughly ordered number; nothing is published through it.
-        Track { tid: sys::tid(), stack, seq: self.seq.fetch_add(1, Ordering::Relaxed) }
+        Track { tid: sys::tid(), stack, seq: 0 }
     }
 
     #[inline]
@@ -413,6 +466,17 @@ impl Runtime {
             let g = Guard::enter();
             let o = self.options().filter(|_| g.is_some());
             self.guarded.free(self, o, p as usize, expect, regs);
+            return;
+        }
+        if generic::contains(p as usize) {
+            match (self.options(), Guard::enter()) {
+                // SAFETY: forwarded contract; `p` is in the heap's space.
+                (Some(o), Some(_g)) => unsafe {
+                    generic::free(self, o, self.heap_index(), p as usize, expect, regs)
+                },
+                // Inside the runtime (a signal handler): never reused, never reported.
+                _ => generic::free_lost(p as usize),
+            }
             return;
         }
         // Before init (possibly before the loader set up TLS): no thread-local access.
@@ -460,7 +524,7 @@ impl Runtime {
         }
         // SAFETY: the chunk is ours and owned by this free until quarantined.
         unsafe { self.check_redzones(o, h, Found::AtFree, regs) };
-        h.free = self.track(o, regs);
+        h.free = self.track_seq(o, regs);
         if h.flags & F_LISTED != 0 {
             self.unlink(h);
         }
@@ -493,6 +557,15 @@ impl Runtime {
     ) -> *mut u8 {
         if p.is_null() {
             return self.alloc(b, new_size, align, expect.family, false, regs);
+        }
+        if generic::contains(p as usize) {
+            if let (Some(o), Some(_g)) = (self.options(), Guard::enter()) {
+                if let Some(q) =
+                    generic::realloc_in_place(self, o, p as usize, new_size, align, expect, regs)
+                {
+                    return q;
+                }
+            }
         }
         // SAFETY: forwarded.
         let old = unsafe { self.live_size(p) };
@@ -562,9 +635,17 @@ impl Runtime {
     /// `h` is ours and no longer referenced by any list or by the program.
     unsafe fn release<B: Backing>(b: &B, h: &mut Header) {
         let (base, total, align) = (h.base() as *mut u8, h.total, h.align.max(chunk::MIN_ALIGN));
+        let raw = h.flags & F_RAW != 0;
         h.invalidate();
-        // SAFETY: the block came from `b.alloc(total, align)` (geometry is deterministic).
-        unsafe { b.dealloc(base, total, align) };
+        // SAFETY: a raw block came from `b.alloc(total, align)`, any other from
+        // `Direct.alloc(total, align)` (geometry is deterministic).
+        unsafe {
+            if raw {
+                b.dealloc(base, total, align)
+            } else {
+                Direct.dealloc(base, total, align)
+            }
+        }
     }
 
     /// Puts a freed, poisoned chunk at the tail of this thread's quarantine shard and evicts
@@ -694,6 +775,9 @@ impl Runtime {
         if self.guarded.contains(p as usize) {
             return self.guarded.live_size(p as usize).unwrap_or(0);
         }
+        if generic::contains(p as usize) {
+            return generic::live_size(p as usize).unwrap_or(0);
+        }
         // SAFETY: forwarded.
         unsafe { Self::header(p) }.filter(|h| h.state() == State::Live).map_or(0, |h| h.size)
     }
@@ -705,6 +789,9 @@ impl Runtime {
     pub unsafe fn live_size(&self, p: *mut u8) -> Option<usize> {
         if self.guarded.contains(p as usize) {
             return self.guarded.live_size(p as usize);
+        }
+        if generic::contains(p as usize) {
+            return generic::live_size(p as usize);
         }
         // SAFETY: forwarded.
         let h = unsafe { Self::header(p) }?;
@@ -818,6 +905,10 @@ impl Runtime {
                 c = h.next;
             }
         }
+        let heap = self.heap_index();
+        if heap != NO_HEAP {
+            generic::exit_checks(self, o, heap, regs);
+        }
         if o.detect_leaks == Some(true) {
             report::leaks(self, o, regs.sp);
         }
@@ -840,9 +931,11 @@ impl Runtime {
                 }
             }
         };
+        let heap = self.heap_index();
         let mut count = 0usize;
         walk(&mut |_| count += 1);
         self.guarded.for_each_live(|_| count += 1);
+        generic::for_each_live(heap, |_| count += 1);
         let (Some(mut ents), Some(mut work)) =
             (Scratch::<Entry>::new(count), Scratch::<u32>::new(count))
         else {
@@ -852,6 +945,11 @@ impl Runtime {
                 }
             });
             self.guarded.for_each_live(|e| f(&e));
+            generic::for_each_live(heap, |e| {
+                if e.mark == 0 {
+                    f(&e)
+                }
+            });
             return;
         };
         let ents = ents.slice(count);
@@ -864,6 +962,7 @@ impl Runtime {
         };
         walk(&mut |h| add(leak::entry(h)));
         self.guarded.for_each_live(&mut add);
+        generic::for_each_live(heap, &mut add);
         let ents = &mut ents[..i];
         ents.sort_unstable_by_key(|e| e.start);
         leak::mark(ents, work.slice(count), stack_from);
@@ -883,11 +982,14 @@ impl Runtime {
             s.raw_lock();
         }
         self.guarded.raw_lock();
+        self.quarantine.raw_lock();
     }
 
     /// # Safety
     /// All locks must be held through `lock_all`.
     unsafe fn unlock_all(&self) {
+        // SAFETY: held by lock_all in this process (or inherited over fork).
+        unsafe { self.quarantine.force_unlock() };
         // SAFETY: held by lock_all in this process (or inherited over fork).
         unsafe { self.guarded.force_unlock() };
         for s in &self.shards {
@@ -957,9 +1059,12 @@ extern "C" fn fork_prepare() {
         // SAFETY: the published runtime lives for the whole process.
         unsafe { &*rt }.lock_all();
     }
+    generic::lock_all();
 }
 
 extern "C" fn fork_parent() {
+    // SAFETY: `fork_prepare` took the heap's locks in this process.
+    unsafe { generic::unlock_all() };
     // Acquire pairs with the publication in `init`.
     let rt = EXIT_RT.load(Ordering::Acquire);
     if !rt.is_null() {
@@ -971,4 +1076,50 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     sys::reset_tid();
     fork_parent();
+}
+
+/// Blocks mapped on their own with `mmap` (large chunks), unmapped when released.
+struct Direct;
+
+const PAGE: usize = 4096;
+
+// SAFETY: `alloc` returns a fresh mapping of at least `size` bytes aligned to `align` (pages
+// are; larger alignments are cut out of a larger mapping), valid until `dealloc` unmaps it.
+unsafe impl Backing for Direct {
+    fn alloc(&self, size: usize, align: usize) -> *mut u8 {
+        let Some(len) = size.checked_next_multiple_of(PAGE) else { return null_mut() };
+        let extra = if align > PAGE { align } else { 0 };
+        let Some(map) = len.checked_add(extra) else { return null_mut() };
+        // SAFETY: anonymous private mapping; no hint.
+        let p = unsafe {
+            libc::mmap(
+                null_mut(),
+                map,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return null_mut();
+        }
+        let start = p as usize;
+        let base = start.next_multiple_of(align.max(PAGE));
+        // SAFETY: trims the parts of the mapping made above outside [base, base + len).
+        unsafe {
+            if base > start {
+                libc::munmap(p, base - start);
+            }
+            if start + map > base + len {
+                libc::munmap((base + len) as *mut libc::c_void, start + map - base - len);
+            }
+        }
+        base as *mut u8
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, size: usize, _align: usize) {
+        // SAFETY: `p` and the rounded size are what `alloc` kept mapped.
+        unsafe { libc::munmap(p.cast(), size.next_multiple_of(PAGE)) };
+    }
 }

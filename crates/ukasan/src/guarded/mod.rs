@@ -347,7 +347,7 @@ impl Pool {
             }
         }
         let m = self.meta(i);
-        let alloc = rt.track(o, regs);
+        let alloc = rt.track_seq(o, regs);
         // SAFETY: the slot is out of the FIFO and not yet live: only this thread writes it.
         unsafe {
             *m.data.get() =
@@ -446,7 +446,7 @@ impl Pool {
                 let access = Access::Corrupt { damage, when: Found::AtFree };
                 rt.report_object(o, Kind::OutOfBounds, access, Some(self.object(i, true)), regs);
             }
-            let free = rt.track(o, regs);
+            let free = rt.track_seq(o, regs);
             // SAFETY: this free won the state change; only it writes the free track.
             unsafe { (*m.data.get()).free = free };
         }
