@@ -25,8 +25,7 @@
 //!   thread's cache at exit; a thread that allocates after that (other destructors) uses one
 //!   shared, locked cache.
 
-use crate::sys::SpinLock;
-use core::cell::Cell;
+use crate::sys::{SpinLock, THREAD};
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
@@ -43,7 +42,12 @@ pub const MAX_ALIGN: usize = 4096;
 
 /// Slot size of class `c`: 32 to 256 by 16, then four classes per power of two up to
 /// [`MAX_SLOT`] (ASan's size class map, whose spacing keeps internal waste under 25%).
+#[inline]
 pub const fn class_size(c: usize) -> usize {
+    SIZES[c] as usize
+}
+
+const fn size_formula(c: usize) -> usize {
     if c < 15 {
         (c + 2) * 16
     } else {
@@ -51,6 +55,33 @@ pub const fn class_size(c: usize) -> usize {
         (5 + k % 4) << (6 + k / 4)
     }
 }
+
+const SIZES: [u32; CLASSES] = {
+    let mut t = [0u32; CLASSES];
+    let mut c = 0;
+    while c < CLASSES {
+        t[c] = size_formula(c) as u32;
+        c += 1;
+    }
+    t
+};
+
+const CAPS: [u8; CLASSES] = {
+    let mut t = [0u8; CLASSES];
+    let mut c = 0;
+    while c < CLASSES {
+        let n = MAX_SLOT / size_formula(c);
+        t[c] = if n < 4 {
+            4
+        } else if n > CACHE_MAX {
+            CACHE_MAX as u8
+        } else {
+            n as u8
+        };
+        c += 1;
+    }
+    t
+};
 
 /// The smallest class whose slots hold `need` bytes (1..=[`MAX_SLOT`]).
 #[inline]
@@ -71,7 +102,8 @@ pub fn class_for_aligned(need: usize, align: usize) -> Option<usize> {
         return None;
     }
     let mut c = class_for(need);
-    while c < CLASSES && !class_size(c).is_multiple_of(align) {
+    // `align` is a power of two: a mask, not a division.
+    while c < CLASSES && class_size(c) & (align - 1) != 0 {
         c += 1;
     }
     (c < CLASSES).then_some(c)
@@ -223,19 +255,15 @@ pub struct Cache {
     next: *mut Cache,
 }
 
-thread_local! {
-    static CACHE: Cell<*mut Cache> = const { Cell::new(null_mut()) };
-    static EXITED: Cell<bool> = const { Cell::new(false) };
-}
-
 /// Most slots moved per refill (half a cache).
 fn batch(c: usize) -> usize {
     cache_cap(c) / 2
 }
 
 /// Slots a thread caches for class `c`: 64, fewer for large slots (at most ~128 KiB each).
+#[inline]
 fn cache_cap(c: usize) -> usize {
-    (MAX_SLOT / class_size(c)).clamp(4, CACHE_MAX)
+    CAPS[c] as usize
 }
 
 impl Heap {
@@ -401,7 +429,7 @@ impl Heap {
     /// returned at exit); `None` when no memory for a cache could be mapped.
     #[inline]
     pub fn with_cache<R>(&self, f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
-        let k = CACHE.with(Cell::get);
+        let k = THREAD.with(|t| t.cache.get()) as *mut Cache;
         if !k.is_null() {
             // SAFETY: the thread's own cache, used only by this thread, and not re-entered
             // (the runtime's re-entrancy guard is held by every caller).
@@ -412,9 +440,9 @@ impl Heap {
 
     #[cold]
     fn with_cache_slow<R>(&self, f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
-        if !EXITED.with(Cell::get) {
+        if !THREAD.with(|t| t.exited.get()) {
             if let Some(k) = self.new_cache() {
-                CACHE.with(|c| c.set(k));
+                THREAD.with(|t| t.cache.set(k.cast()));
                 // Relaxed: written once in `init`, before `ready`.
                 let key = self.key.load(Ordering::Relaxed);
                 // SAFETY: the key was created in `init`; the value is this thread's cache,
@@ -575,8 +603,10 @@ extern "C" fn thread_exit(p: *mut libc::c_void) {
     let Some(_g) = crate::sys::Guard::enter() else {
         return;
     };
-    CACHE.with(|c| c.set(null_mut()));
-    EXITED.with(|c| c.set(true));
+    THREAD.with(|t| {
+        t.cache.set(null_mut());
+        t.exited.set(true);
+    });
     let k = p as *mut Cache;
     // SAFETY: the value set by `with_cache_slow` for this thread; nobody else uses it.
     HEAP.flush(unsafe { &mut *k });
@@ -590,7 +620,7 @@ extern "C" fn thread_exit(p: *mut libc::c_void) {
 /// `m = ceil(2^49 / size)`, `roff * m >> 49` is `roff / size` exactly for `roff < 2^32` and
 /// `size <= 2^17` (the error `roff * (m - 2^49 / size) / 2^49 < 2^-17 <= 1 / size`).
 #[inline]
-fn index(roff: usize, c: usize) -> usize {
+pub fn index(roff: usize, c: usize) -> usize {
     const fn magic() -> [u64; CLASSES] {
         let mut m = [0u64; CLASSES];
         let mut c = 0;

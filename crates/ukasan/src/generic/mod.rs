@@ -118,7 +118,7 @@ pub(crate) fn alloc(
 
 #[inline]
 fn index_of(c: usize, slot: usize) -> usize {
-    (slot - HEAP.region(c)) / class_size(c)
+    heap::index(slot - HEAP.region(c), c)
 }
 
 /// Where the free track records of an object of `size` bytes go: (offset, copies). The
@@ -185,13 +185,17 @@ unsafe fn fm_read(slot: usize, size: usize) -> Option<Track> {
 /// The 16 bytes at `at` are readable.
 unsafe fn fm_damage(at: usize, want: [u64; 2]) -> Option<Damage> {
     // SAFETY: forwarded.
-    let have = unsafe { (at as *const [u8; 16]).read_volatile() };
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&want[0].to_ne_bytes());
-    bytes[8..].copy_from_slice(&want[1].to_ne_bytes());
-    let want = bytes;
-    let first = (0..16).find(|&i| have[i] != want[i])?;
-    let last = (0..16).rfind(|&i| have[i] != want[i]).unwrap_or(first);
+    let have = unsafe { (at as *const [u64; 2]).read_volatile() };
+    if have == want {
+        return None;
+    }
+    // As the bytes lie in memory: byte 0 in the low bits.
+    let diff = [(have[0] ^ want[0]).to_le(), (have[1] ^ want[1]).to_le()];
+    let byte = |i: usize, w: u64, first: bool| {
+        i * 8 + if first { w.trailing_zeros() } else { 63 - w.leading_zeros() } as usize / 8
+    };
+    let first = if diff[0] != 0 { byte(0, diff[0], true) } else { byte(1, diff[1], true) };
+    let last = if diff[1] != 0 { byte(1, diff[1], false) } else { byte(0, diff[0], false) };
     Some(Damage { start: at + first, end: at + last + 1 })
 }
 
@@ -228,9 +232,45 @@ fn left_len(loc: Loc) -> usize {
 /// The range is mapped and readable.
 #[inline]
 unsafe fn damage(lo: usize, hi: usize, v: u8) -> Option<Damage> {
-    if lo >= hi {
+    // SAFETY: forwarded.
+    if unsafe { all(lo, hi, v) } {
         return None;
     }
+    // SAFETY: forwarded.
+    unsafe { locate_damage(lo, hi, v) }
+}
+
+/// Whether every byte of `[lo, hi)` is `v`: a word at a time, the last word overlapping
+/// (unaligned loads, no byte loop for ranges of 8 bytes or more).
+///
+/// # Safety
+/// The range is mapped and readable.
+#[inline]
+unsafe fn all(lo: usize, hi: usize, v: u8) -> bool {
+    let n = hi.saturating_sub(lo);
+    if n < 8 {
+        // SAFETY: forwarded.
+        return (lo..hi).all(|a| unsafe { *(a as *const u8) } == v);
+    }
+    let pat = u64::from_ne_bytes([v; 8]);
+    // SAFETY: every load lies in the range.
+    let word = |a: usize| unsafe { (a as *const u64).read_unaligned() } ^ pat;
+    let mut acc = word(hi - 8);
+    let mut a = lo;
+    while a + 32 <= hi {
+        acc |= word(a) | word(a + 8) | word(a + 16) | word(a + 24);
+        a += 32;
+    }
+    while a + 8 <= hi {
+        acc |= word(a);
+        a += 8;
+    }
+    acc == 0
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn locate_damage(lo: usize, hi: usize, v: u8) -> Option<Damage> {
     // SAFETY: forwarded.
     let s = unsafe { core::slice::from_raw_parts(lo as *const u8, hi - lo) };
     let first = find_not(s, v)?;
@@ -352,6 +392,11 @@ pub(crate) unsafe fn free(
         return invalid_free(rt, o, p, None, regs);
     };
     let m = HEAP.meta(loc.class, loc.index);
+    // The lines the checks read, likely cold when the object lived long: fetched in parallel
+    // rather than one miss after the other (the state change waits for the metadata's).
+    prefetch(m as *const Meta as usize);
+    prefetch(p - 1);
+    prefetch(p + class_size(loc.class) - 1);
     if loc.slot != p {
         let inside = m.state() == state::LIVE && p < loc.slot + m.size().max(1);
         return invalid_free(rt, o, p, inside.then(|| object(loc, m, false)), regs);
@@ -409,23 +454,49 @@ pub(crate) unsafe fn free(
     }
 }
 
+#[inline(always)]
+fn prefetch(a: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(a as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = a;
+}
+
 #[cold]
 fn invalid_free(rt: &Runtime, o: &Options, p: usize, obj: Option<Object>, regs: &Regs) {
     rt.report_object(o, Kind::InvalidFree, Access::Free { addr: p }, obj, regs);
 }
 
-/// Verifies and releases evicted slots.
+/// Verifies and releases evicted slots. Their memory is cold (freed a quarantine ago): each
+/// slot and its metadata are prefetched a few slots ahead.
 pub(crate) fn evict(rt: &Runtime, o: &Options, ev: quarantine::Evicted, regs: &Regs) {
-    ev.for_each(|s| {
-        let Some(loc) = HEAP.locate(s) else { return };
-        let m = HEAP.meta(loc.class, loc.index);
-        if m.take(state::QUARANTINED).is_err() {
-            return;
+    const AHEAD: usize = 6;
+    let fetch = |s: usize| {
+        if let Some(loc) = HEAP.locate(s) {
+            prefetch(HEAP.meta(loc.class, loc.index) as *const Meta as usize);
+            prefetch(s);
         }
-        verify(rt, o, loc, m, Found::AtEviction, regs);
-        m.set(state::FREE);
-        HEAP.release(loc.class, s);
+    };
+    ev.for_each_batch(|slots| {
+        slots.iter().take(AHEAD).for_each(|&s| fetch(s));
+        for (i, &s) in slots.iter().enumerate() {
+            if let Some(&next) = slots.get(i + AHEAD) {
+                fetch(next);
+            }
+            let Some(loc) = HEAP.locate(s) else { continue };
+            let m = HEAP.meta(loc.class, loc.index);
+            if m.take(state::QUARANTINED).is_err() {
+                continue;
+            }
+            verify(rt, o, loc, m, Found::AtEviction, regs);
+            m.set(state::FREE);
+            HEAP.release(loc.class, s);
+        }
     });
+    ev.release();
 }
 
 /// Publishes an exiting thread's batch to runtime `i`'s quarantine.

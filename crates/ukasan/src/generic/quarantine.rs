@@ -65,15 +65,23 @@ impl Evicted {
     /// Nothing evicted.
     pub const NONE: Evicted = Evicted(null_mut());
 
-    /// Calls `f` on every evicted slot, oldest first, and gives the records back.
-    pub fn for_each(self, mut f: impl FnMut(usize)) {
+    /// Calls `f` on the slots of every evicted batch, oldest first.
+    pub fn for_each_batch(&self, mut f: impl FnMut(&[usize])) {
+        let mut b = self.0;
+        while !b.is_null() {
+            // SAFETY: evicted batches are out of every list and exclusively ours.
+            let r = unsafe { &*b };
+            f(&r.slots[..r.n]);
+            b = r.next;
+        }
+    }
+
+    /// Gives the batch records back.
+    pub fn release(self) {
         let mut b = self.0;
         while !b.is_null() {
             // SAFETY: evicted batches are out of every list and exclusively ours.
             let r = unsafe { &mut *b };
-            for &s in &r.slots[..r.n] {
-                f(s);
-            }
             b = r.next;
             free_batch(r);
         }
