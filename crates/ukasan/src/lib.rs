@@ -141,6 +141,7 @@
 #![warn(missing_docs)]
 
 pub mod chunk;
+pub mod chunks;
 pub mod generic;
 pub mod guarded;
 pub mod leak;

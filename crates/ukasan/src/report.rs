@@ -7,7 +7,6 @@
 
 use crate::chunk::{Damage, Family, Header, Track, LEFT_RZ};
 use crate::options::{Format, Options};
-use crate::runtime::Runtime;
 use crate::sys::{self, FixedBuf, SpinLock};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -858,14 +857,18 @@ struct Group {
 }
 
 /// Reports chunks still live at exit, grouped by allocation stack, largest first; the
-/// current thread's stack counts as a root from `stack_from` up (see [`crate::leak::mark`]).
-pub(crate) fn leaks(rt: &Runtime, o: &Options, stack_from: usize) {
+/// objects come from `for_each_leak` (the runtime's scan, see [`crate::leak::mark`]).
+pub(crate) fn leaks(
+    reporter: &Reporter,
+    o: &Options,
+    for_each_leak: impl FnOnce(&mut dyn FnMut(&crate::leak::Entry)),
+) {
     let mut groups =
         [Group { stack: 0, tid: 0, count: 0, bytes: 0, sample: 0, sample_size: 0 }; LEAK_GROUPS];
     let mut n = 0;
     let (mut other_count, mut other_bytes, mut total_count, mut total_bytes) =
         (0usize, 0usize, 0usize, 0usize);
-    rt.for_each_leak(stack_from, |e| {
+    for_each_leak(&mut |e| {
         let size = e.end - e.start;
         total_count += 1;
         total_bytes += size;
@@ -896,7 +899,7 @@ pub(crate) fn leaks(rt: &Runtime, o: &Options, stack_from: usize) {
     let groups = &mut groups[..n];
     groups.sort_unstable_by_key(|g| core::cmp::Reverse(g.bytes));
     for g in groups.iter() {
-        rt.reporter.emit_with(o, true, |b| {
+        reporter.emit_with(o, true, |b| {
             let frames = stackdepot::fetch(stackdepot::Handle::from_raw(g.stack)).filter(|_| g.stack != 0).unwrap_or(&[]);
             if o.format == Format::Json {
                 let _ = write!(
@@ -926,7 +929,7 @@ pub(crate) fn leaks(rt: &Runtime, o: &Options, stack_from: usize) {
             let _ = b.write_str(RULE);
         });
     }
-    rt.reporter.emit_with(o, false, |b| {
+    reporter.emit_with(o, false, |b| {
         if o.format == Format::Json {
             return;
         }
@@ -943,13 +946,13 @@ pub(crate) fn leaks(rt: &Runtime, o: &Options, stack_from: usize) {
 }
 
 /// Statistics at exit (`verbosity >= 1`).
-pub(crate) fn stats(rt: &Runtime, o: &Options) {
+pub(crate) fn stats(reporter: &Reporter, o: &Options) {
     let d = stackdepot::stats();
-    rt.reporter.emit_with(o, false, |b| {
+    reporter.emit_with(o, false, |b| {
         let _ = writeln!(
             b,
             "ukasan: {} report(s); stack depot: {} unique traces, {} frames, {} bytes used",
-            rt.reports(),
+            reporter.count(),
             d.unique_traces,
             d.frames_stored,
             d.bytes_used

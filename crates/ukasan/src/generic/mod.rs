@@ -437,7 +437,7 @@ pub(crate) unsafe fn free(
     let cap = quarantine::local_cap(o.quarantine_bytes);
     let pushed = HEAP
         .with_cache(|k| quarantine::push(&mut k.q[owner as usize], p, cs, cap))
-        .unwrap_or(Err(()));
+        .unwrap_or(Err(quarantine::NoMemory));
     match pushed {
         Ok(None) => {}
         Ok(Some(full)) => {
@@ -445,7 +445,7 @@ pub(crate) unsafe fn free(
             evict(rt, o, ev, regs);
         }
         // No memory for a batch record: the slot goes back at once.
-        Err(()) => {
+        Err(quarantine::NoMemory) => {
             if m.take(state::QUARANTINED).is_ok() {
                 m.set(state::FREE);
                 HEAP.release(loc.class, p);
@@ -500,7 +500,7 @@ pub(crate) fn evict(rt: &Runtime, o: &Options, ev: quarantine::Evicted, regs: &R
 }
 
 /// Publishes an exiting thread's batch to runtime `i`'s quarantine.
-pub(crate) fn publish(i: usize, b: *mut quarantine::Batch) {
+pub(crate) fn publish(i: usize, b: quarantine::Full) {
     let Some(rt) = runtime(i) else { return };
     let Some(o) = rt.options() else { return };
     let regs = stacktrace::caller_regs!();

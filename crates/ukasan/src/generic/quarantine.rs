@@ -57,6 +57,14 @@ impl core::fmt::Debug for Quarantine {
     }
 }
 
+/// A full batch handed over by its thread, to publish.
+#[derive(Debug)]
+pub struct Full(*mut Batch);
+
+/// No memory could be mapped for a batch record.
+#[derive(Debug)]
+pub struct NoMemory;
+
 /// A list of batches taken out of a FIFO, to verify and release.
 #[derive(Debug)]
 pub struct Evicted(*mut Batch);
@@ -100,7 +108,8 @@ impl Quarantine {
     }
 
     /// Appends `b` and takes out the oldest batches while over `budget`, at most two.
-    pub fn publish(&self, b: *mut Batch, budget: usize) -> Evicted {
+    pub fn publish(&self, full: Full, budget: usize) -> Evicted {
+        let b = full.0;
         let mut f = self.fifo.lock();
         // SAFETY: `b` was handed over by its thread and is ours now.
         let add = unsafe {
@@ -160,16 +169,16 @@ impl Default for Quarantine {
 }
 
 /// Adds `slot` (`bytes` long) to the thread's batch `q`; returns the batch when it is full
-/// and must be published. `false` when no batch record could be mapped (the caller releases
-/// the slot at once).
+/// and must be published. [`NoMemory`] when no batch record could be mapped (the caller
+/// releases the slot at once).
 pub fn push(
     q: &mut *mut Batch,
     slot: usize,
     bytes: usize,
     cap: usize,
-) -> Result<Option<*mut Batch>, ()> {
+) -> Result<Option<Full>, NoMemory> {
     if q.is_null() {
-        *q = alloc_batch().ok_or(())?;
+        *q = alloc_batch().ok_or(NoMemory)?;
     }
     // SAFETY: the thread's own batch.
     let b = unsafe { &mut **q };
@@ -179,7 +188,7 @@ pub fn push(
     if b.n == BATCH || b.bytes >= cap {
         let full = *q;
         *q = null_mut();
-        return Ok(Some(full));
+        return Ok(Some(Full(full)));
     }
     Ok(None)
 }
@@ -190,7 +199,7 @@ pub fn flush_cache(k: &mut Cache) {
     for (i, q) in k.q.iter_mut().enumerate() {
         let b = core::mem::replace(q, null_mut());
         if !b.is_null() {
-            super::publish(i, b);
+            super::publish(i, Full(b));
         }
     }
 }
