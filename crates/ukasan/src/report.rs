@@ -957,6 +957,13 @@ pub(crate) fn stats(reporter: &Reporter, o: &Options) {
             d.frames_stored,
             d.bytes_used
         );
+        let h = &crate::generic::heap::HEAP;
+        let _ = writeln!(
+            b,
+            "ukasan: heap: {} KiB of slots and metadata carved, {} thread caches mapped",
+            h.bytes_carved() >> 10,
+            h.caches_mapped()
+        );
     });
 }
 

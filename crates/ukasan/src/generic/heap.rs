@@ -230,6 +230,8 @@ pub struct Heap {
     /// The cache of threads whose own cache was returned at exit.
     orphan: SpinLock<usize>,
     orphan_cache: AtomicUsize,
+    /// Thread caches mapped so far (statistics).
+    caches_mapped: AtomicUsize,
 }
 
 // SAFETY: the raw pointers behind the spin locks are caches owned by the heap; the locks
@@ -280,6 +282,7 @@ impl Heap {
             pool: SpinLock::new(null_mut()),
             orphan: SpinLock::new(0),
             orphan_cache: AtomicUsize::new(0),
+            caches_mapped: AtomicUsize::new(0),
         }
     }
 
@@ -390,6 +393,21 @@ impl Heap {
         (base, base + (CLASSES << shift))
     }
 
+    /// Thread caches mapped so far (a thread's cache is reused by later threads once it
+    /// exits).
+    pub fn caches_mapped(&self) -> usize {
+        // Relaxed: a statistic.
+        self.caches_mapped.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the space in use: carved slots and their metadata.
+    pub fn bytes_carved(&self) -> usize {
+        if !self.ready() {
+            return 0;
+        }
+        (0..CLASSES).map(|c| self.carved(c) * (class_size(c) + 16)).sum()
+    }
+
     /// A free slot of class `c` for this thread, or `None` when the region is full.
     #[inline]
     pub fn alloc(&self, c: usize) -> Option<usize> {
@@ -480,6 +498,8 @@ impl Heap {
         }
         let bytes = core::mem::size_of::<Cache>();
         let p = map(bytes)?;
+        // Relaxed: a statistic.
+        self.caches_mapped.fetch_add(1, Ordering::Relaxed);
         // The all-zero cache is empty (no slots, no batches).
         Some(p as *mut Cache)
     }

@@ -636,3 +636,76 @@ pub(crate) unsafe fn unlock_all() {
         HEAP.unlock_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_track_records_end_the_object_inside_its_slot() {
+        for size in 0..600usize {
+            let (off, n) = fm_span(size);
+            assert_eq!(off % 8, 0, "{size}");
+            if size >= 16 {
+                assert!(off + 16 * n <= size, "{size}: records inside the object");
+            }
+            // The slot holds size + at least 16 bytes: the records never reach its tail.
+            assert!(off + 16 * n <= size.max(16), "{size}");
+            assert_eq!(n, if size >= 32 { 2 } else { 1 });
+        }
+    }
+
+    #[test]
+    fn a_damaged_record_is_found_byte_for_byte() {
+        let mut buf = [0u64; 2];
+        let want = fm_words(0x1000, Track { tid: 7, stack: 9, seq: 0 });
+        buf.copy_from_slice(&want);
+        let at = buf.as_ptr() as usize;
+        // SAFETY: `buf` is 16 readable bytes.
+        assert_eq!(unsafe { fm_damage(at, want) }, None);
+        for (first, last) in [(0, 0), (3, 3), (7, 8), (2, 13), (15, 15), (8, 15)] {
+            buf.copy_from_slice(&want);
+            // SAFETY: offsets inside `buf`.
+            unsafe {
+                *(at as *mut u8).add(first) ^= 0x40;
+                *(at as *mut u8).add(last) ^= 0x01;
+            }
+            // SAFETY: as above.
+            let d = unsafe { fm_damage(at, want) }.unwrap();
+            assert_eq!((d.start - at, d.end - at), (first, last + 1));
+        }
+    }
+
+    #[test]
+    fn the_gap_splits_between_neighbours() {
+        // Every gap is at least 16 bytes: the object keeps at least 8 of them, the next one's
+        // left redzone at most 16.
+        for cs in [32usize, 48, 64, 128, 4096] {
+            for size in 0..=cs - 16 {
+                let r = right_end(size, cs);
+                assert!(r - size >= 8 && cs - r <= TAIL && cs - r >= 8, "{size} in {cs}");
+            }
+        }
+    }
+
+    #[test]
+    fn word_checks_agree_with_byte_checks() {
+        let mut v = [REDZONE; 80];
+        let base = v.as_ptr() as usize;
+        for lo in 0..9 {
+            for hi in lo..80 {
+                // SAFETY: inside `v`.
+                assert!(unsafe { all(base + lo, base + hi, REDZONE) });
+                if hi > lo {
+                    for at in [lo, (lo + hi) / 2, hi - 1] {
+                        v[at] = 0;
+                        // SAFETY: as above.
+                        let d = unsafe { damage(base + lo, base + hi, REDZONE) };
+                        assert_eq!(d, Some(Damage { start: base + at, end: base + at + 1 }));
+                        v[at] = REDZONE;
+                    }
+                }
+            }
+        }
+    }
+}

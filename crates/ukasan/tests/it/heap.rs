@@ -185,6 +185,17 @@ fn random_sequences_on_8_threads_match_the_model() {
 }
 
 #[test]
+fn exiting_threads_hand_their_caches_to_later_ones() {
+    let before = ukasan::generic::heap::HEAP.caches_mapped();
+    for i in 0..50 {
+        std::thread::spawn(move || std::hint::black_box(vec![i as u8; 100]).len()).join().unwrap();
+    }
+    // Other tests of this binary start threads meanwhile: a little slack, far below 50.
+    let grown = ukasan::generic::heap::HEAP.caches_mapped() - before;
+    assert!(grown < 20, "{grown} caches mapped for 50 threads one after the other");
+}
+
+#[test]
 fn fork_during_an_allocation_storm() {
     let r = child("fork-storm", "");
     assert_eq!(r.status, Some(0), "{}\n{}", r.stdout, r.stderr);
