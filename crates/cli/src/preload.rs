@@ -113,6 +113,9 @@ pub fn build_command(root: &Path, exe_dir: &Path, what: &[&str]) -> Result<Comma
         }
     }
     cmd.env("CARGO_TARGET_DIR", target_dir);
+    // From the repository root, so that its `.cargo/config.toml` (frame pointers) applies
+    // whatever directory `ukasan run` was started in.
+    cmd.current_dir(root);
     Ok(cmd)
 }
 
@@ -151,6 +154,8 @@ mod tests {
         assert!(a.windows(2).any(|w| w == ["-p", PRELOAD_PACKAGE]), "{a:?}");
         let env: Vec<_> = c.get_envs().collect();
         assert!(env.iter().any(|(k, v)| *k == "CARGO_TARGET_DIR" && *v == Some("/t".as_ref())));
+        // The repository's .cargo/config.toml applies only from inside it.
+        assert_eq!(c.get_current_dir(), Some(root));
 
         let a = args(&build_command(root, Path::new("/t/debug"), &[]).unwrap());
         assert!(!a.contains(&"--release".to_string()), "{a:?}");
