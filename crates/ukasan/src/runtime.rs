@@ -819,7 +819,10 @@ impl Runtime {
             }
         }
         if o.detect_leaks == Some(true) {
+            // Guarded frees on other threads leave pages accessible while the scan reads.
+            self.guarded.freeze();
             report::leaks(self, o, regs.sp);
+            self.guarded.thaw();
         }
         self.reporter.count() > 0
     }
