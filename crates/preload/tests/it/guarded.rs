@@ -354,3 +354,12 @@ fn exit_leak_scan_races_a_thread_freeing_guarded_objects() {
         assert!(r.reports().iter().all(|rep| rep.kind() == "memory-leak"), "{}", r.stderr);
     }
 }
+
+#[test]
+fn with_stacks_off_guarded_objects_still_record_their_stacks() {
+    // The cheap configuration: generic objects without stacks, guarded ones with.
+    let r = guarded("uaf-read", "stacks=off");
+    let rep = one(&r, "use-after-free", "read", "peek");
+    rep.assert_track("Allocated by thread", &r.printed("main_tid"), "do_alloc");
+    rep.assert_track("Freed by thread", &r.printed("main_tid"), "do_free");
+}

@@ -41,7 +41,7 @@ mod signal;
 
 use crate::chunk::{Family, Track};
 use crate::leak::Entry;
-use crate::options::{Mode, Options, Placement, MAX_DEPTH};
+use crate::options::{Mode, Options, Placement, Stacks, MAX_DEPTH};
 use crate::report::{Access, Found, Kind, Object};
 use crate::runtime::{Expect, Runtime};
 use crate::sys::{self, SpinLock};
@@ -547,7 +547,7 @@ impl Pool {
             }
         }
         let m = c.meta(i);
-        let alloc = rt.track(o, regs);
+        let alloc = track(rt, o, regs);
         // SAFETY: the slot is out of the FIFO and not yet live: only this thread writes it.
         unsafe {
             *m.data.get() =
@@ -626,7 +626,7 @@ impl Pool {
                 let obj = Some(Self::object(c, i, true));
                 rt.report_object(o, Kind::OutOfBounds, access, obj, regs);
             }
-            let free = rt.track(o, regs);
+            let free = track(rt, o, regs);
             // SAFETY: this free won the state change; only it writes the free track.
             unsafe { (*m.data.get()).free = free };
         }
@@ -742,12 +742,26 @@ impl Pool {
             .or_else(|_| stacktrace::capture_from(&regs, &mut buf[..o.depth]).map(|c| c.len))
             .unwrap_or(0);
         let exact = n > 0 && buf[0] == regs.pc;
-        // A jump into the pool faults on the fetch itself: nothing to decode there.
-        let size =
-            if exact && !self.contains(regs.pc) { decode::access_size(regs.pc) } else { None };
+        // A jump into the pool faults on the fetch itself: nothing to decode there. The
+        // decoder knows x86-64 only (aarch64's ESR in the signal frame carries no size for
+        // user faults: the kernel clears ISV/SAS).
+        let decodable = cfg!(target_arch = "x86_64") && exact && !self.contains(regs.pc);
+        let size = if decodable { decode::access_size(regs.pc) } else { None };
         let access = Access::Fault { addr, write, size };
         rt.report_stack(o, kind, access, obj, &buf[..n], exact);
     }
+}
+
+/// The alloc or free track of a guarded object: always with its stack. `stacks=off` in
+/// guarded mode drops the stacks of the generic (unsampled) objects only, the cheap
+/// GWP-ASan configuration: a guarded object's report is worth little without them.
+fn track(rt: &Runtime, o: &Options, regs: &Regs) -> Track {
+    if o.stacks != Stacks::Off {
+        return rt.track(o, regs);
+    }
+    let mut with = *o;
+    with.stacks = Stacks::Auto;
+    rt.track(&with, regs)
 }
 
 /// Large slots for `small` small ones.
@@ -837,5 +851,56 @@ mod tests {
         assert_eq!((large_slots(1), large_slots(16), large_slots(4096)), (1, 4, 64));
         assert_eq!(page_down(0x12345), 0x12000);
         assert!(MAX_SIZE.is_multiple_of(crate::chunk::MIN_ALIGN));
+    }
+
+    /// A class of 3 small slots over a made-up address range (nothing is mapped: only the
+    /// metadata is read), with objects `(user offset in its data pages, size, state)`.
+    fn class_with(objs: [(usize, usize, u8); 3]) -> (Class, Vec<Meta>, usize) {
+        let base = 0x1000_0000;
+        let c = Class::new(DATA_PAGES);
+        // SAFETY: all-zero is a valid `Meta` (see `Class::meta`).
+        let mut meta: Vec<Meta> = (0..3).map(|_| unsafe { core::mem::zeroed() }).collect();
+        let mut ring = [0u32; 3];
+        c.setup(base, 3, meta.as_mut_ptr(), ring.as_mut_ptr());
+        for (i, (off, size, state)) in objs.into_iter().enumerate() {
+            let user = c.data_start(i) + off;
+            *meta[i].data.get_mut() =
+                Data { family: 0, user, size, align: 8, alloc: Track::default(), free: Track::default() };
+            meta[i].state.store(state, Ordering::Relaxed);
+        }
+        // The ring is only read by pop/push, never here.
+        (c, meta, base)
+    }
+
+    #[test]
+    fn a_fault_names_the_nearest_object() {
+        let end = DATA_PAGES * PAGE;
+        // Slot 0 right-placed (32 bytes), slot 1 left-placed (48), slot 2 right-placed.
+        let (c, _meta, _) = class_with([(end - 32, 32, LIVE), (0, 48, LIVE), (end - 16, 16, FREED)]);
+        let guard = c.data_end(0); // shared by slots 0 and 1
+        assert_eq!(c.nearest(guard + 10), Spot { slot: 0, data: false });
+        assert_eq!(c.nearest(guard + PAGE - 10), Spot { slot: 1, data: false });
+        // A tie in the middle goes to the left object (overflows are likelier).
+        assert_eq!(c.nearest(guard + PAGE / 2).slot, 0);
+        // Past slot 1's left-placed object, in its own data pages: slot 1.
+        assert_eq!(c.nearest(c.data_start(1) + 60), Spot { slot: 1, data: true });
+        // The guard page after it: slot 2's right-placed object is 4 pages further away.
+        assert_eq!(c.nearest(c.data_end(1) + 100).slot, 1);
+        // Inside the freed object of slot 2, and the last guard page.
+        assert_eq!(c.nearest(c.data_end(2) - 8), Spot { slot: 2, data: true });
+        assert_eq!(c.nearest(c.data_end(2) + 8), Spot { slot: 2, data: false });
+        // The first guard page, left of slot 0: slot 0.
+        assert_eq!(c.nearest(c.data_start(0) - 1).slot, 0);
+    }
+
+    #[test]
+    fn a_slot_that_never_held_an_object_is_never_named_over_one_that_did() {
+        let end = DATA_PAGES * PAGE;
+        let (c, _meta, _) = class_with([(end - 32, 32, LIVE), (0, 0, FREE), (0, 64, LIVE)]);
+        // Slot 1's own pages, but slot 1 is empty: the nearer object of a neighbour.
+        assert_eq!(c.nearest(c.data_start(1) + 8).slot, 0);
+        assert_eq!(c.nearest(c.data_end(1) - 8).slot, 2);
+        assert_eq!(c.holder(c.data_start(1) + 8), Some(1));
+        assert_eq!(c.holder(c.data_end(1)), None);
     }
 }

@@ -184,7 +184,8 @@ pub(super) fn on_report_stack<F: FnOnce()>(f: F) {
     REPORT_STACK_BUSY.store(false, Ordering::Release);
 }
 
-/// The x86-64 page-fault error code says whether the access was a write.
+/// Whether the faulting access was a write: x86-64, the page-fault error code's write bit;
+/// aarch64, the WnR bit of the ESR record in the signal frame; false elsewhere.
 fn is_write(uc: *mut c_void) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -192,7 +193,23 @@ fn is_write(uc: *mut c_void) -> bool {
         let uc = unsafe { &*(uc as *const libc::ucontext_t) };
         uc.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        use super::decode::{esr_is_write, find_esr, RESERVED_LEN};
+        // SAFETY: `uc` is the live `ucontext_t` of a SA_SIGINFO handler.
+        let mc = unsafe { core::ptr::addr_of!((*(uc as *const libc::ucontext_t)).uc_mcontext) };
+        // The kernel's `sigcontext`: `__reserved` follows `pstate`, 16-byte aligned.
+        let area = (mc as usize + core::mem::offset_of!(libc::mcontext_t, pstate) + 8)
+            .next_multiple_of(16);
+        let at = |o: usize, n: usize| (o + n <= RESERVED_LEN).then_some(area + o);
+        // SAFETY: inside the frame's reserved area (bounds checked by `at`), which the
+        // kernel wrote; unaligned reads, as records are only 8-byte aligned.
+        let u32_at = |o| at(o, 4).map(|a| unsafe { (a as *const u32).read_unaligned() });
+        // SAFETY: as above.
+        let u64_at = |o| at(o, 8).map(|a| unsafe { (a as *const u64).read_unaligned() });
+        find_esr(u32_at, u64_at).and_then(esr_is_write).unwrap_or(false)
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = uc;
         false
