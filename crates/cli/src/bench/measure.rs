@@ -152,7 +152,9 @@ pub fn run_once(p: &Prepared, workload: &str, f: &Flavor, tools: &Tools) -> Resu
 }
 
 /// Waits for `child` with `wait4`: its exit status and peak resident set (KiB).
-fn wait_with_rusage(child: std::process::Child) -> std::io::Result<(std::process::ExitStatus, u64)> {
+fn wait_with_rusage(
+    child: std::process::Child,
+) -> std::io::Result<(std::process::ExitStatus, u64)> {
     use std::os::unix::process::ExitStatusExt;
     let pid = child.id() as libc::pid_t;
     let mut status = 0;

@@ -169,17 +169,33 @@ pub fn main(args: &SamplingArgs) -> Result<ExitCode> {
 }
 
 /// Prints one workload's table and the target line; true if a flavor failed or reported.
-fn print(workload: &str, runs: u32, flavors: &[&Flavor], cells: &[(Vec<Run>, Option<RunError>)]) -> bool {
+fn print(
+    workload: &str,
+    runs: u32,
+    flavors: &[&Flavor],
+    cells: &[(Vec<Run>, Option<RunError>)],
+) -> bool {
     let by_name = |n: &str| flavors.iter().position(|f| f.name == n).map(|i| &cells[i].0[..]);
-    let (plain, base, generic) =
-        (by_name("plain").unwrap_or(&[]), by_name(BASELINE).unwrap_or(&[]), by_name("generic").unwrap_or(&[]));
+    let (plain, base, generic) = (
+        by_name("plain").unwrap_or(&[]),
+        by_name(BASELINE).unwrap_or(&[]),
+        by_name("generic").unwrap_or(&[]),
+    );
     println!(
         "ukasan bench sampling: workload {workload}, {runs} round(s) after a warm-up, medians; \
          ratios paired round by round"
     );
     println!(
         "  {:<24} {:>8} {:>8} {:>9}  {:>9} {:>9} {:>9}  {:>8} {:>9}",
-        "flavor", "cpu s", "wall s", "RSS MiB", "cpu/plain", "cpu/nst", "cpu/gen", "RSS/gen", "reports"
+        "flavor",
+        "cpu s",
+        "wall s",
+        "RSS MiB",
+        "cpu/plain",
+        "cpu/nst",
+        "cpu/gen",
+        "RSS/gen",
+        "reports"
     );
     let mut bad = false;
     for (f, (rs, err)) in flavors.iter().zip(cells) {

@@ -111,10 +111,7 @@ fn guarded_bench_runs_the_flavors_in_guarded_mode_and_sample_rate_needs_it() {
 
 #[test]
 fn sampling_bench_prints_guarded_rows_and_the_target() {
-    let o = ukasan()
-        .args(["bench", "sampling", "--quick", "--rates", "1,1000"])
-        .output()
-        .unwrap();
+    let o = ukasan().args(["bench", "sampling", "--quick", "--rates", "1,1000"]).output().unwrap();
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     for flavor in ["plain", "no-stack-traces", "generic", "guarded-1", "guarded-1000"] {

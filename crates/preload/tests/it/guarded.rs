@@ -290,8 +290,7 @@ fn a_shared_guard_page_goes_to_the_nearer_object() {
     // guard page between them is one page; a fault in it names the nearer object.
     let r = guarded("shared-guard", "guarded_placement=random");
     assert!(r.stdout.contains("pairs=2\n"), "{}\n{}", r.stdout, r.stderr);
-    let expected: Vec<&str> =
-        r.stdout.lines().filter_map(|l| l.strip_prefix("expect=")).collect();
+    let expected: Vec<&str> = r.stdout.lines().filter_map(|l| l.strip_prefix("expect=")).collect();
     let reports = r.reports();
     assert_eq!(reports.len(), 2, "{}", r.stderr);
     for (rep, (located, what)) in reports.iter().zip(expected.iter().zip(["read", "write"])) {

@@ -132,7 +132,7 @@ mod tests {
         assert_eq!(esr_is_write(esr_write & !(1 << 6)), Some(false)); // a read
         assert_eq!(esr_is_write(esr_write | (1 << 8)), Some(false)); // cache maintenance
         assert_eq!(esr_is_write((0x20 << 26) | 0x7), None); // instruction abort
-        // No ESR record: the terminator first; a malformed size ends the walk.
+                                                            // No ESR record: the terminator first; a malformed size ends the walk.
         area[528..532].copy_from_slice(&0u32.to_le_bytes());
         assert_eq!(find_esr(|o| u32_at(&area, o), |o| u64_at(&area, o)), None);
         area[4..8].copy_from_slice(&3u32.to_le_bytes());

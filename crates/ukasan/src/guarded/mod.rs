@@ -1,40 +1,65 @@
 //! Guarded mode (`mode=guarded`): KFENCE / GWP-ASan for user space.
 //!
-//! About one allocation in `sample_rate` (per thread) of at most [`MAX_SIZE`] bytes and an
-//! alignment of at most a page is served from a pool of guard-page slots mapped once with
-//! `mmap` at init (never from malloc):
+//! About one allocation in `sample_rate` (per thread) with an alignment of at most a page is
+//! served from a pool of guard-page slots mapped once with `mmap` at init (never from
+//! malloc): small slots of [`DATA_PAGES`] pages for objects up to [`MAX_SIZE`] bytes, large
+//! slots of [`LARGE_PAGES`] pages for objects up to [`MAX_LARGE_SIZE`] (one large slot per
+//! four small ones, at most [`MAX_LARGE_SLOTS`]), in one mapping:
 //!
 //! ```text
-//! | guard | data x DATA_PAGES | guard | data x DATA_PAGES | guard | ...
-//!                  [canary ... object]   <- right-aligned: one byte past the end faults
+//! | guard | data x DATA_PAGES | guard | data x DATA_PAGES | guard | ... | guard | data x LARGE_PAGES | guard | ...
+//!                  [canary ... object]   <- right placement: one byte past the end faults
+//!                                [object ... canary]  <- left placement: one byte before it faults
 //! ```
 //!
 //! The object sits at the right end of its slot's data pages (rounded down to its
-//! alignment); only the pages that hold it are accessible, and the bytes of those pages
-//! around it are filled with [`CANARY`], checked at free. A free records the free track,
-//! fills the object with the free poison, makes the data pages `PROT_NONE` and puts the slot at the tail of a FIFO, so it is
-//! reused as late as possible. Any read or write of a guard page, of the inaccessible pages
-//! before an object, or of a freed object faults; the SIGSEGV/SIGBUS handler installed at
-//! init reports it at once (`slab-out-of-bounds` / `use-after-free`, read or write from the
-//! page-fault error code, the access size decoded from the common x86-64 moves and
+//! alignment) or, by `guarded_placement=left` (or per object by a per-thread coin with
+//! `random`), at their start; only the pages that hold it are accessible, and the bytes of
+//! those pages around it are filled with [`CANARY`], checked at free. A free records the
+//! free track, fills a small object with the free poison (a large slot's pages are given
+//! back with `MADV_DONTNEED` instead), makes the data pages `PROT_NONE` and puts the slot at
+//! the tail of its class's FIFO, so it is reused as late as possible: the address space of
+//! freed objects that still fault is bounded by the pool. Any read or write of a guard
+//! page, of the inaccessible pages of a slot, or of a freed object faults; the SIGSEGV/SIGBUS
+//! handler installed at init reports it at once (`slab-out-of-bounds` / `use-after-free`,
+//! about the object nearest to the address among the slot's and its neighbours', so a
+//! guard page shared by a right-placed and a left-placed object goes to the closer one;
+//! read or write from the page-fault error code on x86-64 and from the ESR record of the
+//! signal frame on aarch64; the access size decoded from the common x86-64 moves and
 //! arithmetic, else "unknown size"; the faulting instruction as frame #0) and either exits
 //! (`halt_on_error`) or makes the page accessible and lets the access complete; the slots
 //! around that page are then retired, never reused. Faults outside the pool are passed to
 //! the handler that was installed before ours (or the default action).
 //!
-//! Allocations that are not sampled, too big, made by the dynamic loader, or made while the
-//! pool is exhausted are generic chunks (one notice on stderr when the pool runs dry).
-//! Frees of guarded objects get the generic checks (double and invalid free, family,
-//! claimed size and alignment); live guarded objects take part in the leak scan at exit.
+//! The handler does all its work (capture, symbolization, report) on a 1 MiB report stack
+//! of its own, so it needs only a few hundred bytes of the stack the signal arrived on.
+//! Every thread that makes a sampled allocation (a thread's first allocation always is) and
+//! has no alternate signal stack gets one of 64 KiB from a fixed table of 1024, reused once
+//! its thread has exited: a stack overflow in any such thread reaches the handler, which
+//! passes it on. A thread beyond the table, or that never allocates, has none; its stack
+//! overflow then kills the process as it would without ukasan.
 //!
-//! Costs: a sampled allocation is two `mprotect` calls (alloc, free) and a page of canary
-//! fill; unsampled ones pay one thread-local countdown on top of generic mode. Memory: the
-//! pool reserves `guarded_slots * (DATA_PAGES + 1)` pages of address space (1.25 MiB for the
-//! default 256 slots), touched only where objects are.
+//! Allocations that are not sampled, too big, made by the dynamic loader, or made while
+//! their size class is exhausted are generic chunks (one notice on stderr per class when it
+//! runs dry). Frees of guarded objects get the generic checks (double and invalid free,
+//! family, claimed size and alignment); live guarded objects take part in the leak scan at
+//! exit, during which frees on other threads leave the pages accessible ([`Pool::freeze`]).
+//! With `stacks=off`, only the generic objects go without stacks: a guarded object always
+//! records its alloc and free stacks (the cheap GWP-ASan configuration).
+//!
+//! Costs: a sampled allocation is two `mprotect` calls (alloc, free), the canary fill of
+//! its first and last page, and two stack captures; unsampled ones pay one thread-local
+//! countdown on top of generic mode. Memory: the pool reserves `guarded_slots *
+//! (DATA_PAGES + 1)` pages of address space plus `(guarded_slots / 4) * (LARGE_PAGES + 1)`
+//! (1.25 + 64.25 MiB for the default 256 slots), touched only where objects are. Measured
+//! by `ukasan bench sampling`.
 //!
 //! Not detected: reads of the slack between the end of an object whose size is not a
-//! multiple of its alignment and the guard page (writes there are found at free); accesses
-//! that land in another live guarded object; use-after-free once the slot was reused.
+//! multiple of its alignment and the guard page (writes there are found at free); an
+//! underflow of a right-placed object (an overflow of a left-placed one) within its page
+//! that only reads (writes are found at free); accesses that land in another live guarded
+//! object; use-after-free once the slot was reused; objects over 1 MiB or aligned to more
+//! than a page (generic chunks).
 
 mod decode;
 mod signal;
@@ -531,9 +556,8 @@ impl Pool {
         let user = place(start, end, size, align.max(1), place_left(o.placement));
         let (lo, hi) = (page_down(user), page_up(user + size));
         // SAFETY: [lo, hi) are data pages of slot `i`, which the pool owns exclusively now.
-        if unsafe {
-            libc::mprotect(lo as *mut c_void, hi - lo, libc::PROT_READ | libc::PROT_WRITE)
-        } != 0
+        if unsafe { libc::mprotect(lo as *mut c_void, hi - lo, libc::PROT_READ | libc::PROT_WRITE) }
+            != 0
         {
             return None;
         }
@@ -793,6 +817,10 @@ unsafe fn find_damage(
             core::slice::from_raw_parts(end_obj as *const u8, end - end_obj),
         )
     };
+    // The common case, intact canaries, in 64-byte blocks the compiler vectorizes.
+    if intact(left) && intact(right) {
+        return None;
+    }
     if let Some(last) = left.iter().rposition(|&b| b != CANARY) {
         let first = left.iter().position(|&b| b != CANARY).unwrap_or(last);
         return Some(crate::chunk::Damage { start: lo + first, end: lo + last + 1 });
@@ -800,6 +828,14 @@ unsafe fn find_damage(
     let first = right.iter().position(|&b| b != CANARY)?;
     let last = right.iter().rposition(|&b| b != CANARY).unwrap_or(first);
     Some(crate::chunk::Damage { start: end_obj + first, end: end_obj + last + 1 })
+}
+
+/// Whether every byte of `b` is [`CANARY`].
+fn intact(b: &[u8]) -> bool {
+    let blocks = b.chunks_exact(64);
+    let tail = blocks.remainder();
+    blocks.fold(0u8, |acc, c| c.iter().fold(acc, |a, &x| a | (x ^ CANARY))) == 0
+        && tail.iter().all(|&x| x == CANARY)
 }
 
 fn map(len: usize, prot: c_int) -> Option<usize> {
@@ -864,8 +900,14 @@ mod tests {
         c.setup(base, 3, meta.as_mut_ptr(), ring.as_mut_ptr());
         for (i, (off, size, state)) in objs.into_iter().enumerate() {
             let user = c.data_start(i) + off;
-            *meta[i].data.get_mut() =
-                Data { family: 0, user, size, align: 8, alloc: Track::default(), free: Track::default() };
+            *meta[i].data.get_mut() = Data {
+                family: 0,
+                user,
+                size,
+                align: 8,
+                alloc: Track::default(),
+                free: Track::default(),
+            };
             meta[i].state.store(state, Ordering::Relaxed);
         }
         // The ring is only read by pop/push, never here.
@@ -876,7 +918,8 @@ mod tests {
     fn a_fault_names_the_nearest_object() {
         let end = DATA_PAGES * PAGE;
         // Slot 0 right-placed (32 bytes), slot 1 left-placed (48), slot 2 right-placed.
-        let (c, _meta, _) = class_with([(end - 32, 32, LIVE), (0, 48, LIVE), (end - 16, 16, FREED)]);
+        let (c, _meta, _) =
+            class_with([(end - 32, 32, LIVE), (0, 48, LIVE), (end - 16, 16, FREED)]);
         let guard = c.data_end(0); // shared by slots 0 and 1
         assert_eq!(c.nearest(guard + 10), Spot { slot: 0, data: false });
         assert_eq!(c.nearest(guard + PAGE - 10), Spot { slot: 1, data: false });
