@@ -70,13 +70,19 @@ fn decode_size(byte: impl Fn(usize) -> Option<u8>) -> Option<usize> {
 }
 
 /// `ESR_MAGIC`: the record of an aarch64 signal frame that holds the fault's ESR_EL1.
+// Read on aarch64 only; compiled and tested on every host.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
 pub(super) const ESR_MAGIC: u32 = 0x4553_5201;
 /// Bytes of the aarch64 `sigcontext.__reserved` area the records live in.
+// Read on aarch64 only; compiled and tested on every host.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
 pub(super) const RESERVED_LEN: usize = 4096;
 
 /// The ESR value among the records `{ u32 magic; u32 size; ... }` of an aarch64 signal
 /// frame's reserved area, read through `u32_at`/`u64_at` (offsets into the area); the walk
 /// ends at the terminating record (magic 0), a malformed size, or the end of the area.
+// Read on aarch64 only; compiled and tested on every host.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
 pub(super) fn find_esr(
     u32_at: impl Fn(usize) -> Option<u32>,
     u64_at: impl Fn(usize) -> Option<u64>,
@@ -98,6 +104,8 @@ pub(super) fn find_esr(
 /// Whether a data abort's ESR says write: WnR set and not a cache maintenance operation (as
 /// the kernel's `is_write_abort`); `None` for another exception class (an instruction abort:
 /// a jump into the pool).
+// Read on aarch64 only; compiled and tested on every host.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
 pub(super) fn esr_is_write(esr: u64) -> Option<bool> {
     const EC_DABT_LOW: u64 = 0x24;
     const EC_DABT_CUR: u64 = 0x25;
