@@ -343,6 +343,17 @@ fn heap_fault_on_a_tiny_alternate_stack_is_reported() {
 }
 
 #[test]
+fn heap_fault_with_the_threads_stack_nearly_used_up_is_reported() {
+    // A thread with under 1.5 KiB of stack left faults on a guarded object: the detector's
+    // alternate stack for that thread takes the signal frame, the report stack the rest.
+    let r = guarded("deep-thread", "");
+    let rep = one(&r, "slab-out-of-bounds", "read", "peek");
+    assert_located(&r, &rep, "0 bytes to the right of 32-byte region");
+    assert!(rep.stack().iter().any(|f| f.contains(" in go_deep+")), "{}", rep.text);
+    assert!(r.stdout.contains("read=") && r.stdout.contains("end\n"), "{}", r.stdout);
+}
+
+#[test]
 fn exit_leak_scan_races_a_thread_freeing_guarded_objects() {
     // A thread frees and allocates guarded objects (small and large) while the exit checks
     // scan for leaks: the scan never meets a page made inaccessible under it.

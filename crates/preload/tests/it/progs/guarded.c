@@ -124,6 +124,32 @@ static void *tiny_altstack_thread(void *arg) {
   return NULL;
 }
 
+/* Recurses until less than 1.5 KiB of the thread's stack is left, then reads one byte past
+ * a guarded object: too little stack for the kernel's signal frame (AT_MINSIGSTKSZ), so
+ * the fault can only be delivered on an alternate stack. */
+static char *deep_obj;
+static char *deep_floor;
+__attribute__((noinline)) int go_deep(int n) {
+  volatile char pad[512];
+  pad[0] = (char)n;
+  if ((char *)pad - deep_floor < 1536 + 512)
+    return peek(deep_obj, 32) + pad[0];
+  return go_deep(n + 1) + pad[0];
+}
+static void *deep_thread(void *arg) {
+  (void)arg;
+  pthread_attr_t a;
+  void *lo;
+  size_t size;
+  pthread_getattr_np(pthread_self(), &a);
+  pthread_attr_getstack(&a, &lo, &size);
+  pthread_attr_destroy(&a);
+  deep_floor = (char *)lo;
+  do_free(do_alloc(8)); /* this thread's first allocation: it gets an alternate stack */
+  printf("read=%d\n", go_deep(0));
+  return NULL;
+}
+
 /* Frees and allocates guarded objects (small and large) until the process exits; every
  * live one is reachable from `churn_live`. */
 static char *volatile churn_live[64];
@@ -302,6 +328,14 @@ int main(int argc, char **argv) {
     char *p = do_alloc(32);
     pthread_t t;
     pthread_create(&t, NULL, tiny_altstack_thread, p);
+    pthread_join(t, NULL);
+  } else if (!strcmp(s, "deep-thread")) {
+    deep_obj = do_alloc(32);
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 128 << 10);
+    pthread_t t;
+    pthread_create(&t, &a, deep_thread, NULL);
     pthread_join(t, NULL);
   } else if (!strcmp(s, "exit-race")) {
     pthread_t t;
