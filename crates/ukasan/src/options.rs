@@ -110,6 +110,10 @@ pub struct Options {
     pub sample_rate: u32,
     /// `guarded_placement`: `right` (default), `left` or `random` (see [`Placement`]).
     pub placement: Placement,
+    /// `guarded_markers`: guard the pool with the kernel's guard markers
+    /// (`MADV_GUARD_INSTALL`, Linux 6.13) where it has them (1, default), or always with
+    /// `mprotect` (0).
+    pub guarded_markers: bool,
 }
 
 impl Default for Options {
@@ -137,6 +141,7 @@ pub const KEYS: &[&str] = &[
     "guarded_slots",
     "sample_rate",
     "guarded_placement",
+    "guarded_markers",
 ];
 
 /// [`KEYS`] as one comma-separated list.
@@ -175,6 +180,7 @@ impl Options {
         guarded_slots: 256,
         sample_rate: 1000,
         placement: Placement::Right,
+        guarded_markers: true,
     };
 
     /// `log_path` as bytes (empty: stderr).
@@ -310,6 +316,7 @@ impl Options {
                     .ok_or("an integer 1..=1000000 (1: every allocation)")?
                     as u32
             }
+            b"guarded_markers" => self.guarded_markers = parse_bool(v).ok_or(BOOL)?,
             b"guarded_placement" => {
                 self.placement = match v {
                     b"right" => Placement::Right,
@@ -398,7 +405,7 @@ mod tests {
         let (o, errs) = parse(
             "stacks=fp:depth=8:quarantine_size_mb=2:redzone=20:halt_on_error=1:exitcode=23:\
              log_path=/tmp/x:report_format=json:detect_leaks=0:verbosity=2:symbolize=0:depot=0:\
-             depot_size_mb=3:mode=guarded:guarded_slots=7:sample_rate=1:guarded_placement=left",
+             depot_size_mb=3:mode=guarded:guarded_slots=7:sample_rate=1:guarded_placement=left:guarded_markers=0",
         );
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(o.stacks, Stacks::Fp);
@@ -415,6 +422,7 @@ mod tests {
         assert_eq!(o.depot_bytes, 3 << 20);
         assert_eq!((o.mode, o.guarded_slots, o.sample_rate), (Mode::Guarded, 7, 1));
         assert_eq!(o.placement, Placement::Left);
+        assert!(!o.guarded_markers);
     }
 
     #[test]
@@ -467,7 +475,7 @@ mod tests {
         assert!(
             errs[0].contains("unknown option 'stackz'")
                 && errs[0].contains("(accepted: stacks, depth, quarantine_size_mb, ")
-                && errs[0].contains(", mode, guarded_slots, sample_rate, guarded_placement)")
+                && errs[0].contains(", sample_rate, guarded_placement, guarded_markers)")
         );
         assert!(errs[1].contains("'0' for option 'depth'") && errs[1].contains("1..=256"));
         assert!(errs[2].contains("'frame'") && errs[2].contains("libgcc"));

@@ -373,3 +373,25 @@ fn with_stacks_off_guarded_objects_still_record_their_stacks() {
     rep.assert_track("Allocated by thread", &r.printed("main_tid"), "do_alloc");
     rep.assert_track("Freed by thread", &r.printed("main_tid"), "do_free");
 }
+
+#[test]
+fn without_guard_markers_mprotect_guards_the_same() {
+    // guarded_markers=0: the pool is guarded by mprotect, as on kernels before 6.13.
+    let r = guarded("overflow-read", "guarded_markers=0");
+    let rep = one(&r, "slab-out-of-bounds", "read", "peek");
+    assert_located(&r, &rep, "0 bytes to the right of 32-byte region");
+    let r = guarded("uaf-write", "guarded_markers=0");
+    let rep = one(&r, "use-after-free", "write", "poke");
+    rep.assert_track("Freed by thread", &r.printed("main_tid"), "do_free");
+    assert!(rep.text.lines().any(|l| l.starts_with(">0x") && l.contains(" fb fb")), "{}", rep.text);
+    let r = guarded("large-uaf", "guarded_markers=0");
+    let rep = one(&r, "use-after-free", "read", "peek");
+    assert_located(&r, &rep, "150000 bytes inside of 200000-byte region");
+    let r = guarded("underflow-write", "guarded_markers=0:guarded_placement=left");
+    let rep = one(&r, "slab-out-of-bounds", "write", "poke");
+    assert_located(&r, &rep, "1 bytes to the left of 40-byte region");
+    for scenario in ["threads", "large-churn"] {
+        let r = guarded(scenario, "guarded_markers=0:guarded_slots=16:detect_leaks=1");
+        assert!(r.reports().is_empty() && r.status == Some(0), "{scenario}: {}", r.stderr);
+    }
+}
