@@ -563,12 +563,15 @@ impl Pool {
         {
             return None;
         }
-        let left = COUNTDOWN.with(Cell::get);
-        if left > 1 {
-            COUNTDOWN.with(|c| c.set(left - 1));
+        // One thread-local lookup (a `__tls_get_addr` call in the preloaded library).
+        let sampled = COUNTDOWN.with(|c| {
+            let left = c.get();
+            c.set(if left > 1 { left - 1 } else { o.sample_rate });
+            left <= 1
+        });
+        if !sampled {
             return None;
         }
-        COUNTDOWN.with(|c| c.set(o.sample_rate));
         // A program (or Rust's std) may have installed its own handler since: put ours back
         // in front, chaining to it. A thread new to the pool gets an alternate signal stack.
         signal::ensure_handler();
