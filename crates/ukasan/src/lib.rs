@@ -86,6 +86,7 @@
 //! | `guarded_slots` | slots in the guarded pool, 1..=65536 (256) |
 //! | `sample_rate` | guarded mode guards about one allocation in N per thread, 1..=1000000; 1: every allocation while slots last (1000) |
 //! | `guarded_placement` | `right` (overflows fault at once), `left` (underflows do) or `random` (per object, GWP-ASan) (`right`) |
+//! | `guarded_markers` | 1: guard the pool with the kernel's guard markers (`MADV_GUARD_INSTALL`, Linux 6.13) where available, else `mprotect`; 0: always `mprotect` (1) |
 //!
 //! # Costs
 //! Per object: 96 + 32 bytes plus the right redzone and alignment padding, the quarantine

@@ -16,8 +16,9 @@
 //! alignment) or, by `guarded_placement=left` (or per object by a per-thread coin with
 //! `random`), at their start; only the pages that hold it are accessible, and the bytes of
 //! those pages around it are filled with [`CANARY`], checked at free. A free records the
-//! free track, fills a small object with the free poison (a large slot's pages are given
-//! back with `MADV_DONTNEED` instead), makes the data pages `PROT_NONE` and puts the slot at
+//! free track, makes the data pages fault again (see below; with `mprotect`, a small
+//! object is first filled with the free poison and a large slot's pages are given back with
+//! `MADV_DONTNEED`) and puts the slot at
 //! the tail of its class's FIFO, so it is reused as late as possible: the address space of
 //! freed objects that still fault is bounded by the pool. Any read or write of a guard
 //! page, of the inaccessible pages of a slot, or of a freed object faults; the SIGSEGV/SIGBUS
@@ -43,12 +44,19 @@
 //! their size class is exhausted are generic chunks (one notice on stderr per class when it
 //! runs dry). Frees of guarded objects get the generic checks (double and invalid free,
 //! family, claimed size and alignment); live guarded objects take part in the leak scan at
-//! exit, during which frees on other threads leave the pages accessible ([`Pool::freeze`]).
+//! exit, during which frees on other threads leave the pages accessible (`Pool::freeze`).
 //! With `stacks=off`, only the generic objects go without stacks: a guarded object always
 //! records its alloc and free stacks (the cheap GWP-ASan configuration).
 //!
-//! Costs: a sampled allocation is two `mprotect` calls (alloc, free), the canary fill of
-//! its first and last page, and two stack captures; unsampled ones pay one thread-local
+//! Pages are made to fault with the kernel's guard markers (`MADV_GUARD_INSTALL` /
+//! `MADV_GUARD_REMOVE`, Linux 6.13) in a read-write mapping where the kernel has them (a
+//! closed slot's pages are then discarded; a use-after-free fault refills the page it
+//! opens with the free poison), else (or with `guarded_markers=0`) with `mprotect` on a
+//! `PROT_NONE` mapping, which splits and merges the pool's VMA at every open and close.
+//!
+//! Costs: a sampled allocation is two `madvise` (or `mprotect`) calls (alloc, free), a page
+//! fault per page it touches (guard markers), the canary fill of its first and last page,
+//! and two stack captures; unsampled ones pay one thread-local
 //! countdown on top of generic mode. Memory: the pool reserves `guarded_slots *
 //! (DATA_PAGES + 1)` pages of address space plus `(guarded_slots / 4) * (LARGE_PAGES + 1)`
 //! (1.25 + 64.25 MiB for the default 256 slots), touched only where objects are. Measured
