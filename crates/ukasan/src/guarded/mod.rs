@@ -69,19 +69,22 @@
 //! object; use-after-free once the slot was reused; objects over 1 MiB or aligned to more
 //! than a page (generic chunks).
 
+mod class;
 mod decode;
 mod signal;
+
+use class::{Class, Data, Meta, FREE, FREED, LIVE};
 
 use crate::chunk::{Family, Track};
 use crate::leak::Entry;
 use crate::options::{Mode, Options, Placement, Stacks, MAX_DEPTH};
 use crate::report::{Access, Found, Kind, Object};
 use crate::runtime::{Expect, Runtime};
-use crate::sys::{self, SpinLock};
-use core::cell::{Cell, UnsafeCell};
+use crate::sys;
+use core::cell::Cell;
 use core::ffi::{c_int, c_void};
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use stacktrace::Regs;
 
 /// Data pages per small slot.
@@ -96,218 +99,6 @@ pub const MAX_LARGE_SIZE: usize = LARGE_PAGES * 4096;
 pub const MAX_LARGE_SLOTS: usize = 64;
 /// Fill of the accessible bytes around a guarded object.
 pub const CANARY: u8 = 0xaa;
-
-const FREE: u8 = 0;
-const LIVE: u8 = 1;
-const FREED: u8 = 2;
-
-/// What one slot holds (plain data, written by the owner of the slot).
-#[derive(Clone, Copy)]
-struct Data {
-    family: u8,
-    user: usize,
-    size: usize,
-    align: usize,
-    alloc: Track,
-    free: Track,
-}
-
-impl Data {
-    /// The pages that were accessible while the object was live.
-    fn pages(&self) -> (usize, usize) {
-        (page_down(self.user), page_up(self.user + self.size))
-    }
-}
-
-/// Per-slot metadata, out of band (in its own mapping): an overflow cannot reach it.
-struct Meta {
-    state: AtomicU8,
-    /// The slot lost a guard page (a fault was let through): never reused.
-    retired: AtomicBool,
-    /// Freed while a leak scan ran: its pages stay accessible and it stays out of the FIFO
-    /// until the scan ends (whoever swaps this back to false protects and queues it).
-    deferred: AtomicBool,
-    data: UnsafeCell<Data>,
-}
-
-struct Fifo {
-    ring: *mut u32,
-    head: usize,
-    len: usize,
-    cap: usize,
-}
-
-// SAFETY: `ring` points to the pool's own mapping; the lock around `Fifo` serializes access.
-unsafe impl Send for Fifo {}
-
-/// One size class of slots, `| guard | data x pages | guard | data x pages | ... | guard |`,
-/// with its metadata and FIFO of free slots.
-struct Class {
-    /// Data pages per slot.
-    pages: usize,
-    /// The first guard page (0: no pool).
-    base: AtomicUsize,
-    slots: AtomicUsize,
-    meta: AtomicPtr<Meta>,
-    fifo: SpinLock<Fifo>,
-    noticed: AtomicBool,
-}
-
-/// Where a fault address lies in a class: the slot it is nearest to, and whether the
-/// address is in that slot's own data pages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Spot {
-    slot: usize,
-    data: bool,
-}
-
-impl Class {
-    const fn new(pages: usize) -> Class {
-        Class {
-            pages,
-            base: AtomicUsize::new(0),
-            slots: AtomicUsize::new(0),
-            meta: AtomicPtr::new(null_mut()),
-            fifo: SpinLock::new(Fifo { ring: null_mut(), head: 0, len: 0, cap: 0 }),
-            noticed: AtomicBool::new(false),
-        }
-    }
-
-    const fn stride(&self) -> usize {
-        (self.pages + 1) * PAGE
-    }
-
-    /// Bytes of address space for `n` slots.
-    const fn len(&self, n: usize) -> usize {
-        PAGE + n * self.stride()
-    }
-
-    fn n(&self) -> usize {
-        self.slots.load(Ordering::Relaxed)
-    }
-
-    /// Sets the class up over `[base, base + len(n))` with metadata at `meta` and its FIFO
-    /// ring at `ring` (both in a fresh zeroed mapping).
-    fn setup(&self, base: usize, n: usize, meta: *mut Meta, ring: *mut u32) {
-        let mut f = self.fifo.lock();
-        f.ring = ring;
-        f.cap = n;
-        for i in 0..n {
-            // SAFETY: the ring has `n` entries in the fresh mapping.
-            unsafe { *f.ring.add(i) = i as u32 };
-        }
-        f.len = n;
-        self.meta.store(meta, Ordering::Relaxed);
-        self.slots.store(n, Ordering::Relaxed);
-        self.base.store(base, Ordering::Relaxed);
-    }
-
-    fn meta(&self, i: usize) -> &Meta {
-        // SAFETY: `i < slots`; the metadata mapping holds `slots` zero-initialized entries
-        // (all-zero is a valid `Meta`) and lives for the process.
-        unsafe { &*self.meta.load(Ordering::Relaxed).add(i) }
-    }
-
-    fn data(&self, i: usize) -> Data {
-        // SAFETY: plain data; a racing update only changes which object a report names.
-        unsafe { *self.meta(i).data.get() }
-    }
-
-    fn data_start(&self, i: usize) -> usize {
-        self.base.load(Ordering::Relaxed) + PAGE + i * self.stride()
-    }
-
-    fn data_end(&self, i: usize) -> usize {
-        self.data_start(i) + self.pages * PAGE
-    }
-
-    /// The raw position of `a` (inside this class): `(k, true)` in slot k's data pages,
-    /// `(k, false)` in the guard page left of slot k (`k == slots`: the last guard page).
-    fn position(&self, a: usize) -> (usize, bool) {
-        let off = a - self.base.load(Ordering::Relaxed);
-        let (k, within) = (off / self.stride(), off % self.stride());
-        (k, within >= PAGE && k < self.n())
-    }
-
-    /// How far `a` is from slot `i`'s object (0 inside it); `usize::MAX` for a slot that
-    /// never held one.
-    fn distance(&self, i: usize, a: usize) -> usize {
-        if self.meta(i).state.load(Ordering::Acquire) == FREE {
-            return usize::MAX;
-        }
-        let d = self.data(i);
-        if a >= d.user + d.size {
-            a - (d.user + d.size)
-        } else {
-            d.user.saturating_sub(a)
-        }
-    }
-
-    /// The slot a fault at `a` is about: the one whose object is nearest among the slot
-    /// `a` is in (or whose left guard page it is) and its neighbours, so that a guard page
-    /// shared by a right-placed object and a left-placed one goes to the closer of the two;
-    /// on a tie, the slot whose data pages hold `a`, then the left one (an overflow is
-    /// likelier than an underflow).
-    fn nearest(&self, a: usize) -> Spot {
-        let (k, data) = self.position(a);
-        let n = self.n();
-        let mut best = Spot { slot: k.min(n - 1), data: data && k < n };
-        let mut best_d = usize::MAX;
-        let first = k.saturating_sub(1);
-        let last = if data { k + 1 } else { k };
-        for i in first..=last.min(n - 1) {
-            let d = self.distance(i, a);
-            let better = d < best_d || (d == best_d && data && i == k);
-            if better {
-                best = Spot { slot: i, data: data && i == k };
-                best_d = d;
-            }
-        }
-        best
-    }
-
-    /// The slot whose data pages hold `p`, for a free or a size query.
-    fn holder(&self, p: usize) -> Option<usize> {
-        let (k, data) = self.position(p);
-        data.then_some(k)
-    }
-
-    fn pop(&self) -> Option<usize> {
-        let mut f = self.fifo.lock_bounded(1 << 12)?;
-        while f.len > 0 {
-            // SAFETY: `head < cap`, inside the ring.
-            let i = unsafe { *f.ring.add(f.head) } as usize;
-            f.head = (f.head + 1) % f.cap;
-            f.len -= 1;
-            if !self.meta(i).retired.load(Ordering::Relaxed) {
-                return Some(i);
-            }
-        }
-        None
-    }
-
-    fn push(&self, i: usize, must_not_wait: bool) {
-        let f =
-            if must_not_wait { self.fifo.lock_bounded(1 << 12) } else { Some(self.fifo.lock()) };
-        // A lock held by the code a signal handler interrupted: the slot is lost, never reused.
-        let Some(mut f) = f else { return };
-        if f.len < f.cap {
-            let at = (f.head + f.len) % f.cap;
-            // SAFETY: `at < cap`, inside the ring.
-            unsafe { *f.ring.add(at) = i as u32 };
-            f.len += 1;
-        }
-    }
-
-    /// Makes a freed slot's pages inaccessible and queues it for reuse (unless retired).
-    fn protect_and_queue(&self, i: usize, must_not_wait: bool) {
-        let (start, end) = (self.data_start(i), self.data_end(i));
-        close(start, end, self.pages > DATA_PAGES);
-        if !self.meta(i).retired.load(Ordering::Relaxed) {
-            self.push(i, must_not_wait);
-        }
-    }
-}
 
 /// The slot pool of one runtime (empty unless `mode=guarded`): small slots for objects of
 /// at most [`MAX_SIZE`] bytes, large ones up to [`MAX_LARGE_SIZE`], in one mapping.
@@ -958,63 +749,5 @@ mod tests {
         assert_eq!((large_slots(1), large_slots(16), large_slots(4096)), (1, 4, 64));
         assert_eq!(page_down(0x12345), 0x12000);
         assert!(MAX_SIZE.is_multiple_of(crate::chunk::MIN_ALIGN));
-    }
-
-    /// A class of 3 small slots over a made-up address range (nothing is mapped: only the
-    /// metadata is read), with objects `(user offset in its data pages, size, state)`.
-    fn class_with(objs: [(usize, usize, u8); 3]) -> (Class, Vec<Meta>, usize) {
-        let base = 0x1000_0000;
-        let c = Class::new(DATA_PAGES);
-        // SAFETY: all-zero is a valid `Meta` (see `Class::meta`).
-        let mut meta: Vec<Meta> = (0..3).map(|_| unsafe { core::mem::zeroed() }).collect();
-        let mut ring = [0u32; 3];
-        c.setup(base, 3, meta.as_mut_ptr(), ring.as_mut_ptr());
-        for (i, (off, size, state)) in objs.into_iter().enumerate() {
-            let user = c.data_start(i) + off;
-            *meta[i].data.get_mut() = Data {
-                family: 0,
-                user,
-                size,
-                align: 8,
-                alloc: Track::default(),
-                free: Track::default(),
-            };
-            meta[i].state.store(state, Ordering::Relaxed);
-        }
-        // The ring is only read by pop/push, never here.
-        (c, meta, base)
-    }
-
-    #[test]
-    fn a_fault_names_the_nearest_object() {
-        let end = DATA_PAGES * PAGE;
-        // Slot 0 right-placed (32 bytes), slot 1 left-placed (48), slot 2 right-placed.
-        let (c, _meta, _) =
-            class_with([(end - 32, 32, LIVE), (0, 48, LIVE), (end - 16, 16, FREED)]);
-        let guard = c.data_end(0); // shared by slots 0 and 1
-        assert_eq!(c.nearest(guard + 10), Spot { slot: 0, data: false });
-        assert_eq!(c.nearest(guard + PAGE - 10), Spot { slot: 1, data: false });
-        // A tie in the middle goes to the left object (overflows are likelier).
-        assert_eq!(c.nearest(guard + PAGE / 2).slot, 0);
-        // Past slot 1's left-placed object, in its own data pages: slot 1.
-        assert_eq!(c.nearest(c.data_start(1) + 60), Spot { slot: 1, data: true });
-        // The guard page after it: slot 2's right-placed object is 4 pages further away.
-        assert_eq!(c.nearest(c.data_end(1) + 100).slot, 1);
-        // Inside the freed object of slot 2, and the last guard page.
-        assert_eq!(c.nearest(c.data_end(2) - 8), Spot { slot: 2, data: true });
-        assert_eq!(c.nearest(c.data_end(2) + 8), Spot { slot: 2, data: false });
-        // The first guard page, left of slot 0: slot 0.
-        assert_eq!(c.nearest(c.data_start(0) - 1).slot, 0);
-    }
-
-    #[test]
-    fn a_slot_that_never_held_an_object_is_never_named_over_one_that_did() {
-        let end = DATA_PAGES * PAGE;
-        let (c, _meta, _) = class_with([(end - 32, 32, LIVE), (0, 0, FREE), (0, 64, LIVE)]);
-        // Slot 1's own pages, but slot 1 is empty: the nearer object of a neighbour.
-        assert_eq!(c.nearest(c.data_start(1) + 8).slot, 0);
-        assert_eq!(c.nearest(c.data_end(1) - 8).slot, 2);
-        assert_eq!(c.holder(c.data_start(1) + 8), Some(1));
-        assert_eq!(c.holder(c.data_end(1)), None);
     }
 }
