@@ -17,8 +17,9 @@
 //! | `slab-out-of-bounds` / `use-after-free` read or write of a guarded object (`mode=guarded`) | at the access (SIGSEGV) |
 //!
 //! **Guarded mode** ([`guarded`], `mode=guarded`) adds KFENCE / GWP-ASan detection: about
-//! one allocation in `sample_rate` goes to a pool of guard-page slots, right-aligned
-//! against a `PROT_NONE` page and made inaccessible when freed, so an overflow or a
+//! one allocation in `sample_rate` (up to 1 MiB) goes to a pool of guard-page slots, placed
+//! against a `PROT_NONE` page (right by default, left or random with `guarded_placement`)
+//! and made inaccessible when freed, so an overflow (an underflow, when left-placed) or a
 //! use-after-free, read or write, faults at once and is reported from the SIGSEGV handler
 //! with the faulting instruction as frame #0.
 //!
@@ -87,7 +88,7 @@
 //!
 //! | key | values (default) |
 //! |---|---|
-//! | `stacks` | `auto` (hardware/software shadow stack, else frame pointers, else DWARF), `shadow`, `fp`, `dwarf`, `libgcc`, `off` |
+//! | `stacks` | `auto` (hardware/software shadow stack, else frame pointers, else DWARF), `shadow`, `fp`, `dwarf`, `libgcc`, `off` (in guarded mode: off for the generic objects only) |
 //! | `depth` | frames per stack, 1..=256 (64) |
 //! | `quarantine_size_mb` | freed bytes kept poisoned (64) |
 //! | `redzone` | minimum gap after each object, 16..=4096 (16; its last 16 bytes at most are the next object's left redzone) |
@@ -103,6 +104,8 @@
 //! | `mode` | `generic` or `guarded` (guard-page slots for sampled allocations, see [`guarded`]) (`generic`) |
 //! | `guarded_slots` | slots in the guarded pool, 1..=65536 (256) |
 //! | `sample_rate` | guarded mode guards about one allocation in N per thread, 1..=1000000; 1: every allocation while slots last (1000) |
+//! | `guarded_placement` | `right` (overflows fault at once), `left` (underflows do) or `random` (per object, GWP-ASan) (`right`) |
+//! | `guarded_markers` | 1: guard the pool with the kernel's guard markers (`MADV_GUARD_INSTALL`, Linux 6.13) where available, else `mprotect`; 0: always `mprotect` (1) |
 //!
 //! # Costs
 //! Per object: 16 bytes of metadata, the gap (`redzone`, rounded up to the size class: the

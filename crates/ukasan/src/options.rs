@@ -47,6 +47,19 @@ pub enum Mode {
     Guarded,
 }
 
+/// Where a guarded object sits in its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Placement {
+    /// Against the right guard page: an overflow faults at once (an underflow is found by
+    /// the canaries at free, if it writes).
+    Right,
+    /// Against the left guard page: an underflow faults at once.
+    Left,
+    /// Left or right by a per-thread coin, per object (GWP-ASan).
+    Random,
+}
+
 /// Largest `guarded_slots` accepted.
 pub const MAX_GUARDED_SLOTS: usize = 1 << 16;
 
@@ -95,6 +108,12 @@ pub struct Options {
     /// `sample_rate`: guard about one allocation in N, 1..=1000000 (default 1000; 1 guards
     /// every allocation while slots last).
     pub sample_rate: u32,
+    /// `guarded_placement`: `right` (default), `left` or `random` (see [`Placement`]).
+    pub placement: Placement,
+    /// `guarded_markers`: guard the pool with the kernel's guard markers
+    /// (`MADV_GUARD_INSTALL`, Linux 6.13) where it has them (1, default), or always with
+    /// `mprotect` (0).
+    pub guarded_markers: bool,
 }
 
 impl Default for Options {
@@ -121,6 +140,8 @@ pub const KEYS: &[&str] = &[
     "mode",
     "guarded_slots",
     "sample_rate",
+    "guarded_placement",
+    "guarded_markers",
 ];
 
 /// [`KEYS`] as one comma-separated list.
@@ -158,6 +179,8 @@ impl Options {
         mode: Mode::Generic,
         guarded_slots: 256,
         sample_rate: 1000,
+        placement: Placement::Right,
+        guarded_markers: true,
     };
 
     /// `log_path` as bytes (empty: stderr).
@@ -293,6 +316,15 @@ impl Options {
                     .ok_or("an integer 1..=1000000 (1: every allocation)")?
                     as u32
             }
+            b"guarded_markers" => self.guarded_markers = parse_bool(v).ok_or(BOOL)?,
+            b"guarded_placement" => {
+                self.placement = match v {
+                    b"right" => Placement::Right,
+                    b"left" => Placement::Left,
+                    b"random" => Placement::Random,
+                    _ => return Err("right, left, random"),
+                }
+            }
             _ => return Err(""),
         }
         Ok(())
@@ -373,7 +405,7 @@ mod tests {
         let (o, errs) = parse(
             "stacks=fp:depth=8:quarantine_size_mb=2:redzone=20:halt_on_error=1:exitcode=23:\
              log_path=/tmp/x:report_format=json:detect_leaks=0:verbosity=2:symbolize=0:depot=0:\
-             depot_size_mb=3:mode=guarded:guarded_slots=7:sample_rate=1",
+             depot_size_mb=3:mode=guarded:guarded_slots=7:sample_rate=1:guarded_placement=left:guarded_markers=0",
         );
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(o.stacks, Stacks::Fp);
@@ -389,12 +421,16 @@ mod tests {
         assert!(!o.symbolize && !o.depot);
         assert_eq!(o.depot_bytes, 3 << 20);
         assert_eq!((o.mode, o.guarded_slots, o.sample_rate), (Mode::Guarded, 7, 1));
+        assert_eq!(o.placement, Placement::Left);
+        assert!(!o.guarded_markers);
     }
 
     #[test]
     fn guarded_options_are_bounded_and_named() {
-        let (o, errs) = parse("mode=kfence:guarded_slots=0:sample_rate=0:sample_rate=2000000");
-        assert_eq!(errs.len(), 4, "{errs:?}");
+        let (o, errs) = parse(
+            "mode=kfence:guarded_slots=0:sample_rate=0:sample_rate=2000000:guarded_placement=up",
+        );
+        assert_eq!(errs.len(), 5, "{errs:?}");
         assert_eq!(
             errs[0],
             "ukasan: bad value 'kfence' for option 'mode' ignored (accepted: generic, guarded)"
@@ -406,7 +442,12 @@ mod tests {
             errs[2].contains("'0' for option 'sample_rate'") && errs[2].contains("1..=1000000")
         );
         assert!(errs[3].contains("'2000000' for option 'sample_rate'"));
+        assert_eq!(
+            errs[4],
+            "ukasan: bad value 'up' for option 'guarded_placement' ignored (accepted: right, left, random)"
+        );
         assert_eq!((o.mode, o.guarded_slots, o.sample_rate), (Mode::Generic, 256, 1000));
+        assert_eq!(o.placement, Placement::Right);
     }
 
     #[test]
@@ -434,7 +475,7 @@ mod tests {
         assert!(
             errs[0].contains("unknown option 'stackz'")
                 && errs[0].contains("(accepted: stacks, depth, quarantine_size_mb, ")
-                && errs[0].contains(", depot, depot_size_mb, mode, guarded_slots, sample_rate)")
+                && errs[0].contains(", sample_rate, guarded_placement, guarded_markers)")
         );
         assert!(errs[1].contains("'0' for option 'depth'") && errs[1].contains("1..=256"));
         assert!(errs[2].contains("'frame'") && errs[2].contains("libgcc"));

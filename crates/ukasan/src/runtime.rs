@@ -540,7 +540,10 @@ impl Runtime {
             generic::exit_checks(self, o, heap, regs);
         }
         if o.detect_leaks == Some(true) {
+            // Guarded frees on other threads leave pages accessible while the scan reads.
+            self.guarded.freeze();
             report::leaks(&self.reporter, o, |f| self.for_each_leak(regs.sp, f));
+            self.guarded.thaw();
         }
         self.reporter.count() > 0
     }

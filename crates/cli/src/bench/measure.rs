@@ -49,6 +49,8 @@ pub struct Run {
     pub stats: BTreeMap<String, f64>,
     /// `BUG: KASAN` reports seen (a clean program should print none).
     pub reports: usize,
+    /// Peak resident set of the largest step's process (KiB, from `wait4`).
+    pub max_rss_kib: u64,
 }
 
 /// Runs every step of `p` once under `f`, timed.
@@ -106,6 +108,7 @@ pub fn run_once(p: &Prepared, workload: &str, f: &Flavor, tools: &Tools) -> Resu
         std::fs::remove_dir_all(reset).ok();
     }
     let mut secs = 0.0;
+    let mut max_rss_kib = 0;
     let cpu0 = children_cpu();
     for (i, step) in p.steps.iter().enumerate() {
         let mut argv: Vec<OsString> = prefix.clone();
@@ -125,10 +128,13 @@ pub fn run_once(p: &Prepared, workload: &str, f: &Flavor, tools: &Tools) -> Resu
             None => cmd.stdin(Stdio::null()),
         };
         let t = Instant::now();
-        let status = cmd.status().map_err(|e| {
+        let child = cmd.spawn().map_err(|e| {
             RunError::Failed(format!("cannot start {}: {e}", step.argv[0].to_string_lossy()))
         })?;
+        let (status, rss) = wait_with_rusage(child)
+            .map_err(|e| RunError::Failed(format!("cannot wait for the program: {e}")))?;
         secs += t.elapsed().as_secs_f64();
+        max_rss_kib = max_rss_kib.max(rss);
         if !status.success() {
             let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
             let tail: Vec<_> =
@@ -142,7 +148,32 @@ pub fn run_once(p: &Prepared, workload: &str, f: &Flavor, tools: &Tools) -> Resu
     }
     let cpu = children_cpu() - cpu0;
     let (stats, reports) = collect_logs(&logs);
-    Ok(Run { secs, cpu, stats, reports })
+    Ok(Run { secs, cpu, stats, reports, max_rss_kib })
+}
+
+/// Waits for `child` with `wait4`: its exit status and peak resident set (KiB).
+fn wait_with_rusage(
+    child: std::process::Child,
+) -> std::io::Result<(std::process::ExitStatus, u64)> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our unwaited child; `status` and `ru` are valid out-pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    // The child is reaped: dropping the handle does not wait again.
+    drop(child);
+    Ok((std::process::ExitStatus::from_raw(status), ru.ru_maxrss as u64))
 }
 
 /// User + system seconds of every waited-for child so far.

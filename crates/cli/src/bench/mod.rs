@@ -3,7 +3,8 @@
 //! first; medians with min-max, overhead against `no-stack-traces`, the detector's counters
 //! next to the time (DESIGN.md section 8).
 //!
-//! `ukasan bench capture` is the per-capture cost table ([`capture`]).
+//! `ukasan bench capture` is the per-capture cost table ([`capture`]); `ukasan bench sampling`
+//! is guarded mode's cost by sample rate next to generic mode ([`sampling`]).
 
 mod capture;
 mod chart;
@@ -11,6 +12,7 @@ mod flavor;
 mod measure;
 mod peers;
 mod report;
+mod sampling;
 mod workload;
 
 use std::path::PathBuf;
@@ -66,6 +68,9 @@ pub struct BenchArgs {
 enum BenchCmd {
     /// Per-capture cost of each stack-capture backend at depths 8, 32, 128.
     Capture(capture::CaptureArgs),
+    /// Guarded mode at sample rates 1, 100, 1000, 10000 next to generic mode and the plain
+    /// program: CPU, wall, peak RSS; checks guarded-1000 against the +5% target.
+    Sampling(sampling::SamplingArgs),
 }
 
 /// The options every ukasan flavor gets for `mode` (see [`Tools::mode_options`]).
@@ -116,8 +121,10 @@ pub struct Results {
 
 /// `ukasan bench`.
 pub fn main(args: &BenchArgs) -> Result<ExitCode> {
-    if let Some(BenchCmd::Capture(c)) = &args.sub {
-        return capture::main(c);
+    match &args.sub {
+        Some(BenchCmd::Capture(c)) => return capture::main(c),
+        Some(BenchCmd::Sampling(s)) => return sampling::main(s),
+        None => {}
     }
     if args.sample_rate.is_some() && args.mode != Mode::Guarded {
         anyhow::bail!("--sample-rate applies to guarded mode only: add --mode guarded");

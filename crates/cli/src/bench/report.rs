@@ -307,7 +307,7 @@ mod tests {
         let stats = stats.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         Cell {
             flavor: FLAVORS.iter().find(|f| f.name == name).unwrap(),
-            runs: vec![Run { secs, cpu: secs, stats, reports: 0 }],
+            runs: vec![Run { secs, cpu: secs, stats, reports: 0, max_rss_kib: 0 }],
             error: None,
         }
     }

@@ -108,3 +108,22 @@ fn guarded_bench_runs_the_flavors_in_guarded_mode_and_sample_rate_needs_it() {
     assert!(out.contains("mode guarded"), "{out}");
     assert!(timed_row(&out, "no-stack-traces") && timed_row(&out, "shadow"), "{out}\n{err}");
 }
+
+#[test]
+fn sampling_bench_prints_guarded_rows_and_the_target() {
+    let o = ukasan().args(["bench", "sampling", "--quick", "--rates", "1,1000"]).output().unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    for flavor in ["plain", "no-stack-traces", "generic", "guarded-1", "guarded-1000"] {
+        let row = out.lines().find(|l| l.trim_start().starts_with(&format!("{flavor} ")));
+        let row = row.unwrap_or_else(|| panic!("no {flavor} row:\n{out}"));
+        // cpu, wall and RSS are numbers; RSS is not zero (wait4 measured it).
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let rss: f64 = cols[3].parse().unwrap_or_else(|_| panic!("{row}"));
+        assert!(rss > 0.0, "{row}");
+    }
+    assert!(out.contains("guarded-1000-all-stacks"), "{out}");
+    assert!(out.contains("target: guarded-1000 <= +5% CPU over no-stack-traces: "), "{out}");
+    let o = ukasan().args(["bench", "sampling", "--rates", "0"]).output().unwrap();
+    assert!(!o.status.success());
+}

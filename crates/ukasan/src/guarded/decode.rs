@@ -1,5 +1,7 @@
-//! The size of a faulting x86-64 memory access, decoded from the instruction: the common
-//! moves and arithmetic with a memory operand; anything else is "unknown size".
+//! What the fault frame says about a faulting access: its size, decoded from the x86-64
+//! instruction (the common moves and arithmetic with a memory operand; anything else is
+//! "unknown size"), and on aarch64 whether it was a write, from the ESR record of the
+//! signal frame. The decoders are compiled and tested on every host.
 
 use super::{page_down, PAGE};
 
@@ -67,9 +69,83 @@ fn decode_size(byte: impl Fn(usize) -> Option<u8>) -> Option<usize> {
     })
 }
 
+/// `ESR_MAGIC`: the record of an aarch64 signal frame that holds the fault's ESR_EL1.
+// Read on aarch64 only; compiled and tested on every host.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+pub(super) const ESR_MAGIC: u32 = 0x4553_5201;
+/// Bytes of the aarch64 `sigcontext.__reserved` area the records live in.
+// Read on aarch64 only; compiled and tested on every host.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+pub(super) const RESERVED_LEN: usize = 4096;
+
+/// The ESR value among the records `{ u32 magic; u32 size; ... }` of an aarch64 signal
+/// frame's reserved area, read through `u32_at`/`u64_at` (offsets into the area); the walk
+/// ends at the terminating record (magic 0), a malformed size, or the end of the area.
+// Read on aarch64 only; compiled and tested on every host.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+pub(super) fn find_esr(
+    u32_at: impl Fn(usize) -> Option<u32>,
+    u64_at: impl Fn(usize) -> Option<u64>,
+) -> Option<u64> {
+    let mut off = 0;
+    while off + 8 <= RESERVED_LEN {
+        let (magic, size) = (u32_at(off)?, u32_at(off + 4)? as usize);
+        if magic == 0 || size < 8 || !size.is_multiple_of(8) {
+            return None;
+        }
+        if magic == ESR_MAGIC {
+            return if size >= 16 { u64_at(off + 8) } else { None };
+        }
+        off += size;
+    }
+    None
+}
+
+/// Whether a data abort's ESR says write: WnR set and not a cache maintenance operation (as
+/// the kernel's `is_write_abort`); `None` for another exception class (an instruction abort:
+/// a jump into the pool).
+// Read on aarch64 only; compiled and tested on every host.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+pub(super) fn esr_is_write(esr: u64) -> Option<bool> {
+    const EC_DABT_LOW: u64 = 0x24;
+    const EC_DABT_CUR: u64 = 0x25;
+    const WNR: u64 = 1 << 6;
+    const CM: u64 = 1 << 8;
+    matches!(esr >> 26, EC_DABT_LOW | EC_DABT_CUR).then_some(esr & WNR != 0 && esr & CM == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn esr_record_and_write_bit() {
+        // fpsimd record (528 bytes), then ESR, then the terminator.
+        let mut area = [0u8; RESERVED_LEN];
+        area[0..4].copy_from_slice(&0x4650_8001u32.to_le_bytes());
+        area[4..8].copy_from_slice(&528u32.to_le_bytes());
+        let esr_write = (0x24u64 << 26) | (1 << 25) | (1 << 6) | 0x7;
+        area[528..532].copy_from_slice(&ESR_MAGIC.to_le_bytes());
+        area[532..536].copy_from_slice(&16u32.to_le_bytes());
+        area[536..544].copy_from_slice(&esr_write.to_le_bytes());
+        let u32_at = |a: &[u8; RESERVED_LEN], o: usize| {
+            a.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        };
+        let u64_at = |a: &[u8; RESERVED_LEN], o: usize| {
+            a.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        };
+        let esr = find_esr(|o| u32_at(&area, o), |o| u64_at(&area, o));
+        assert_eq!(esr, Some(esr_write));
+        assert_eq!(esr_is_write(esr_write), Some(true));
+        assert_eq!(esr_is_write(esr_write & !(1 << 6)), Some(false)); // a read
+        assert_eq!(esr_is_write(esr_write | (1 << 8)), Some(false)); // cache maintenance
+        assert_eq!(esr_is_write((0x20 << 26) | 0x7), None); // instruction abort
+                                                            // No ESR record: the terminator first; a malformed size ends the walk.
+        area[528..532].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(find_esr(|o| u32_at(&area, o), |o| u64_at(&area, o)), None);
+        area[4..8].copy_from_slice(&3u32.to_le_bytes());
+        assert_eq!(find_esr(|o| u32_at(&area, o), |o| u64_at(&area, o)), None);
+    }
 
     #[test]
     fn access_sizes_of_common_instructions() {

@@ -1,120 +1,223 @@
 //! Guarded mode (`mode=guarded`): KFENCE / GWP-ASan for user space.
 //!
-//! About one allocation in `sample_rate` (per thread) of at most [`MAX_SIZE`] bytes and an
-//! alignment of at most a page is served from a pool of guard-page slots mapped once with
-//! `mmap` at init (never from malloc):
+//! About one allocation in `sample_rate` (per thread) with an alignment of at most a page is
+//! served from a pool of guard-page slots mapped once with `mmap` at init (never from
+//! malloc): small slots of [`DATA_PAGES`] pages for objects up to [`MAX_SIZE`] bytes, large
+//! slots of [`LARGE_PAGES`] pages for objects up to [`MAX_LARGE_SIZE`] (one large slot per
+//! four small ones, at most [`MAX_LARGE_SLOTS`]), in one mapping:
 //!
 //! ```text
-//! | guard | data x DATA_PAGES | guard | data x DATA_PAGES | guard | ...
-//!                  [canary ... object]   <- right-aligned: one byte past the end faults
+//! | guard | data x DATA_PAGES | guard | data x DATA_PAGES | guard | ... | guard | data x LARGE_PAGES | guard | ...
+//!                  [canary ... object]   <- right placement: one byte past the end faults
+//!                                [object ... canary]  <- left placement: one byte before it faults
 //! ```
 //!
 //! The object sits at the right end of its slot's data pages (rounded down to its
-//! alignment); only the pages that hold it are accessible, and the bytes of those pages
-//! around it are filled with [`CANARY`], checked at free. A free records the free track,
-//! fills the object with the free poison, makes the data pages `PROT_NONE` and puts the slot at the tail of a FIFO, so it is
-//! reused as late as possible. Any read or write of a guard page, of the inaccessible pages
-//! before an object, or of a freed object faults; the SIGSEGV/SIGBUS handler installed at
-//! init reports it at once (`slab-out-of-bounds` / `use-after-free`, read or write from the
-//! page-fault error code, the access size decoded from the common x86-64 moves and
+//! alignment) or, by `guarded_placement=left` (or per object by a per-thread coin with
+//! `random`), at their start; only the pages that hold it are accessible, and the bytes of
+//! those pages around it are filled with [`CANARY`], checked at free. A free records the
+//! free track, makes the data pages fault again (see below; with `mprotect`, a small
+//! object is first filled with the free poison and a large slot's pages are given back with
+//! `MADV_DONTNEED`) and puts the slot at
+//! the tail of its class's FIFO, so it is reused as late as possible: the address space of
+//! freed objects that still fault is bounded by the pool. Any read or write of a guard
+//! page, of the inaccessible pages of a slot, or of a freed object faults; the SIGSEGV/SIGBUS
+//! handler installed at init reports it at once (`slab-out-of-bounds` / `use-after-free`,
+//! about the object nearest to the address among the slot's and its neighbours', so a
+//! guard page shared by a right-placed and a left-placed object goes to the closer one;
+//! read or write from the page-fault error code on x86-64 and from the ESR record of the
+//! signal frame on aarch64; the access size decoded from the common x86-64 moves and
 //! arithmetic, else "unknown size"; the faulting instruction as frame #0) and either exits
 //! (`halt_on_error`) or makes the page accessible and lets the access complete; the slots
 //! around that page are then retired, never reused. Faults outside the pool are passed to
 //! the handler that was installed before ours (or the default action).
 //!
-//! Allocations that are not sampled, too big, made by the dynamic loader, or made while the
-//! pool is exhausted are generic chunks (one notice on stderr when the pool runs dry).
-//! Frees of guarded objects get the generic checks (double and invalid free, family,
-//! claimed size and alignment); live guarded objects take part in the leak scan at exit.
+//! The handler does all its work (capture, symbolization, report) on a 1 MiB report stack
+//! of its own, so it needs only a few hundred bytes of the stack the signal arrived on.
+//! Every thread that makes a sampled allocation (a thread's first allocation always is) and
+//! has no alternate signal stack gets one of 64 KiB from a fixed table of 1024, reused once
+//! its thread has exited: a stack overflow in any such thread reaches the handler, which
+//! passes it on. A thread beyond the table, or that never allocates, has none; its stack
+//! overflow then kills the process as it would without ukasan.
 //!
-//! Costs: a sampled allocation is two `mprotect` calls (alloc, free) and a page of canary
-//! fill; unsampled ones pay one thread-local countdown on top of generic mode. Memory: the
-//! pool reserves `guarded_slots * (DATA_PAGES + 1)` pages of address space (1.25 MiB for the
-//! default 256 slots), touched only where objects are.
+//! Allocations that are not sampled, too big, made by the dynamic loader, or made while
+//! their size class is exhausted are generic chunks (one notice on stderr per class when it
+//! runs dry). Frees of guarded objects get the generic checks (double and invalid free,
+//! family, claimed size and alignment); live guarded objects take part in the leak scan at
+//! exit, during which frees on other threads leave the pages accessible (`Pool::freeze`).
+//! With `stacks=off`, only the generic objects go without stacks: a guarded object always
+//! records its alloc and free stacks (the cheap GWP-ASan configuration).
+//!
+//! Pages are made to fault with the kernel's guard markers (`MADV_GUARD_INSTALL` /
+//! `MADV_GUARD_REMOVE`, Linux 6.13) in a read-write mapping where the kernel has them (a
+//! closed slot's pages are then discarded; a use-after-free fault refills the page it
+//! opens with the free poison), else (or with `guarded_markers=0`) with `mprotect` on a
+//! `PROT_NONE` mapping, which splits and merges the pool's VMA at every open and close.
+//!
+//! Costs: a sampled allocation is two `madvise` (or `mprotect`) calls (alloc, free), a page
+//! fault per page it touches (guard markers), the canary fill of its first and last page,
+//! and two stack captures; unsampled ones pay one thread-local
+//! countdown on top of generic mode. Memory: the pool reserves `guarded_slots *
+//! (DATA_PAGES + 1)` pages of address space plus `(guarded_slots / 4) * (LARGE_PAGES + 1)`
+//! (1.25 + 64.25 MiB for the default 256 slots), touched only where objects are. Measured
+//! by `ukasan bench sampling`.
 //!
 //! Not detected: reads of the slack between the end of an object whose size is not a
-//! multiple of its alignment and the guard page (writes there are found at free); accesses
-//! that land in another live guarded object; use-after-free once the slot was reused.
+//! multiple of its alignment and the guard page (writes there are found at free); an
+//! underflow of a right-placed object (an overflow of a left-placed one) within its page
+//! that only reads (writes are found at free); accesses that land in another live guarded
+//! object; use-after-free once the slot was reused; objects over 1 MiB or aligned to more
+//! than a page (generic chunks).
 
+mod class;
 mod decode;
 mod signal;
 
+use class::{Class, Data, Meta, FREE, FREED, LIVE};
+
 use crate::chunk::{Family, Track};
 use crate::leak::Entry;
-use crate::options::{Mode, Options, MAX_DEPTH};
+use crate::options::{Mode, Options, Placement, Stacks, MAX_DEPTH};
 use crate::report::{Access, Found, Kind, Object};
 use crate::runtime::{Expect, Runtime};
-use crate::sys::{self, SpinLock};
-use core::cell::{Cell, UnsafeCell};
+use crate::sys;
+use core::cell::Cell;
 use core::ffi::{c_int, c_void};
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use stacktrace::Regs;
 
-/// Data pages per slot.
+/// Data pages per small slot.
 pub const DATA_PAGES: usize = 4;
-/// Largest guarded request (bytes), with 4 KiB pages.
+/// Largest request of a small slot (bytes), with 4 KiB pages.
 pub const MAX_SIZE: usize = DATA_PAGES * 4096;
+/// Data pages per large slot.
+pub const LARGE_PAGES: usize = 256;
+/// Largest guarded request (bytes): larger ones are generic chunks.
+pub const MAX_LARGE_SIZE: usize = LARGE_PAGES * 4096;
+/// Most large slots; there is one per four small slots (at least one).
+pub const MAX_LARGE_SLOTS: usize = 64;
 /// Fill of the accessible bytes around a guarded object.
 pub const CANARY: u8 = 0xaa;
 
-const FREE: u8 = 0;
-const LIVE: u8 = 1;
-const FREED: u8 = 2;
-
-/// What one slot holds (plain data, written by the owner of the slot).
-#[derive(Clone, Copy)]
-struct Data {
-    family: u8,
-    user: usize,
-    size: usize,
-    align: usize,
-    alloc: Track,
-    free: Track,
-}
-
-/// Per-slot metadata, out of band (in its own mapping): an overflow cannot reach it.
-struct Meta {
-    state: AtomicU8,
-    /// The slot lost a guard page (a fault was let through): never reused.
-    retired: AtomicBool,
-    data: UnsafeCell<Data>,
-}
-
-struct Fifo {
-    ring: *mut u32,
-    head: usize,
-    len: usize,
-    cap: usize,
-}
-
-// SAFETY: `ring` points to the pool's own mapping; the lock around `Fifo` serializes access.
-unsafe impl Send for Fifo {}
-
-/// The slot pool of one runtime (empty unless `mode=guarded`).
+/// The slot pool of one runtime (empty unless `mode=guarded`): small slots for objects of
+/// at most [`MAX_SIZE`] bytes, large ones up to [`MAX_LARGE_SIZE`], in one mapping.
 pub(crate) struct Pool {
     /// Start of the mapping (0: no pool).
     base: AtomicUsize,
     end: AtomicUsize,
-    slots: AtomicUsize,
-    meta: AtomicPtr<Meta>,
-    fifo: SpinLock<Fifo>,
-    noticed: AtomicBool,
+    small: Class,
+    large: Class,
+    /// A leak scan reads live guarded objects: frees defer making pages inaccessible.
+    frozen: AtomicBool,
 }
 
 thread_local! {
     /// Allocations left before this thread's next sampled one (0: sample the next).
     static COUNTDOWN: Cell<u32> = const { Cell::new(0) };
+    /// State of this thread's placement coin (xorshift; 0: not seeded yet).
+    static COIN: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The pool's pages are guarded by the kernel's guard markers (`MADV_GUARD_INSTALL`,
+/// Linux 6.13) in a read-write mapping, not by `mprotect`: opening and closing a slot then
+/// changes page-table entries only, where `mprotect` splits and merges the pool's VMA every
+/// time (three quarters of its cost, measured), and a closed slot's memory is given back.
+/// Set once at init, before the pool is published.
+static MARKERS: AtomicBool = AtomicBool::new(false);
+
+/// `MADV_GUARD_INSTALL` / `MADV_GUARD_REMOVE` (linux/mman.h; not in the libc crate yet).
+const MADV_GUARD_INSTALL: c_int = 102;
+const MADV_GUARD_REMOVE: c_int = 103;
+
+/// Switches the fresh `PROT_NONE` pool `[base, base + len)` to guard markers if the kernel
+/// has them (else it stays as it is, guarded by `mprotect`).
+fn install_markers(base: usize, len: usize) {
+    // SAFETY: the pool's own fresh mapping; nothing is in it yet.
+    let ok = unsafe {
+        libc::mprotect(base as *mut c_void, len, libc::PROT_READ | libc::PROT_WRITE) == 0
+            && libc::madvise(base as *mut c_void, len, MADV_GUARD_INSTALL) == 0
+    };
+    if ok {
+        // Relaxed: published with the pool (Release store of `base`).
+        MARKERS.store(true, Ordering::Relaxed);
+    } else {
+        // SAFETY: as above.
+        unsafe { libc::mprotect(base as *mut c_void, len, libc::PROT_NONE) };
+    }
+}
+
+/// Makes the pool pages `[lo, hi)` accessible: guard markers removed (the pages then read
+/// as zero) or `PROT_READ | PROT_WRITE`. Async-signal-safe.
+fn open(lo: usize, hi: usize) -> bool {
+    // SAFETY: pages of the pool's own mapping, owned by the caller's slot.
+    unsafe {
+        if MARKERS.load(Ordering::Relaxed) {
+            libc::madvise(lo as *mut c_void, hi - lo, MADV_GUARD_REMOVE) == 0
+        } else {
+            libc::mprotect(lo as *mut c_void, hi - lo, libc::PROT_READ | libc::PROT_WRITE) == 0
+        }
+    }
+}
+
+/// Makes the pool pages `[lo, hi)` fault again: guard markers installed (discarding the
+/// pages) or `PROT_NONE`, then with `give_back` the memory returned (`MADV_DONTNEED`).
+fn close(lo: usize, hi: usize, give_back: bool) {
+    // SAFETY: pages of the pool's own mapping, owned by the caller's slot; nobody reads
+    // them any more.
+    unsafe {
+        if MARKERS.load(Ordering::Relaxed) {
+            libc::madvise(lo as *mut c_void, hi - lo, MADV_GUARD_INSTALL);
+        } else {
+            libc::mprotect(lo as *mut c_void, hi - lo, libc::PROT_NONE);
+            if give_back {
+                libc::madvise(lo as *mut c_void, hi - lo, libc::MADV_DONTNEED);
+            }
+        }
+    }
 }
 
 /// The runtime whose pool the fault handler serves.
 static FAULT_RT: AtomicPtr<Runtime> = AtomicPtr::new(null_mut());
 
 const PAGE: usize = 4096;
-const STRIDE: usize = (DATA_PAGES + 1) * PAGE;
 
 const fn page_down(a: usize) -> usize {
     a & !(PAGE - 1)
+}
+
+const fn page_up(a: usize) -> usize {
+    (a + PAGE - 1) & !(PAGE - 1)
+}
+
+/// Whether this object goes against the left guard page.
+fn place_left(p: Placement) -> bool {
+    match p {
+        Placement::Right => false,
+        Placement::Left => true,
+        Placement::Random => COIN.with(|c| {
+            let mut x = c.get();
+            if x == 0 {
+                // Seeded from this thread's TLS address (differs per thread and, with ASLR,
+                // per run).
+                x = (c as *const Cell<u32> as usize as u32) | 1;
+            }
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            c.set(x);
+            x & 1 != 0
+        }),
+    }
+}
+
+/// Where an object of `size` bytes at `align` goes in data pages `[start, end)`.
+const fn place(start: usize, end: usize, size: usize, align: usize, left: bool) -> usize {
+    if left {
+        start
+    } else {
+        (end - size) & !(align - 1)
+    }
 }
 
 impl Pool {
@@ -122,25 +225,28 @@ impl Pool {
         Pool {
             base: AtomicUsize::new(0),
             end: AtomicUsize::new(0),
-            slots: AtomicUsize::new(0),
-            meta: AtomicPtr::new(null_mut()),
-            fifo: SpinLock::new(Fifo { ring: null_mut(), head: 0, len: 0, cap: 0 }),
-            noticed: AtomicBool::new(false),
+            small: Class::new(DATA_PAGES),
+            large: Class::new(LARGE_PAGES),
+            frozen: AtomicBool::new(false),
         }
     }
 
-    /// Takes the slot FIFO's lock and keeps it (`fork` preparation).
+    /// Takes the slot FIFOs' locks and keeps them (`fork` preparation).
     pub(crate) fn raw_lock(&self) {
-        self.fifo.raw_lock();
+        self.small.fifo.raw_lock();
+        self.large.fifo.raw_lock();
     }
 
-    /// Releases the lock taken by [`Pool::raw_lock`].
+    /// Releases the locks taken by [`Pool::raw_lock`].
     ///
     /// # Safety
     /// Held through `raw_lock` in this process (or inherited over `fork`).
     pub(crate) unsafe fn force_unlock(&self) {
         // SAFETY: forwarded.
-        unsafe { self.fifo.force_unlock() };
+        unsafe {
+            self.large.fifo.force_unlock();
+            self.small.fifo.force_unlock();
+        }
     }
 
     /// Whether the pool is set up.
@@ -155,6 +261,15 @@ impl Pool {
         // Acquire pairs with the Release store of `base` in `init`.
         let base = self.base.load(Ordering::Acquire);
         base != 0 && p >= base && p < self.end.load(Ordering::Relaxed)
+    }
+
+    /// The class whose region holds `p` (in the pool).
+    fn class(&self, p: usize) -> &Class {
+        if p >= self.large.base.load(Ordering::Relaxed) {
+            &self.large
+        } else {
+            &self.small
+        }
     }
 
     /// Maps the pool and installs the fault handler, for `rt` (a `static`). Falls back to
@@ -185,88 +300,44 @@ impl Pool {
             );
             return;
         }
-        let n = o.guarded_slots;
-        let len = PAGE + n * STRIDE;
-        let meta_len = (n * core::mem::size_of::<Meta>() + n * 4).next_multiple_of(PAGE);
-        let (Some(base), Some(meta)) =
-            (map(len, libc::PROT_NONE), map(meta_len, libc::PROT_READ | libc::PROT_WRITE))
-        else {
+        let (n, nl) = (o.guarded_slots, large_slots(o.guarded_slots));
+        let (small_len, large_len) = (self.small.len(n), self.large.len(nl));
+        let entry = core::mem::size_of::<Meta>() + 4;
+        let meta_len = ((n + nl) * entry).next_multiple_of(PAGE);
+        let (Some(base), Some(meta)) = (
+            map(small_len + large_len, libc::PROT_NONE),
+            map(meta_len, libc::PROT_READ | libc::PROT_WRITE),
+        ) else {
             sys::write_all(2, b"ukasan: cannot map the guarded pool; generic mode only\n");
             FAULT_RT.store(null_mut(), Ordering::Release);
             return;
         };
-        {
-            let mut f = self.fifo.lock();
-            f.ring = (meta + n * core::mem::size_of::<Meta>()) as *mut u32;
-            f.cap = n;
-            for i in 0..n {
-                // SAFETY: the ring has `n` slots in the fresh mapping.
-                unsafe { *f.ring.add(i) = i as u32 };
-            }
-            f.len = n;
+        if o.guarded_markers {
+            install_markers(base, small_len + large_len);
         }
-        self.meta.store(meta as *mut Meta, Ordering::Relaxed);
-        self.slots.store(n, Ordering::Relaxed);
-        self.end.store(base + len, Ordering::Relaxed);
+        let metas = meta as *mut Meta;
+        let rings = (meta + (n + nl) * core::mem::size_of::<Meta>()) as *mut u32;
+        // SAFETY: offsets inside the metadata mapping (n + nl entries of each array).
+        let (large_meta, large_ring) = unsafe { (metas.add(n), rings.add(n)) };
+        self.small.setup(base, n, metas, rings);
+        self.large.setup(base + small_len, nl, large_meta, large_ring);
+        self.end.store(base + small_len + large_len, Ordering::Relaxed);
         // Release pairs with the Acquire load in `contains`: the fields above are visible.
         self.base.store(base, Ordering::Release);
         signal::init_report_stack();
-        signal::altstack();
+        signal::thread_altstack();
         signal::ensure_handler();
     }
 
-    fn meta(&self, i: usize) -> &Meta {
-        // SAFETY: `i < slots`; the metadata mapping holds `slots` zero-initialized entries
-        // (all-zero is a valid `Meta`) and lives for the process.
-        unsafe { &*self.meta.load(Ordering::Relaxed).add(i) }
-    }
-
-    fn data_start(&self, i: usize) -> usize {
-        self.base.load(Ordering::Relaxed) + PAGE + i * STRIDE
-    }
-
-    /// The slot whose data pages hold `a`, or whose guard page `a` is in, as
-    /// `(slot, in its data pages)`; the guard page between two slots goes to the closer
-    /// object.
-    fn locate(&self, a: usize) -> (usize, bool) {
-        let off = a - self.base.load(Ordering::Relaxed);
-        let (k, within) = (off / STRIDE, off % STRIDE);
-        let n = self.slots.load(Ordering::Relaxed);
-        if within >= PAGE && k < n {
-            return (k, true);
-        }
-        // A guard page: left of slot k's data, right of slot k-1's.
-        let dist = |i: usize| {
-            let m = self.meta(i);
-            // SAFETY: plain data; a racing update only changes which object is named.
-            let d = unsafe { *m.data.get() };
-            if m.state.load(Ordering::Acquire) == FREE || d.size == 0 {
-                usize::MAX
-            } else if a >= d.user + d.size {
-                a - (d.user + d.size)
-            } else {
-                d.user.saturating_sub(a)
-            }
-        };
-        match (k.checked_sub(1), k < n) {
-            (Some(l), true) if dist(l) <= dist(k) => (l, false),
-            (Some(l), false) => (l, false),
-            (_, true) => (k, false),
-            (None, false) => (0, false),
-        }
-    }
-
-    fn object(&self, i: usize, readable: bool) -> Object {
-        // SAFETY: plain data (see `locate`).
-        let d = unsafe { *self.meta(i).data.get() };
-        let end = self.data_start(i) + DATA_PAGES * PAGE;
+    fn object(c: &Class, i: usize, readable: bool) -> Object {
+        let d = c.data(i);
         Object {
             user: d.user,
             size: d.size,
             align: d.align,
             alloc: d.alloc,
             free: d.free,
-            window: if readable { (page_down(d.user), end) } else { (0, 0) },
+            window: if readable { d.pages() } else { (0, 0) },
         }
     }
 
@@ -284,19 +355,28 @@ impl Pool {
         zero: bool,
         regs: &Regs,
     ) -> Option<*mut u8> {
-        if size == 0 || size > MAX_SIZE || align > PAGE || self.base.load(Ordering::Relaxed) == 0 {
+        if size == 0
+            || size > MAX_LARGE_SIZE
+            || align > PAGE
+            || self.base.load(Ordering::Relaxed) == 0
+        {
             return None;
         }
-        let left = COUNTDOWN.with(Cell::get);
-        if left > 1 {
-            COUNTDOWN.with(|c| c.set(left - 1));
+        // One thread-local lookup (a `__tls_get_addr` call in the preloaded library).
+        let sampled = COUNTDOWN.with(|c| {
+            let left = c.get();
+            c.set(if left > 1 { left - 1 } else { o.sample_rate });
+            left <= 1
+        });
+        if !sampled {
             return None;
         }
-        COUNTDOWN.with(|c| c.set(o.sample_rate));
         // A program (or Rust's std) may have installed its own handler since: put ours back
-        // in front, chaining to it.
+        // in front, chaining to it. A thread new to the pool gets an alternate signal stack.
         signal::ensure_handler();
-        self.alloc_sampled(rt, o, size, align, family, zero, regs)
+        signal::thread_altstack();
+        let c = if size <= MAX_SIZE { &self.small } else { &self.large };
+        self.alloc_sampled(c, rt, o, size, align, family, zero, regs)
     }
 
     #[cold]
@@ -304,6 +384,7 @@ impl Pool {
     #[allow(clippy::too_many_arguments)]
     fn alloc_sampled(
         &self,
+        c: &Class,
         rt: &Runtime,
         o: &Options,
         size: usize,
@@ -312,42 +393,40 @@ impl Pool {
         zero: bool,
         regs: &Regs,
     ) -> Option<*mut u8> {
-        let Some(i) = self.pop() else {
+        let Some(i) = c.pop() else {
             // Relaxed: a once-only notice, nothing published.
-            if !self.noticed.swap(true, Ordering::Relaxed) {
+            if !c.noticed.swap(true, Ordering::Relaxed) {
                 let mut b = sys::FixedBuf::<200>::new();
+                let what = if c.pages > DATA_PAGES { "large-object" } else { "small-object" };
                 let _ = core::fmt::write(
                     &mut b,
                     format_args!(
-                        "ukasan: guarded pool exhausted ({} slots in use or retired): further allocations are generic until slots are freed\n",
-                        self.slots.load(Ordering::Relaxed)
+                        "ukasan: guarded pool exhausted ({} {what} slots in use or retired): further allocations of that size are generic until slots are freed\n",
+                        c.n()
                     ),
                 );
                 sys::write_all(2, b.as_bytes());
             }
             return None;
         };
-        let start = self.data_start(i);
-        let end = start + DATA_PAGES * PAGE;
-        let user = (end - size) & !(align.max(1) - 1);
-        let lo = page_down(user);
-        // SAFETY: [lo, end) are data pages of slot `i`, which the pool owns exclusively now.
-        if unsafe {
-            libc::mprotect(lo as *mut c_void, end - lo, libc::PROT_READ | libc::PROT_WRITE)
-        } != 0
-        {
+        let (start, end) = (c.data_start(i), c.data_end(i));
+        let user = place(start, end, size, align.max(1), place_left(o.placement));
+        let (lo, hi) = (page_down(user), page_up(user + size));
+        if !open(lo, hi) {
             return None;
         }
-        // SAFETY: [lo, end) was just made accessible; the object lies inside it.
+        // SAFETY: [lo, hi) was just made accessible; the object lies inside it.
         unsafe {
             core::ptr::write_bytes(lo as *mut u8, CANARY, user - lo);
-            core::ptr::write_bytes((user + size) as *mut u8, CANARY, end - user - size);
-            if zero {
+            core::ptr::write_bytes((user + size) as *mut u8, CANARY, hi - user - size);
+            // Pages read as zero when opened by removing guard markers, and a large slot's
+            // always (fresh, or given back at its last free).
+            if zero && c.pages == DATA_PAGES && !MARKERS.load(Ordering::Relaxed) {
                 core::ptr::write_bytes(user as *mut u8, 0, size);
             }
         }
-        let m = self.meta(i);
-        let alloc = rt.track_seq(o, regs);
+        let m = c.meta(i);
+        let alloc = track(rt, o, regs);
         // SAFETY: the slot is out of the FIFO and not yet live: only this thread writes it.
         unsafe {
             *m.data.get() =
@@ -358,43 +437,15 @@ impl Pool {
         Some(user as *mut u8)
     }
 
-    fn pop(&self) -> Option<usize> {
-        let mut f = self.fifo.lock_bounded(1 << 12)?;
-        while f.len > 0 {
-            // SAFETY: `head < cap`, inside the ring.
-            let i = unsafe { *f.ring.add(f.head) } as usize;
-            f.head = (f.head + 1) % f.cap;
-            f.len -= 1;
-            if !self.meta(i).retired.load(Ordering::Relaxed) {
-                return Some(i);
-            }
-        }
-        None
-    }
-
-    fn push(&self, i: usize, must_not_wait: bool) {
-        let f =
-            if must_not_wait { self.fifo.lock_bounded(1 << 12) } else { Some(self.fifo.lock()) };
-        // A lock held by the code a signal handler interrupted: the slot is lost, never reused.
-        let Some(mut f) = f else { return };
-        if f.len < f.cap {
-            let at = (f.head + f.len) % f.cap;
-            // SAFETY: `at < cap`, inside the ring.
-            unsafe { *f.ring.add(at) = i as u32 };
-            f.len += 1;
-        }
-    }
-
     /// The requested size of a live guarded object starting at `p`.
     pub(crate) fn live_size(&self, p: usize) -> Option<usize> {
-        let (i, data) = self.locate(p);
-        let m = self.meta(i);
+        let c = self.class(p);
+        let i = c.holder(p)?;
         // Acquire pairs with the Release in `alloc_sampled`.
-        if !data || m.state.load(Ordering::Acquire) != LIVE {
+        if c.meta(i).state.load(Ordering::Acquire) != LIVE {
             return None;
         }
-        // SAFETY: plain data of a live slot.
-        let d = unsafe { *m.data.get() };
+        let d = c.data(i);
         (d.user == p).then_some(d.size)
     }
 
@@ -408,56 +459,98 @@ impl Pool {
         expect: Expect,
         regs: &Regs,
     ) {
-        let (i, data) = self.locate(p);
-        let m = self.meta(i);
-        // SAFETY: plain data (see `locate`).
-        let d = unsafe { *m.data.get() };
-        let known = m.state.load(Ordering::Acquire) != FREE;
-        if !data || d.user != p || !known {
+        let c = self.class(p);
+        let Some(i) = c.holder(p) else {
             if let Some(o) = o {
-                let obj = (known && data).then(|| self.object(i, false));
+                rt.report_object(o, Kind::InvalidFree, Access::Free { addr: p }, None, regs);
+            }
+            return;
+        };
+        let m = c.meta(i);
+        let d = c.data(i);
+        let known = m.state.load(Ordering::Acquire) != FREE;
+        if d.user != p || !known {
+            if let Some(o) = o {
+                let obj = known.then(|| Self::object(c, i, false));
                 rt.report_object(o, Kind::InvalidFree, Access::Free { addr: p }, obj, regs);
             }
             return;
         }
-        // AcqRel: as `Header::take_live`: one of two racing frees wins.
-        if m.state.compare_exchange(LIVE, FREED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        // SeqCst (not just AcqRel as `Header::take_live`: one of two racing frees wins):
+        // with the SeqCst load of `frozen` below and the scan's SeqCst store of `frozen`
+        // then load of the state, either the scan sees FREED or this free sees the freeze.
+        if m.state.compare_exchange(LIVE, FREED, Ordering::SeqCst, Ordering::Acquire).is_err() {
             if let Some(o) = o {
-                let obj = Some(self.object(i, false));
+                let obj = Some(Self::object(c, i, false));
                 rt.report_object(o, Kind::DoubleFree, Access::Free { addr: p }, obj, regs);
             }
             return;
         }
-        let end = self.data_start(i) + DATA_PAGES * PAGE;
+        let (lo, hi) = d.pages();
         if let Some(o) = o {
             let fam = Family::from_u8(d.family);
             // As generic chunks: a wrong family says it all, else the claimed layout is
             // checked.
             if expect.family != fam && expect.family != Family::Rust && fam != Family::Rust {
                 let access = Access::Mismatch { addr: p, alloc: fam, free: expect.family };
-                let obj = Some(self.object(i, true));
+                let obj = Some(Self::object(c, i, true));
                 rt.report_object(o, Kind::AllocDeallocMismatch, access, obj, regs);
             } else if let Some((size, align)) = expect.layout {
-                rt.check_layout(o, self.object(i, true), p, expect.family, size, align, regs);
+                rt.check_layout(o, Self::object(c, i, true), p, expect.family, size, align, regs);
             }
             // SAFETY: the slot's object pages are still accessible (made so at alloc).
-            let damage = unsafe { find_damage(page_down(d.user), d.user, d.user + d.size, end) };
+            let damage = unsafe { find_damage(lo, d.user, d.user + d.size, hi) };
             if let Some(damage) = damage {
                 let access = Access::Corrupt { damage, when: Found::AtFree };
-                rt.report_object(o, Kind::OutOfBounds, access, Some(self.object(i, true)), regs);
+                let obj = Some(Self::object(c, i, true));
+                rt.report_object(o, Kind::OutOfBounds, access, obj, regs);
             }
-            let free = rt.track_seq(o, regs);
+            let free = track(rt, o, regs);
             // SAFETY: this free won the state change; only it writes the free track.
             unsafe { (*m.data.get()).free = free };
         }
-        let start = self.data_start(i);
-        // SAFETY: the object's pages are accessible until the mprotect below, and ours: a
-        // freed object shows KASAN's free poison in the dump of a use-after-free report.
-        unsafe { core::ptr::write_bytes(d.user as *mut u8, crate::chunk::POISON, d.size) };
-        // SAFETY: the data pages of slot `i`, owned by the pool.
-        unsafe { libc::mprotect(start as *mut c_void, end - start, libc::PROT_NONE) };
-        if !m.retired.load(Ordering::Relaxed) {
-            self.push(i, o.is_none());
+        if c.pages == DATA_PAGES && !MARKERS.load(Ordering::Relaxed) {
+            // SAFETY: the object's pages are accessible until they are protected, and ours:
+            // a freed object shows KASAN's free poison in the dump of a use-after-free
+            // report. (Guard markers and a large slot discard the pages instead; a fault
+            // there poisons the page it opens.)
+            unsafe { core::ptr::write_bytes(d.user as *mut u8, crate::chunk::POISON, d.size) };
+        }
+        // SeqCst: see the state change above.
+        if self.frozen.load(Ordering::SeqCst) {
+            // Release pairs with the swap in `thaw`.
+            m.deferred.store(true, Ordering::Release);
+            // The scan may have ended meanwhile: whoever clears the flag finishes the free.
+            if self.frozen.load(Ordering::SeqCst) || !m.deferred.swap(false, Ordering::AcqRel) {
+                return;
+            }
+        }
+        c.protect_and_queue(i, o.is_none());
+    }
+
+    /// Freezes the pool for a leak scan: from now until [`Pool::thaw`], freed guarded
+    /// objects stay accessible and their slots unused, so the scan (which reads every live
+    /// object and its slot's data) never meets a page made inaccessible under it, even when
+    /// another thread frees meanwhile.
+    pub(crate) fn freeze(&self) {
+        // SeqCst: see `free`.
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends [`Pool::freeze`]: the slots freed meanwhile are protected and queued now.
+    pub(crate) fn thaw(&self) {
+        // SeqCst: see `free`.
+        self.frozen.store(false, Ordering::SeqCst);
+        if !self.active() {
+            return;
+        }
+        for c in [&self.small, &self.large] {
+            for i in 0..c.n() {
+                // AcqRel pairs with the Release store in `free`: the slot is ours to finish.
+                if c.meta(i).deferred.swap(false, Ordering::AcqRel) {
+                    c.protect_and_queue(i, false);
+                }
+            }
         }
     }
 
@@ -466,43 +559,61 @@ impl Pool {
         if self.base.load(Ordering::Acquire) == 0 {
             return;
         }
-        for i in 0..self.slots.load(Ordering::Relaxed) {
-            let m = self.meta(i);
-            if m.state.load(Ordering::Acquire) == LIVE {
-                // SAFETY: plain data of a live slot.
-                let d = unsafe { *m.data.get() };
-                f(Entry { start: d.user, end: d.user + d.size, alloc: d.alloc, mark: 0 });
+        for c in [&self.small, &self.large] {
+            for i in 0..c.n() {
+                let m = c.meta(i);
+                // SeqCst: see `free` (a concurrent free either is seen here or sees the
+                // freeze and leaves the object accessible).
+                if m.state.load(Ordering::SeqCst) == LIVE {
+                    let d = c.data(i);
+                    f(Entry { start: d.user, end: d.user + d.size, alloc: d.alloc, mark: 0 });
+                }
             }
         }
     }
 
-    /// Handles a fault at `addr` inside the pool. Signal context.
+    /// Handles a fault at `addr` inside the pool (on the report stack). Signal context.
     fn on_fault(&self, rt: &Runtime, addr: usize, write: bool, uc: *mut c_void) {
         let Some(o) = rt.options() else { return };
-        let (i, data) = self.locate(addr);
-        let m = self.meta(i);
+        let c = self.class(addr);
+        let spot = c.nearest(addr);
+        let i = spot.slot;
+        let m = c.meta(i);
         let state = m.state.load(Ordering::Acquire);
-        let kind = if data && state == FREED { Kind::UseAfterFree } else { Kind::SlabOutOfBounds };
+        let d = c.data(i);
+        let (lo, hi) = d.pages();
+        let on_freed = state == FREED && (lo..hi).contains(&addr);
+        let kind = if on_freed { Kind::UseAfterFree } else { Kind::SlabOutOfBounds };
         let page = page_down(addr);
         let go_on = !o.halt_on_error;
         if go_on {
             // Let the access complete (KFENCE): the page stays accessible, and the slots that
             // share it are retired.
-            m.retired.store(true, Ordering::Relaxed);
-            if !data && i + 1 < self.slots.load(Ordering::Relaxed) {
-                self.meta(i + 1).retired.store(true, Ordering::Relaxed);
+            let (k, data) = c.position(addr);
+            if data {
+                c.meta(k).retired.store(true, Ordering::Relaxed);
+            } else {
+                if k < c.n() {
+                    c.meta(k).retired.store(true, Ordering::Relaxed);
+                }
+                if k > 0 {
+                    c.meta(k - 1).retired.store(true, Ordering::Relaxed);
+                }
             }
-            if i > 0 && !data {
-                self.meta(i - 1).retired.store(true, Ordering::Relaxed);
+            if open(page, page + PAGE)
+                && on_freed
+                && (MARKERS.load(Ordering::Relaxed) || c.pages > DATA_PAGES)
+            {
+                // The page was discarded at free: the access completes on the free poison,
+                // which the dump shows too.
+                let (a, b) = (d.user.max(page), (d.user + d.size).min(page + PAGE));
+                // SAFETY: just made accessible; part of the retired slot's freed object.
+                unsafe { core::ptr::write_bytes(a as *mut u8, crate::chunk::POISON, b - a) };
             }
-            // SAFETY: a page of the pool's own mapping.
-            unsafe {
-                libc::mprotect(page as *mut c_void, PAGE, libc::PROT_READ | libc::PROT_WRITE)
-            };
         }
         let obj = (state != FREE).then(|| {
-            let mut obj = self.object(i, state == LIVE);
-            if state == FREED && go_on && data {
+            let mut obj = Self::object(c, i, state == LIVE);
+            if on_freed && go_on {
                 obj.window = (page, page + PAGE);
             }
             obj
@@ -517,12 +628,37 @@ impl Pool {
             .or_else(|_| stacktrace::capture_from(&regs, &mut buf[..o.depth]).map(|c| c.len))
             .unwrap_or(0);
         let exact = n > 0 && buf[0] == regs.pc;
-        // A jump into the pool faults on the fetch itself: nothing to decode there.
-        let size =
-            if exact && !self.contains(regs.pc) { decode::access_size(regs.pc) } else { None };
+        // A jump into the pool faults on the fetch itself: nothing to decode there. The
+        // decoder knows x86-64 only (aarch64's ESR in the signal frame carries no size for
+        // user faults: the kernel clears ISV/SAS).
+        let decodable = cfg!(target_arch = "x86_64") && exact && !self.contains(regs.pc);
+        let size = if decodable { decode::access_size(regs.pc) } else { None };
         let access = Access::Fault { addr, write, size };
-        let mut job = signal::ReportJob { rt, o, kind, access, obj, stack: &buf[..n], exact };
-        signal::on_report_stack(&mut job);
+        rt.report_stack(o, kind, access, obj, &buf[..n], exact);
+    }
+}
+
+/// The alloc or free track of a guarded object: always with its stack. `stacks=off` in
+/// guarded mode drops the stacks of the generic (unsampled) objects only, the cheap
+/// GWP-ASan configuration: a guarded object's report is worth little without them.
+fn track(rt: &Runtime, o: &Options, regs: &Regs) -> Track {
+    if o.stacks != Stacks::Off {
+        return rt.track_seq(o, regs);
+    }
+    let mut with = *o;
+    with.stacks = Stacks::Auto;
+    rt.track_seq(&with, regs)
+}
+
+/// Large slots for `small` small ones.
+const fn large_slots(small: usize) -> usize {
+    let n = small / 4;
+    if n == 0 {
+        1
+    } else if n > MAX_LARGE_SLOTS {
+        MAX_LARGE_SLOTS
+    } else {
+        n
     }
 }
 
@@ -543,6 +679,10 @@ unsafe fn find_damage(
             core::slice::from_raw_parts(end_obj as *const u8, end - end_obj),
         )
     };
+    // The common case, intact canaries, in 64-byte blocks the compiler vectorizes.
+    if intact(left) && intact(right) {
+        return None;
+    }
     if let Some(last) = left.iter().rposition(|&b| b != CANARY) {
         let first = left.iter().position(|&b| b != CANARY).unwrap_or(last);
         return Some(crate::chunk::Damage { start: lo + first, end: lo + last + 1 });
@@ -550,6 +690,14 @@ unsafe fn find_damage(
     let first = right.iter().position(|&b| b != CANARY)?;
     let last = right.iter().rposition(|&b| b != CANARY).unwrap_or(first);
     Some(crate::chunk::Damage { start: end_obj + first, end: end_obj + last + 1 })
+}
+
+/// Whether every byte of `b` is [`CANARY`].
+fn intact(b: &[u8]) -> bool {
+    let blocks = b.chunks_exact(64);
+    let tail = blocks.remainder();
+    blocks.fold(0u8, |acc, c| c.iter().fold(acc, |a, &x| a | (x ^ CANARY))) == 0
+        && tail.iter().all(|&x| x == CANARY)
 }
 
 fn map(len: usize, prot: c_int) -> Option<usize> {
@@ -590,7 +738,15 @@ mod tests {
 
     #[test]
     fn slot_geometry() {
-        assert_eq!(STRIDE, 5 * 4096);
+        assert_eq!(Class::new(DATA_PAGES).stride(), 5 * 4096);
+        assert_eq!(Class::new(LARGE_PAGES).len(2), 4096 + 2 * 257 * 4096);
+        assert_eq!(page_up(0x12001), 0x13000);
+        assert_eq!(page_up(0x12000), 0x12000);
+        // Right: against the end, rounded down to the alignment; left: at the start.
+        assert_eq!(place(0x10000, 0x14000, 13, 16, false), 0x13ff0);
+        assert_eq!(place(0x10000, 0x14000, 32, 8, false), 0x14000 - 32);
+        assert_eq!(place(0x10000, 0x14000, 32, 8, true), 0x10000);
+        assert_eq!((large_slots(1), large_slots(16), large_slots(4096)), (1, 4, 64));
         assert_eq!(page_down(0x12345), 0x12000);
         assert!(MAX_SIZE.is_multiple_of(crate::chunk::MIN_ALIGN));
     }

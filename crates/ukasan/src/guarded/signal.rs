@@ -4,14 +4,11 @@
 //! replaced, or to the default action.
 
 use super::{map, FAULT_RT, PAGE};
-use crate::options::Options;
-use crate::report::{Access, Kind, Object};
-use crate::runtime::Runtime;
 use crate::sys::{self, Guard, SpinLock};
 use core::cell::Cell;
 use core::ffi::{c_int, c_void};
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 thread_local! {
     /// The fault address (plus one; 0: none) this thread is passing to the previous
@@ -45,23 +42,84 @@ pub(super) fn init_report_stack() {
     }
 }
 
-/// Gives this thread an alternate signal stack if it has none, so that a fault on a
-/// stack overflow reaches the handler (which passes it on).
-pub(super) fn altstack() {
+/// An alternate signal stack of the table, and who has it: `pid << 32 | tid` (0: nobody).
+/// The pid makes the entries of a parent, inherited over `fork`, never look free (the
+/// child's thread that forked still runs on its entry while the parent's tid is dead).
+struct AltStack {
+    owner: AtomicU64,
+    stack: AtomicUsize,
+}
+
+/// Threads that can hold one of our alternate signal stacks at once; beyond, a thread runs
+/// without (a fault on an overflowed stack is then fatal without a report, as it always
+/// is without an alternate stack, and any other fault is handled on the thread's stack).
+const ALTSTACKS: usize = 1024;
+static ALTSTACK_TABLE: [AltStack; ALTSTACKS] =
+    [const { AltStack { owner: AtomicU64::new(0), stack: AtomicUsize::new(0) } }; ALTSTACKS];
+
+thread_local! {
+    /// This thread has been given its alternate signal stack (or found one, or none left).
+    static HAS_ALTSTACK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether thread `tid` of process `pid` still runs.
+fn alive(pid: u32, tid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the thread exists.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid as libc::c_long, tid as libc::c_long, 0) };
+    // SAFETY: errno is thread-local.
+    r == 0 || unsafe { *libc::__errno_location() } != libc::ESRCH
+}
+
+/// Gives this thread an alternate signal stack if it has none (once per thread), so that
+/// a fault on an overflowed stack reaches the handler (which passes it on) and a heap fault
+/// never needs the thread's own stack. The stacks come from a fixed table; an entry whose
+/// thread has exited is reused, none is ever unmapped. Async-signal-safe.
+pub(super) fn thread_altstack() {
+    if HAS_ALTSTACK.with(Cell::get) {
+        return;
+    }
+    HAS_ALTSTACK.with(|c| c.set(true));
     // SAFETY: sigaltstack with a null new stack only reads the current one.
     let mut old: libc::stack_t = unsafe { core::mem::zeroed() };
     // SAFETY: valid out-parameter.
     if unsafe { libc::sigaltstack(null_mut(), &mut old) } != 0
         || old.ss_flags & libc::SS_DISABLE == 0
     {
+        // The program's (or Rust std's) own, or ours from before a fork.
         return;
     }
-    if let Some(s) = map(ALTSTACK + PAGE, libc::PROT_READ | libc::PROT_WRITE) {
-        // SAFETY: the lowest page becomes a guard page of the fresh mapping.
-        unsafe { libc::mprotect(s as *mut c_void, PAGE, libc::PROT_NONE) };
-        let st = libc::stack_t { ss_sp: (s + PAGE) as *mut c_void, ss_flags: 0, ss_size: ALTSTACK };
-        // SAFETY: `st` describes a mapping that lives for the process.
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u32;
+    let me = u64::from(pid) << 32 | u64::from(sys::tid());
+    for e in &ALTSTACK_TABLE {
+        // Acquire pairs with the AcqRel claim below: the previous owner's stack is visible.
+        let owner = e.owner.load(Ordering::Acquire);
+        let free = owner == 0
+            || owner == me
+            || (owner >> 32 == u64::from(pid) && !alive(pid, owner as u32));
+        // AcqRel: one claimant wins an entry.
+        if !free
+            || e.owner.compare_exchange(owner, me, Ordering::AcqRel, Ordering::Acquire).is_err()
+        {
+            continue;
+        }
+        // Relaxed: only the owner (this thread now) reads and writes `stack`; the claim's
+        // AcqRel orders it after the previous owner's store.
+        let mut s = e.stack.load(Ordering::Relaxed);
+        if s == 0 {
+            let Some(m) = map(ALTSTACK + PAGE, libc::PROT_READ | libc::PROT_WRITE) else {
+                e.owner.store(0, Ordering::Release);
+                return;
+            };
+            // SAFETY: the lowest page becomes a guard page of the fresh mapping.
+            unsafe { libc::mprotect(m as *mut c_void, PAGE, libc::PROT_NONE) };
+            s = m + PAGE;
+            e.stack.store(s, Ordering::Relaxed);
+        }
+        let st = libc::stack_t { ss_sp: s as *mut c_void, ss_flags: 0, ss_size: ALTSTACK };
+        // SAFETY: `st` describes a mapping that lives for the process, now this thread's.
         unsafe { libc::sigaltstack(&st, null_mut()) };
+        return;
     }
 }
 
@@ -94,31 +152,22 @@ pub(super) fn ensure_handler() {
     }
 }
 
-/// A fault report waiting to be printed on the report stack.
-pub(super) struct ReportJob<'a> {
-    pub(super) rt: &'a Runtime,
-    pub(super) o: &'a Options,
-    pub(super) kind: Kind,
-    pub(super) access: Access,
-    pub(super) obj: Option<Object>,
-    pub(super) stack: &'a [usize],
-    pub(super) exact: bool,
-}
-
-extern "C" fn run_report_job(job: *mut c_void) {
-    // SAFETY: `on_report_stack` passes a live `ReportJob`.
-    let j = unsafe { &*(job as *const ReportJob<'_>) };
-    j.rt.report_stack(j.o, j.kind, j.access, j.obj, j.stack, j.exact);
-}
-
-/// Prints `job` on the report stack (on the current stack if there is none). Waits while
-/// another thread's fault report uses it.
-pub(super) fn on_report_stack(job: &mut ReportJob<'_>) {
+/// Runs `f` on the report stack (on the current stack if there is none), waiting while
+/// another thread's fault report uses it: the handler itself then needs only a few hundred
+/// bytes of whatever stack the fault was delivered on (a small `sigaltstack`, or a thread
+/// stack close to its end), while the capture, the symbolizer and the report get 1 MiB.
+pub(super) fn on_report_stack<F: FnOnce()>(f: F) {
     // Relaxed: set once at init, before any guarded object existed.
     let top = REPORT_STACK.load(Ordering::Relaxed);
     if top == 0 || !cfg!(target_arch = "x86_64") {
-        run_report_job(job as *mut ReportJob<'_> as *mut c_void);
+        f();
         return;
+    }
+    extern "C" fn run<F: FnOnce()>(arg: *mut c_void) {
+        // SAFETY: `on_report_stack` passes its live `Option<F>`, used once.
+        if let Some(f) = unsafe { &mut *(arg as *mut Option<F>) }.take() {
+            f();
+        }
     }
     // Acquire pairs with the Release store below: the previous user is off the stack.
     while REPORT_STACK_BUSY
@@ -127,15 +176,16 @@ pub(super) fn on_report_stack(job: &mut ReportJob<'_>) {
     {
         core::hint::spin_loop();
     }
-    // SAFETY: the report stack is ours (the busy flag) and 16-byte aligned at `top`.
-    unsafe {
-        stacktrace::call_on_stack(top, run_report_job, job as *mut ReportJob<'_> as *mut c_void)
-    };
+    let mut f = Some(f);
+    // SAFETY: the report stack is ours (the busy flag) and 16-byte aligned at `top`; `run`
+    // cannot unwind (a panic in an `extern "C"` function aborts).
+    unsafe { stacktrace::call_on_stack(top, run::<F>, &mut f as *mut Option<F> as *mut c_void) };
     // Release pairs with the Acquire above.
     REPORT_STACK_BUSY.store(false, Ordering::Release);
 }
 
-/// The x86-64 page-fault error code says whether the access was a write.
+/// Whether the faulting access was a write: x86-64, the page-fault error code's write bit;
+/// aarch64, the WnR bit of the ESR record in the signal frame; false elsewhere.
 fn is_write(uc: *mut c_void) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -143,7 +193,23 @@ fn is_write(uc: *mut c_void) -> bool {
         let uc = unsafe { &*(uc as *const libc::ucontext_t) };
         uc.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        use super::decode::{esr_is_write, find_esr, RESERVED_LEN};
+        // SAFETY: `uc` is the live `ucontext_t` of a SA_SIGINFO handler.
+        let mc = unsafe { core::ptr::addr_of!((*(uc as *const libc::ucontext_t)).uc_mcontext) };
+        // The kernel's `sigcontext`: `__reserved` follows `pstate`, 16-byte aligned.
+        let area = (mc as usize + core::mem::offset_of!(libc::mcontext_t, pstate) + 8)
+            .next_multiple_of(16);
+        let at = |o: usize, n: usize| (o + n <= RESERVED_LEN).then_some(area + o);
+        // SAFETY: inside the frame's reserved area (bounds checked by `at`), which the
+        // kernel wrote; unaligned reads, as records are only 8-byte aligned.
+        let u32_at = |o| at(o, 4).map(|a| unsafe { (a as *const u32).read_unaligned() });
+        // SAFETY: as above.
+        let u64_at = |o| at(o, 8).map(|a| unsafe { (a as *const u64).read_unaligned() });
+        find_esr(u32_at, u64_at).and_then(esr_is_write).unwrap_or(false)
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = uc;
         false
@@ -165,7 +231,8 @@ extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void)
                 chain(sig, info, uc, true);
                 return;
             };
-            rt.guarded.on_fault(rt, addr, is_write(uc), uc);
+            let write = is_write(uc);
+            on_report_stack(|| rt.guarded.on_fault(rt, addr, write, uc));
         }
         // The previous handler passed the fault back to us (it chains to what it found
         // installed, which was ours): end the loop with the default action.

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -100,6 +101,76 @@ static void *churn_thread(void *arg) {
   return NULL;
 }
 
+/* A thread that overflows its stack (after a guarded allocation, so it has the detector's
+ * alternate signal stack). */
+static void *overflow_thread(void *arg) {
+  (void)arg;
+  do_free(do_alloc(16));
+  printf("%d\n", recurse(0));
+  return NULL;
+}
+
+/* A thread with an alternate signal stack of its own that is just big enough for the
+ * kernel's signal frame (AT_MINSIGSTKSZ, 3376 bytes with AVX-512) plus 2 KiB, over a guard
+ * page: a heap fault there must still be reported (the report runs on a stack of its own). */
+static void *tiny_altstack_thread(void *arg) {
+  size_t min = getauxval(AT_MINSIGSTKSZ);
+  size_t size = (min > 2048 ? min : 2048) + 2048;
+  char *m = mmap(NULL, 4096 + size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  mprotect(m, 4096, PROT_NONE);
+  stack_t st = {.ss_sp = m + 4096, .ss_flags = 0, .ss_size = size};
+  sigaltstack(&st, NULL);
+  printf("read=%d\n", peek(arg, 32));
+  return NULL;
+}
+
+/* Recurses until less than 1.5 KiB of the thread's stack is left, then reads one byte past
+ * a guarded object: too little stack for the kernel's signal frame (AT_MINSIGSTKSZ), so
+ * the fault can only be delivered on an alternate stack. */
+static char *deep_obj;
+static char *deep_floor;
+__attribute__((noinline)) int go_deep(int n) {
+  volatile char pad[512];
+  pad[0] = (char)n;
+  if ((char *)pad - deep_floor < 1536 + 512)
+    return peek(deep_obj, 32) + pad[0];
+  return go_deep(n + 1) + pad[0];
+}
+static void *deep_thread(void *arg) {
+  (void)arg;
+  pthread_attr_t a;
+  void *lo;
+  size_t size;
+  pthread_getattr_np(pthread_self(), &a);
+  pthread_attr_getstack(&a, &lo, &size);
+  pthread_attr_destroy(&a);
+  deep_floor = (char *)lo;
+  do_free(do_alloc(8)); /* this thread's first allocation: it gets an alternate stack */
+  printf("read=%d\n", go_deep(0));
+  return NULL;
+}
+
+/* Frees and allocates guarded objects (small and large) until the process exits; every
+ * live one is reachable from `churn_live`. */
+static char *volatile churn_live[64];
+static volatile int churn_started;
+static void *exit_churn_thread(void *arg) {
+  (void)arg;
+  for (unsigned i = 0;; i++) {
+    unsigned k = i % 64;
+    char *old = churn_live[k];
+    churn_live[k] = NULL;
+    free(old);
+    size_t n = k % 4 == 0 ? 20000 + k * 1000 : 16 + k * 8;
+    char *p = malloc(n);
+    memset(p, 0, n);
+    churn_live[k] = p;
+    if (i == 64)
+      churn_started = 1;
+  }
+  return NULL;
+}
+
 struct node {
   struct node *next;
   char pad[40];
@@ -175,6 +246,105 @@ int main(int argc, char **argv) {
      * not an endless loop. */
     *(volatile int *)16 = 1;
     printf("survived a wild write\n");
+  } else if (!strcmp(s, "underflow-read")) {
+    char *p = do_alloc(32);
+    printf("read=%d\n", peek(p, -1));
+  } else if (!strcmp(s, "underflow-write")) {
+    char *p = do_alloc(40);
+    poke(p, -1, 7);
+    printf("wrote\n");
+  } else if (!strcmp(s, "underflow-read-page")) {
+    char *p = do_alloc(24);
+    printf("read=%d\n", peek(p, -4096));
+  } else if (!strcmp(s, "underflow-write-page")) {
+    char *p = do_alloc(56);
+    poke(p, -4096, 7);
+    printf("wrote\n");
+  } else if (!strcmp(s, "shared-guard")) {
+    /* Random placement: find slots k-1 (object against its right guard page) and k (object
+     * against its left one) that share a guard page, twice; fault in each shared page once,
+     * near the one object and then near the other. */
+    char *objs[200];
+    size_t sizes[200];
+    int found = 0;
+    for (int i = 0; i < 200 && found < 2; i++) {
+      sizes[i] = 16 * (3 + i);
+      objs[i] = do_alloc(sizes[i]);
+      if (i == 0)
+        continue;
+      char *a = objs[i - 1], *b = objs[i];
+      if (((size_t)(a + sizes[i - 1]) & 4095) == 0 && ((size_t)b & 4095) == 0 &&
+          a + sizes[i - 1] + 4096 == b) {
+        if (found == 0) {
+          printf("expect=10 bytes to the right of %zu-byte region\n", sizes[i - 1]);
+          fflush(stdout);
+          peek(a, sizes[i - 1] + 10);
+        } else {
+          printf("expect=10 bytes to the left of %zu-byte region\n", sizes[i]);
+          fflush(stdout);
+          poke(b, -10, 1);
+        }
+        found++;
+      }
+    }
+    printf("pairs=%d\n", found);
+  } else if (!strcmp(s, "large-overflow")) {
+    char *p = do_alloc(100000);
+    printf("read=%d\n", peek(p, 100000));
+  } else if (!strcmp(s, "large-underflow")) {
+    char *p = do_alloc(70000);
+    poke(p, -1, 7);
+    printf("wrote\n");
+  } else if (!strcmp(s, "large-uaf")) {
+    char *p = do_alloc(200000);
+    memset(p, 1, 200000);
+    do_free(p);
+    printf("read=%d\n", peek(p, 150000));
+  } else if (!strcmp(s, "large-churn")) {
+    /* More large objects than large slots, freed and reused: contents intact, calloc zero. */
+    for (int round = 0; round < 40; round++) {
+      size_t n = 17000 + round * 9000;
+      char *a = calloc(1, n);
+      for (size_t k = 0; k < n; k++)
+        if (a[k]) {
+          printf("calloc not zero at %zu\n", k);
+          return 6;
+        }
+      memset(a, round, n);
+      char *b = realloc(a, n + 5000);
+      for (size_t k = 0; k < n; k++)
+        if (b[k] != (char)round) {
+          printf("realloc lost byte %zu\n", k);
+          return 7;
+        }
+      free(b);
+    }
+    printf("large ok\n");
+  } else if (!strcmp(s, "thread-stack-overflow")) {
+    pthread_t t;
+    pthread_create(&t, NULL, overflow_thread, NULL);
+    pthread_join(t, NULL);
+  } else if (!strcmp(s, "tiny-altstack")) {
+    char *p = do_alloc(32);
+    pthread_t t;
+    pthread_create(&t, NULL, tiny_altstack_thread, p);
+    pthread_join(t, NULL);
+  } else if (!strcmp(s, "deep-thread")) {
+    deep_obj = do_alloc(32);
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 128 << 10);
+    pthread_t t;
+    pthread_create(&t, &a, deep_thread, NULL);
+    pthread_join(t, NULL);
+  } else if (!strcmp(s, "exit-race")) {
+    pthread_t t;
+    pthread_create(&t, NULL, exit_churn_thread, NULL);
+    while (!churn_started)
+      ;
+    printf("exiting\n");
+    fflush(stdout);
+    exit(0);
   } else if (!strcmp(s, "stack-overflow")) {
     printf("%d\n", recurse(0));
   } else if (!strcmp(s, "threads")) {
