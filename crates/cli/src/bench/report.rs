@@ -151,7 +151,7 @@ pub fn print(r: &Results) -> usize {
         if r.quick { ", small inputs (--quick)" } else { "" }
     );
     println!(
-        "wall: median [min-max] s, (+x%) over {BASELINE}, ratio to plain; cpu: median user+sys s, (+x%)"
+        "wall: median [min-max] s, (+x%) over {BASELINE}, ratio to plain; cpu: median user+sys s, (+x%); rss: median peak resident set, ratio to plain"
     );
     for w in &r.workloads {
         println!();
@@ -181,8 +181,18 @@ pub fn print(r: &Results) -> usize {
                         Some(o) if cell.flavor.name != BASELINE => format!("({o:+.1}%)"),
                         _ => String::new(),
                     };
+                    let rss = match (
+                        rss_mib(cell),
+                        w.cells.iter().find(|c| c.flavor.name == "plain").and_then(rss_mib),
+                    ) {
+                        (Some(m), Some(p)) if p > 0.0 => {
+                            format!("rss {m:>6.1} MiB {:>5.2}x", m / p)
+                        }
+                        (Some(m), _) => format!("rss {m:>6.1} MiB"),
+                        _ => String::new(),
+                    };
                     println!(
-                        "  {label:<19} {:>7.3} [{:.3}-{:.3}] {over:>9} {ratio:>7} | cpu {cpu:>7.3} {cpu_over:>9} | {}",
+                        "  {label:<19} {:>7.3} [{:.3}-{:.3}] {over:>9} {ratio:>7} | cpu {cpu:>7.3} {cpu_over:>9} | {rss} | {}",
                         s.median,
                         s.min,
                         s.max,
@@ -218,6 +228,16 @@ pub fn print(r: &Results) -> usize {
         println!("note: {n}");
     }
     problems
+}
+
+/// Median peak resident set of a cell's runs (the largest process of each run), MiB.
+fn rss_mib(cell: &Cell) -> Option<f64> {
+    let mut v: Vec<u64> = cell.runs.iter().map(|r| r.max_rss_kib).filter(|&k| k > 0).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    Some(v[v.len() / 2] as f64 / 1024.0)
 }
 
 /// The ratio that matters: shadow's overhead vs the unwinder's, per workload.
@@ -266,6 +286,7 @@ pub fn json(r: &Results) -> Value {
                         "cpu_s": c.runs.iter().map(|r| r.cpu).collect::<Vec<_>>(),
                         "cpu_median_s": cpu_summary(c).map(|s| s.median),
                         "cpu_overhead_pct": cpu_overhead(w, c),
+                        "max_rss_mib_median": rss_mib(c),
                         "median_s": s.map(|s| s.median),
                         "min_s": s.map(|s| s.min),
                         "max_s": s.map(|s| s.max),
