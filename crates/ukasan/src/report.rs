@@ -959,6 +959,20 @@ pub(crate) fn stats(rt: &Runtime, o: &Options) {
             d.bytes_used,
             d.nodes
         );
+        let c = stacktrace::softshadow::counters();
+        if c.captures > 0 {
+            let _ = writeln!(
+                b,
+                "ukasan: stats: shadow_captures={} frames_walked={} frames_copied={} \
+                 frames_patched={} trampoline_returns={} incremental_saves={}",
+                c.captures,
+                c.frames_walked,
+                c.frames_copied,
+                c.frames_patched,
+                c.trampoline_returns,
+                c.incremental_saves
+            );
+        }
     });
 }
 
