@@ -63,6 +63,8 @@ const MAX_TABLE_BITS: u32 = 23;
 /// The lookaside has one slot per `2^LOOKASIDE_SHIFT` buckets.
 const LOOKASIDE_SHIFT: u32 = 3;
 const MAX_NODE: usize = MAX_WORDS * 4;
+/// Bytes of address space reserved for the pools.
+const REGION: usize = MAX_POOLS * POOL_SIZE;
 
 const _: () = assert!(ID_BITS == 32 - Handle::EXTRA_BITS && POOL_BITS == 9);
 
@@ -77,6 +79,10 @@ struct Pool {
 
 /// A deduplicating store of stack traces; see the crate docs.
 pub struct Depot {
+    /// Address space for all pools (`MAX_POOLS * POOL_SIZE` bytes reserved, `PROT_NONE`), pool
+    /// `k` at `(k - 1) * POOL_SIZE`: a node's address is one add from its id. Made with the
+    /// table, before it is published; null until then.
+    region: AtomicPtr<u8>,
     /// The table mapping, tagged with log2(bucket count) and log2(page size) in its low bits;
     /// null until the first save.
     table: AtomicPtr<u8>,
@@ -130,6 +136,7 @@ impl Depot {
     /// Maps nothing until the first [`save`](Self::save).
     pub const fn new(budget_bytes: usize) -> Depot {
         Depot {
+            region: AtomicPtr::new(ptr::null_mut()),
             table: AtomicPtr::new(ptr::null_mut()),
             budget: AtomicUsize::new(budget_bytes),
             mapped: AtomicUsize::new(0),
@@ -364,15 +371,12 @@ impl Depot {
     /// head, a lookaside slot or a published node's link, or returned by an insert.
     #[inline(always)]
     unsafe fn at(&self, id: u32) -> *const u32 {
-        let pool = (id >> OFFSET_BITS) as usize - 1;
-        let off = ((id & ((1 << OFFSET_BITS) - 1)) as usize) << GRANULE_SHIFT;
-        // SAFETY: a published node's pool index is in range (the caller's contract).
-        let slot = unsafe { self.pools.get_unchecked(pool) };
-        // Relaxed: `base` was stored before the Release that published the node, which the
-        // caller acquired.
-        let p = slot.base.load(Ordering::Relaxed);
-        // SAFETY: a published node lies inside its pool, 4-aligned.
-        unsafe { p.add(off).cast::<u32>() }
+        // Relaxed: the region was stored before the table's Release publication, and every
+        // node was published after that (the caller acquired it).
+        let region = self.region.load(Ordering::Relaxed);
+        // SAFETY: pool `k` of a published node (k >= 1) lies at `(k - 1) * POOL_SIZE` in the
+        // region, and `id << 2` is `k * POOL_SIZE + offset`; 4-aligned.
+        unsafe { region.add(((id as usize) << GRANULE_SHIFT) - POOL_SIZE).cast::<u32>() }
     }
 
     /// Word 0 of a published node, which may change (its TERMINAL bit).
@@ -394,9 +398,10 @@ impl Depot {
         // SAFETY: the caller's contract.
         let p = unsafe { self.at(id) };
         // Relaxed: see `word0`; words 1.. were written before the node was published.
-        // SAFETY: a published node has 3 or 4 words, immutable except word 0.
+        // SAFETY: a published node has 3 or 4 words, immutable except word 0, which is only
+        // ever accessed atomically.
         let (w0, w1, lo) =
-            unsafe { (self.word0(id).load(Ordering::Relaxed), *p.add(1), *p.add(2)) };
+            unsafe { ((*p.cast::<AtomicU32>()).load(Ordering::Relaxed), *p.add(1), *p.add(2)) };
         let hi = if w1 >> ID_BITS == ESCAPE {
             // SAFETY: an escaping node has its fourth word.
             unsafe { *p.add(3) }
@@ -428,6 +433,9 @@ impl Depot {
         }
         // Relaxed: `base` was stored before the `published` Release we acquired.
         let p = slot.base.load(Ordering::Relaxed).cast::<u32>();
+        if p.is_null() {
+            return None;
+        }
         // SAFETY: `off + 12 <= published <= len` of this pool and `off` is 4-aligned: three
         // written words; a fourth is read only if it lies below the mark too.
         let w = unsafe {
@@ -622,6 +630,23 @@ impl Depot {
             } else {
                 return Err(Stop::NeedPool);
             };
+            // Into the pool's place in the region.
+            let region = self.region.load(Ordering::Relaxed);
+            // SAFETY: pool `pool_no + 1` <= MAX_POOLS has its place at `pool_no * POOL_SIZE`
+            // in the region, and `len <= POOL_SIZE`; `base` is a mapping, so non-null.
+            let (to, from) = unsafe {
+                (
+                    NonNull::new_unchecked(region.add(pool_no * POOL_SIZE)),
+                    NonNull::new_unchecked(base),
+                )
+            };
+            // SAFETY: `from` is a whole unused mapping of `len` bytes (fresh or the spare,
+            // taken from where it was kept), and its place is reserved and unused.
+            if !unsafe { sys::move_to(from, len, to) } {
+                self.release(Some((from, len)));
+                return Err(Stop::Full);
+            }
+            let base = to.as_ptr();
             let slot = &self.pools[pool_no];
             slot.len.store(len, Ordering::Relaxed);
             // Relaxed: readers reach `base` only after acquiring a `published` mark or a
@@ -711,6 +736,19 @@ impl Depot {
     /// Maps and publishes the table (first save). Called without the lock.
     #[cold]
     fn make_table(&self) -> Option<Table> {
+        // Relaxed: the region is published to readers by the table's Release below.
+        if self.region.load(Ordering::Relaxed).is_null() {
+            let r = sys::reserve(REGION)?;
+            // Relaxed: as above; a loser unmaps its own reservation, unused.
+            if self
+                .region
+                .compare_exchange(ptr::null_mut(), r.as_ptr(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                // SAFETY: our own reservation, never shared.
+                unsafe { sys::unmap(r, REGION) };
+            }
+        }
         let budget = self.budget.load(Ordering::Relaxed); // Relaxed: see `set_budget`.
         let bits = table_bits(budget);
         let page = sys::page_size();
@@ -895,11 +933,9 @@ impl core::fmt::Debug for Depot {
 impl Drop for Depot {
     fn drop(&mut self) {
         // Relaxed throughout: `&mut self` means no other thread uses the depot.
-        for slot in &self.pools {
-            if let Some(p) = NonNull::new(slot.base.load(Ordering::Relaxed)) {
-                // SAFETY: an installed pool of `len` bytes; no borrow of `self` is alive.
-                unsafe { sys::unmap(p, slot.len.load(Ordering::Relaxed)) };
-            }
+        if let Some(p) = NonNull::new(self.region.load(Ordering::Relaxed)) {
+            // SAFETY: the region (with every pool moved into it); no borrow of `self` lives.
+            unsafe { sys::unmap(p, REGION) };
         }
         if let Some(p) = NonNull::new(self.spare.load(Ordering::Relaxed)) {
             // SAFETY: the spare mapping is ours and unused.
