@@ -63,6 +63,8 @@ const MAX_TABLE_BITS: u32 = 23;
 /// The lookaside has one slot per `2^LOOKASIDE_SHIFT` buckets.
 const LOOKASIDE_SHIFT: u32 = 3;
 const MAX_NODE: usize = MAX_WORDS * 4;
+/// Words of a node whose high half is known (the common size).
+const NODE_WORDS: u32 = 3;
 /// Bytes of address space reserved for the pools.
 const REGION: usize = MAX_POOLS * POOL_SIZE;
 
@@ -457,21 +459,37 @@ impl Depot {
     /// # Safety
     /// As [`at`](Self::at), or `id == ROOT`.
     #[inline]
+    ///
+    /// The new part of a trace is inserted in one go, so a path is mostly runs of adjacent
+    /// nodes, each the parent of the next one up. Within a run the next node's address is
+    /// guessed (the node right below) before the load that confirms it: the check is a
+    /// predicted branch, so the loads of a run overlap instead of waiting for each other
+    /// (a plain walk is one cache-hit latency per frame).
+    #[inline]
     unsafe fn is_path(&self, mut id: u32, frames: &[usize]) -> Option<u32> {
         let mut w0 = 0;
-        for (i, &f) in frames.iter().enumerate() {
+        let mut i = 0;
+        while i < frames.len() {
             if id == ROOT {
                 return None;
             }
-            // SAFETY: `id` is published, and so is every parent of a published node.
-            let n = unsafe { self.node(id) };
-            if n.ra != f {
-                return None;
+            loop {
+                let below = opaque(id.wrapping_sub(NODE_WORDS));
+                // SAFETY: `id` is published (the caller's, or a published node's parent).
+                let n = unsafe { self.node(id) };
+                if n.ra != frames[i] {
+                    return None;
+                }
+                if i == 0 {
+                    w0 = n.w0;
+                }
+                i += 1;
+                if n.parent != below || i == frames.len() {
+                    id = n.parent;
+                    break;
+                }
+                id = below;
             }
-            if i == 0 {
-                w0 = n.w0;
-            }
-            id = n.parent;
         }
         (id == ROOT).then_some(w0)
     }
@@ -858,6 +876,23 @@ impl Write for Line {
         self.len += n;
         Ok(())
     }
+}
+
+/// `x`, hidden from the optimizer (an empty asm block where there is one): [`Depot::is_path`]'s
+/// guess must not be replaced by the loaded value it is compared with.
+#[inline(always)]
+fn opaque(mut x: u32) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: an empty asm block (a comment naming the register): no instruction, no memory.
+    unsafe {
+        core::arch::asm!("/* {0:e} */", inout(reg) x, options(pure, nomem, nostack))
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: as above.
+    unsafe {
+        core::arch::asm!("/* {0:w} */", inout(reg) x, options(pure, nomem, nostack))
+    };
+    x
 }
 
 /// Low bits of the table pointer that carry `bits` (0..=4) and log2(page size) (5..=9).
