@@ -458,7 +458,6 @@ impl Depot {
     ///
     /// # Safety
     /// As [`at`](Self::at), or `id == ROOT`.
-    #[inline]
     ///
     /// The new part of a trace is inserted in one go, so a path is mostly runs of adjacent
     /// nodes, each the parent of the next one up. Within a run the next node's address is
