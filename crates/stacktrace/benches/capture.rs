@@ -151,6 +151,9 @@ fn softshadow_benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// A capture then a save into the buffer given; the handle.
+type SaveFn = dyn FnMut(&mut [usize]) -> u32;
+
 /// Capture + save, what the detector does per allocation, at depths 128 and 200 with 3-4
 /// frames changing per capture (`churn3`: three wrapper frames and the closure) and steady:
 /// the software shadow stack's incremental `capture_and_save` against a capture then a save
@@ -166,7 +169,7 @@ fn capture_save_benches(c: &mut Criterion) {
     for depth in [128, 200] {
         // Room for the whole stack (the harness's frames included): never truncated.
         let mut buf = vec![0usize; 256];
-        let cases: [(&str, &mut dyn FnMut(&mut [usize]) -> u32); 4] = [
+        let cases: [(&str, &mut SaveFn); 4] = [
             ("shadow+incremental", &mut |b| {
                 softshadow::capture_and_save(b).map_or(0, |s| s.handle.to_raw())
             }),

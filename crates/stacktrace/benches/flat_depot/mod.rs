@@ -2,7 +2,7 @@
 //! stackdepot/src), unchanged but for this header and its tests: one record per distinct
 //! trace (a 16-byte header and 8 bytes per frame), found by a hash of the whole trace. Kept
 //! here only as the baseline of the capture+save benches.
-#![allow(dead_code, unreachable_pub, clippy::all)]
+#![allow(dead_code, unused_imports, unreachable_pub, clippy::all)]
 
 mod depot;
 mod hash;
@@ -11,7 +11,6 @@ mod stats;
 mod sys;
 
 pub use depot::Depot;
-pub use stats::Stats as _;
 
 /// A stored trace's name: 0 means "no trace"; the top [`Handle::EXTRA_BITS`] bits belong
 /// to the caller.

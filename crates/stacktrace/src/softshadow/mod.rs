@@ -69,6 +69,18 @@
 //! never captures pays nothing. Memory per capturing thread: a 128 KiB array and a stack
 //! shadow the size of the stack, both `MAP_NORESERVE`, touched only where used.
 //!
+//! # Capture and save
+//! [`capture_and_save_from`] captures and stores in the global stack depot in one call: each
+//! array entry also remembers the depot handle of the trace from its frame down (filled the
+//! first time a capture copies the whole stack), valid while the frame is live, since a live
+//! frame's callers cannot change; a steady capture then walks its few new frames and saves
+//! them on the newest entry's handle (`stackdepot::save_on`): time proportional to the
+//! frames that changed, for the walk and the save. [`counters`] says how often that happened
+//! and what the captures did (walked, copied, patched, trampolined returns); `ukasan bench`
+//! shows them per workload. Frames that keep no frame record (code built without frame
+//! pointers, e.g. Debian's python3 and sqlite3) are never patched, so captures through them
+//! walk them every time and save whole: the counters show it (`frames_walked` per capture).
+//!
 //! # Limits
 //! Trampoline scratch registers are `r10` and `r11`, which no SysV return value uses;
 //! code that expects them preserved across a return (LLVM's `preserve_most`) must not be
