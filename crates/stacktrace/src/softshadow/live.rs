@@ -475,6 +475,10 @@ fn steady_save(
         return Some(Ok(super::Saved { handle, frames: below + k, incremental: true }));
     }
     let n = walk::copy_from(&m, arr, top, buf, k);
+    if m.refused.get() {
+        // The walk below an entry ended early: a cheaper backend serves this capture.
+        return Some(Err(Unsupported::StackTooSmall));
+    }
     count(st, k, n - k);
     if n >= cap {
         // Perhaps truncated: the handles of its old parts would not be those of the stack.
