@@ -466,7 +466,19 @@ impl Depot {
     /// (a plain walk is one cache-hit latency per frame).
     #[inline]
     unsafe fn is_path(&self, mut id: u32, frames: &[usize]) -> Option<u32> {
-        let mut w0 = 0;
+        let Some((&first, _)) = frames.split_first() else {
+            return (id == ROOT).then_some(0);
+        };
+        if id == ROOT {
+            return None;
+        }
+        // SAFETY: `id` is published (the caller's contract).
+        let w0 = unsafe { self.node(id) };
+        if w0.ra != first {
+            return None;
+        }
+        // Relaxed: see `at`.
+        let region = self.region.load(Ordering::Relaxed).cast_const();
         let mut i = 0;
         while i < frames.len() {
             if id == ROOT {
@@ -474,23 +486,37 @@ impl Depot {
             }
             loop {
                 let below = opaque(id.wrapping_sub(NODE_WORDS));
-                // SAFETY: `id` is published (the caller's, or a published node's parent).
-                let n = unsafe { self.node(id) };
-                if n.ra != frames[i] {
+                let f = frames[i];
+                // SAFETY: `id` is published (the caller's, or a published node's parent):
+                // its words 1 and 2 (and 3 when it escapes) are written and immutable, at
+                // `id << 2` from the region's start less one pool (see `at`).
+                let (w1, lo) = unsafe {
+                    let p = region.add(((id as usize) << GRANULE_SHIFT) - POOL_SIZE).cast::<u32>();
+                    (*p.add(1), *p.add(2))
+                };
+                let high = w1 >> ID_BITS;
+                let hi = if high < ESCAPE {
+                    // Relaxed: stored before the first node using it was published.
+                    self.highs[high as usize].load(Ordering::Relaxed)
+                } else {
+                    // SAFETY: as above; an escaping node has its fourth word.
+                    unsafe {
+                        *region.add(((id as usize) << GRANULE_SHIFT) - POOL_SIZE + 12).cast::<u32>()
+                    }
+                };
+                if lo != f as u32 || u64::from(hi) != (f as u64) >> 32 {
                     return None;
                 }
-                if i == 0 {
-                    w0 = n.w0;
-                }
+                let parent = w1 & ID_MASK;
                 i += 1;
-                if n.parent != below || i == frames.len() {
-                    id = n.parent;
+                if parent != below || i == frames.len() {
+                    id = parent;
                     break;
                 }
                 id = below;
             }
         }
-        (id == ROOT).then_some(w0)
+        (id == ROOT).then_some(w0.w0)
     }
 
     /// Lock-free lookup of the child `ra` of node `parent`.
