@@ -14,7 +14,7 @@
 //! - **Table**: one mapping made on the first save: page 0 holds the insert lock and is
 //!   marked `MADV_WIPEONFORK` (a forked child starts with the lock free), then `2^bits`
 //!   `AtomicU32` bucket heads (a node's word 0 links the next node of its bucket), then
-//!   `2^(bits - 3)` lookaside slots: the node last saved for a whole-trace hash, checked
+//!   `2^(bits - 1)` lookaside slots: the node last saved for a whole-trace hash, checked
 //!   frame by frame before use, so a repeated trace costs one hash and one walk up its path
 //!   rather than a bucket lookup per frame. The table pointer carries `bits` and log2(page
 //!   size) in its low (page offset) bits, so the whole layout publishes with one atomic store.
@@ -60,8 +60,10 @@ pub(crate) const POOL_BITS: u32 = ID_BITS - OFFSET_BITS;
 pub(crate) const ROOT: u32 = 1;
 const MIN_TABLE_BITS: u32 = 8;
 const MAX_TABLE_BITS: u32 = 23;
-/// The lookaside has one slot per `2^LOOKASIDE_SHIFT` buckets.
-const LOOKASIDE_SHIFT: u32 = 3;
+/// The lookaside has one slot per `2^LOOKASIDE_SHIFT` buckets (a slot per 256 budget
+/// bytes: 256 Ki slots for 64 MiB, so that tens of thousands of distinct traces rarely
+/// share one; a miss walks the trie from the root, a bucket lookup per frame).
+const LOOKASIDE_SHIFT: u32 = 1;
 const MAX_NODE: usize = MAX_WORDS * 4;
 /// Words of a node whose high half is known (the common size).
 const NODE_WORDS: u32 = 3;

@@ -58,8 +58,8 @@
 //! # Costs
 //! Per distinct trace: 12 bytes per frame not shared with a trace stored before (measured on
 //! `ukasan bench`: see `Stats::bytes_per_frame`, pool bytes over the frames of all distinct
-//! traces). Per depot: the table (a 4-byte bucket per 128 budget bytes and a lookaside of an
-//! eighth of that: 2.25 MiB for 64 MiB) and the unused tail of each pool. A repeated trace:
+//! traces). Per depot: the table (a 4-byte bucket per 128 budget bytes and a lookaside of
+//! half that: 3 MiB for 64 MiB) and the unused tail of each pool. A repeated trace:
 //! a hash and a walk up its path (about a nanosecond per frame when hot); a new one: a
 //! bucket lookup per frame down to where it leaves the stored paths, then the lock.
 //!
