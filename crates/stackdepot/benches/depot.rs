@@ -30,8 +30,8 @@ impl Store for Box<Depot> {
     fn save(&self, frames: &[usize]) -> u32 {
         Depot::save(self, frames).to_raw()
     }
-    fn fetch(&self, h: u32, _out: &mut [usize; 64]) -> usize {
-        let t = Depot::fetch(self, stackdepot::Handle::from_raw(h)).unwrap_or(&[]);
+    fn fetch(&self, h: u32, out: &mut [usize; 64]) -> usize {
+        let t = Depot::fetch(self, stackdepot::Handle::from_raw(h), out).unwrap_or(&[]);
         black_box(t).len()
     }
 }

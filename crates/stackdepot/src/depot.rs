@@ -1,23 +1,31 @@
-//! The depot: a hash table of chained records in append-only mmap pools.
+//! The depot: a trie of `(parent, return address)` nodes in append-only mmap pools, found
+//! through a hash table of chained buckets, with a lookaside of whole traces in front.
+//!
+//! A trace `[f0, f1, .., fn-1]` (newest first) is the path root -> `fn-1` -> .. -> `f0`: the
+//! node of `f0` names it, and its parent is the node of `[f1, .., fn-1]`. Stacks of one
+//! program share their old part (`main`, the event loop, the interpreter's eval loop), which
+//! is stored once. Node ids grow with insertion and a parent is always inserted before its
+//! children, so every parent id is smaller than its child's (walks end, even on garbage).
 //!
 //! Memory layout:
 //! - **Pools**: up to [`MAX_POOLS`] mappings of at most [`POOL_SIZE`] bytes, filled front to
-//!   back with records and never freed before the depot is dropped.
-//! - **Record**: a 16-byte [`Header`] `{hash: u64, next: u32, len: u32}` followed by `len`
-//!   frames as `usize`, 8-byte aligned. `next` is the handle of the previous head of the same
-//!   bucket (0 ends the chain).
-//! - **Table**: one mapping made on the first insert: page 0 holds the insert lock and is
+//!   back with nodes (`node.rs`: 12 bytes, 16 for a rare return address) and never freed
+//!   before the depot is dropped. A node id is `pool << 18 | offset / 4`.
+//! - **Table**: one mapping made on the first save: page 0 holds the insert lock and is
 //!   marked `MADV_WIPEONFORK` (a forked child starts with the lock free), then `2^bits`
-//!   `AtomicU32` bucket heads, sized from the budget (about one bucket per 256 budget bytes).
-//!   The table pointer carries `bits` and log2(page size) in its low (page offset) bits, so
-//!   the whole layout publishes with one atomic store.
+//!   `AtomicU32` bucket heads (a node's word 0 links the next node of its bucket), then
+//!   `2^(bits - 1)` lookaside slots: the node last saved for a whole-trace hash, checked
+//!   frame by frame before use, so a repeated trace costs one hash and one walk up its path
+//!   rather than a bucket lookup per frame. The table pointer carries `bits` and log2(page
+//!   size) in its low (page offset) bits, so the whole layout publishes with one atomic store.
 //!
-//! Concurrency: records are immutable once published. An insert, under [`OwnerLock`],
-//! 1. moves the cursor past the new record (so a child forked mid-insert, which starts with
-//!    the lock free, never reuses the half-written record),
-//! 2. writes the record,
-//! 3. raises the pool's `published` mark (Release; `fetch` checks handles against it),
-//! 4. stores the record's handle as the bucket head (Release; lookups Acquire it).
+//! Concurrency: nodes are immutable once published (except the `TERMINAL` statistics bit,
+//! set atomically). An insert, under [`OwnerLock`], for each new node
+//! 1. moves the cursor past the node (so a child forked mid-insert, which starts with the
+//!    lock free, never reuses the half-written node),
+//! 2. writes the node,
+//! 3. raises the pool's `published` mark (Release; `fetch` checks ids against it),
+//! 4. stores the node's id as the bucket head (Release; lookups Acquire it).
 //!
 //! Stopped at any point, the depot stays consistent: at worst some pool bytes are wasted.
 
@@ -25,8 +33,9 @@ use core::fmt::Write;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use crate::hash::hash;
+use crate::hash::{hash, node_hash};
 use crate::lock::{Busy, OwnerLock};
+use crate::node::{self, ESCAPE, HIGHS, ID_BITS, ID_MASK, MAX_WORDS, TERMINAL};
 use crate::stats::{ShardedCounter, Stats};
 use crate::{sys, Handle};
 
@@ -36,45 +45,50 @@ pub const MAX_DEPTH: usize = 256;
 pub const DEFAULT_BUDGET: usize = 64 << 20;
 /// Size of a full pool mapping (the last pool within the budget may be smaller).
 pub const POOL_SIZE: usize = 1 << POOL_SHIFT;
-/// Most pools a depot can hold (so at most `MAX_POOLS * POOL_SIZE` bytes of records).
+/// Most pools a depot can hold (so at most `MAX_POOLS * POOL_SIZE` bytes of nodes).
 pub const MAX_POOLS: usize = (1 << POOL_BITS) - 1;
 /// Largest budget worth giving a depot (1 GiB): the largest table and about 500 pools;
-/// [`MAX_POOLS`] pools of [`POOL_SIZE`] would not fit much more. ukasan's `depot_size_mb`
-/// option accepts up to this.
+/// ukasan's `depot_size_mb` option accepts up to this.
 pub const MAX_BUDGET: usize = 1 << 30;
 
-const POOL_SHIFT: u32 = 21;
-/// Records start on 8-byte granules; the handle stores the offset in granules.
-const GRANULE_SHIFT: u32 = 3;
+const POOL_SHIFT: u32 = 20;
+/// Nodes are made of 4-byte words; an id stores the offset in words.
+const GRANULE_SHIFT: u32 = 2;
 pub(crate) const OFFSET_BITS: u32 = POOL_SHIFT - GRANULE_SHIFT;
-pub(crate) const POOL_BITS: u32 = 32 - Handle::EXTRA_BITS - OFFSET_BITS;
-const HEADER: usize = core::mem::size_of::<Header>();
+pub(crate) const POOL_BITS: u32 = ID_BITS - OFFSET_BITS;
+/// The id of the root: the empty trace (pool field 0, which names no pool).
+pub(crate) const ROOT: u32 = 1;
 const MIN_TABLE_BITS: u32 = 8;
-const MAX_TABLE_BITS: u32 = 22;
+const MAX_TABLE_BITS: u32 = 23;
+/// The lookaside has one slot per `2^LOOKASIDE_SHIFT` buckets (a slot per 256 budget
+/// bytes: 256 Ki slots for 64 MiB, so that tens of thousands of distinct traces rarely
+/// share one; a miss walks the trie from the root, a bucket lookup per frame).
+const LOOKASIDE_SHIFT: u32 = 1;
+const MAX_NODE: usize = MAX_WORDS * 4;
+/// Words of a node whose high half is known (the common size).
+const NODE_WORDS: u32 = 3;
+/// Bytes of address space reserved for the pools.
+const REGION: usize = MAX_POOLS * POOL_SIZE;
 
-/// A record's header; the frames follow it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct Header {
-    hash: u64,
-    next: u32,
-    len: u32,
-}
+const _: () = assert!(ID_BITS == 32 - Handle::EXTRA_BITS && POOL_BITS == 9);
 
-const _: () = assert!(HEADER == 16 && OFFSET_BITS + POOL_BITS + Handle::EXTRA_BITS == 32);
-
-/// One pool: its mapping and how far records in it are published.
+/// One pool: its mapping and how far nodes in it are published.
 #[derive(Debug)]
 struct Pool {
     base: AtomicPtr<u8>,
     len: AtomicUsize,
-    /// Bytes from `base` that hold fully written records.
+    /// Bytes from `base` that hold fully written nodes.
     published: AtomicUsize,
 }
 
 /// A deduplicating store of stack traces; see the crate docs.
 pub struct Depot {
-    /// Bucket array, tagged with log2(bucket count) in its low bits; null until first insert.
+    /// Address space for all pools (`MAX_POOLS * POOL_SIZE` bytes reserved, `PROT_NONE`), pool
+    /// `k` at `(k - 1) * POOL_SIZE`: a node's address is one add from its id. Made with the
+    /// table, before it is published; null until then.
+    region: AtomicPtr<u8>,
+    /// The table mapping, tagged with log2(bucket count) and log2(page size) in its low bits;
+    /// null until the first save.
     table: AtomicPtr<u8>,
     budget: AtomicUsize,
     /// Bytes mapped (pools, spare, table), never above `budget`.
@@ -85,10 +99,17 @@ pub struct Depot {
     /// Under the lock: a mapped pool not in use yet (null if none) and its length.
     spare: AtomicPtr<u8>,
     spare_len: AtomicUsize,
+    /// High halves (`ra >> 32`) that nodes refer to by index; written under the lock before
+    /// the first node that uses one is published, never changed after.
+    highs: [AtomicU32; HIGHS],
+    highs_len: AtomicU32,
+    /// Some save returned the root (the empty trace): for `unique_traces`.
+    root_saved: AtomicBool,
     hits: ShardedCounter,
     misses: AtomicU64,
     unique: AtomicU64,
     frames: AtomicU64,
+    nodes: AtomicU64,
     bytes_used: AtomicU64,
     dropped_full: AtomicU64,
     dropped_busy: AtomicU64,
@@ -96,21 +117,30 @@ pub struct Depot {
     warned: AtomicBool,
 }
 
-/// What an insert attempt under the lock came to.
-enum Insert {
-    Done(Handle),
+/// Why an insert under the lock stopped.
+enum Stop {
     /// The current pool is full and there is no spare: map one (outside the lock) and retry.
     NeedPool,
     /// Every pool slot is taken: the depot is full whatever the budget says.
     Full,
 }
 
+/// A published node's fields.
+#[derive(Clone, Copy)]
+struct Node {
+    /// Word 0 (next | TERMINAL), read when the node was loaded.
+    w0: u32,
+    parent: u32,
+    ra: usize,
+}
+
 impl Depot {
     /// An empty depot that will map at most `budget_bytes` (pools and table together).
     ///
-    /// Maps nothing until the first [`save`](Self::save) of a new trace.
+    /// Maps nothing until the first [`save`](Self::save).
     pub const fn new(budget_bytes: usize) -> Depot {
         Depot {
+            region: AtomicPtr::new(ptr::null_mut()),
             table: AtomicPtr::new(ptr::null_mut()),
             budget: AtomicUsize::new(budget_bytes),
             mapped: AtomicUsize::new(0),
@@ -124,10 +154,14 @@ impl Depot {
             cursor: AtomicU64::new(0),
             spare: AtomicPtr::new(ptr::null_mut()),
             spare_len: AtomicUsize::new(0),
+            highs: [const { AtomicU32::new(0) }; HIGHS],
+            highs_len: AtomicU32::new(0),
+            root_saved: AtomicBool::new(false),
             hits: ShardedCounter::new(),
             misses: AtomicU64::new(0),
             unique: AtomicU64::new(0),
             frames: AtomicU64::new(0),
+            nodes: AtomicU64::new(0),
             bytes_used: AtomicU64::new(0),
             dropped_full: AtomicU64::new(0),
             dropped_busy: AtomicU64::new(0),
@@ -155,53 +189,95 @@ impl Depot {
     /// to stderr, once per depot) or when called from a signal handler that interrupted an
     /// insert on the same thread. Traces longer than [`MAX_DEPTH`] are truncated.
     ///
-    /// Async-signal-safe, never allocates, never panics. A hit costs a hash and a compare;
-    /// a miss takes the insert lock and may map a pool.
+    /// Async-signal-safe, never allocates, never panics. A repeated trace costs a hash and a
+    /// walk up its path (the lookaside); a new one a bucket lookup per frame down to where it
+    /// leaves the stored paths, then the insert lock for the new frames only.
     #[inline]
     pub fn save(&self, frames: &[usize]) -> Handle {
-        let frames = if frames.len() > MAX_DEPTH {
-            self.truncated.fetch_add(1, Ordering::Relaxed); // Relaxed: a statistic.
-            &frames[..MAX_DEPTH]
-        } else {
-            frames
+        let frames = self.clamp(frames);
+        let Some(t) = self.table().or_else(|| self.make_table()) else {
+            return self.full();
         };
         let h = hash(frames);
-        if let Some(found) = self.table().and_then(|t| self.lookup(t, h, frames)) {
-            self.hits.incr();
-            return found;
+        let slot = t.lookaside(h);
+        // Acquire pairs with the Release store below (by any thread): the node it names, and
+        // its path, are visible.
+        let cand = slot.load(Ordering::Acquire);
+        if cand != 0 {
+            // SAFETY: lookaside slots only ever hold ids of published nodes (or ROOT).
+            if let Some(w0) = unsafe { self.is_path(cand, frames) } {
+                self.hits.incr();
+                self.mark(cand, w0, frames.len());
+                return Handle::from_id(cand);
+            }
         }
-        self.insert(frames, h)
+        let id = self.extend(t, ROOT, frames, &mut []);
+        if id != 0 {
+            // Release pairs with the Acquire load above.
+            slot.store(id, Ordering::Release);
+        }
+        self.finish(id, frames.len())
     }
 
-    /// The trace behind `h` (its extra bits ignored), without copying; `None` for
-    /// [`Handle::NONE`] and for handles this depot did not hand out.
+    /// Stores the trace `frames ++ trace(base)`: `frames` (newest first) called from the
+    /// frames of `base`, a handle of this depot whose trace has `base_len` frames, and
+    /// returns its handle, the same as [`save`](Self::save) of the whole trace would.
     ///
-    /// Async-signal-safe, lock-free, never allocates, never panics. A handle must reach the
-    /// fetching thread through some synchronization (as any value would); a handle made up
-    /// or from another depot gives `None` or some other trace, never undefined behavior.
-    pub fn fetch(&self, h: Handle) -> Option<&[usize]> {
-        let id = h.id();
-        let pool = (id >> OFFSET_BITS) as usize;
-        let off = ((id & ((1 << OFFSET_BITS) - 1)) as usize) << GRANULE_SHIFT;
-        let slot = self.pools.get(pool.checked_sub(1)?)?;
-        // Acquire pairs with the Release store of `published` in `insert_locked`: the
-        // record bytes below the mark, and the pool's `base`, are visible.
-        let published = slot.published.load(Ordering::Acquire);
-        if off + HEADER > published {
-            return None;
+    /// Costs a bucket lookup per frame of `frames` only: the incremental save of a capture
+    /// that knows its old part's handle. [`Handle::NONE`] when `base` is not a handle of this
+    /// depot, when the whole trace would exceed [`MAX_DEPTH`] (save it whole: it is
+    /// truncated then), and as for `save`. Async-signal-safe, never allocates.
+    #[inline]
+    pub fn save_on(&self, base: Handle, base_len: usize, frames: &[usize]) -> Handle {
+        let len = base_len.saturating_add(frames.len());
+        let Some(t) = self.table() else { return Handle::NONE };
+        if len > MAX_DEPTH || !self.is_node(base.id()) {
+            return Handle::NONE;
         }
-        // Relaxed: `base` was stored before the `published` Release we acquired.
-        let base = slot.base.load(Ordering::Relaxed);
-        // SAFETY: `off + HEADER <= published <= len` of this pool, `off` is 8-aligned and the
-        // bytes are written and immutable (see the Acquire above).
-        let header = unsafe { base.add(off).cast::<Header>().read() };
-        let len = header.len as usize;
-        if len > MAX_DEPTH || off + HEADER + len * core::mem::size_of::<usize>() > published {
-            return None;
+        let id = self.extend(t, base.id(), frames, &mut []);
+        self.finish(id, len)
+    }
+
+    /// As [`save`](Self::save), and also writes to `suffixes[i]` the handle of
+    /// `frames[i..]`, for every `i < suffixes.len()` (the handles of the old parts of the
+    /// trace, for later [`save_on`](Self::save_on) calls; `NONE` where not stored).
+    pub fn save_with_suffixes(&self, frames: &[usize], suffixes: &mut [Handle]) -> Handle {
+        let frames = self.clamp(frames);
+        suffixes.iter_mut().for_each(|s| *s = Handle::NONE);
+        let Some(t) = self.table().or_else(|| self.make_table()) else {
+            return self.full();
+        };
+        let id = self.extend(t, ROOT, frames, suffixes);
+        self.finish(id, frames.len())
+    }
+
+    /// Writes the trace behind `h` (its extra bits ignored) into `buf`, newest first, and
+    /// returns the written part: all of it, or its newest `buf.len()` frames if it is longer.
+    /// `None` for [`Handle::NONE`] and for handles this depot did not hand out.
+    ///
+    /// Async-signal-safe, lock-free, never allocates, never panics: a walk up the path, each
+    /// node checked against its pool's published mark. A handle must reach the fetching
+    /// thread through some synchronization (as any value would); a handle made up or from
+    /// another depot gives `None` or some other trace, never undefined behavior.
+    pub fn fetch<'b>(&self, h: Handle, buf: &'b mut [usize]) -> Option<&'b [usize]> {
+        let mut id = h.id();
+        if id == ROOT {
+            return self.table().map(|_| &buf[..0]);
         }
-        // SAFETY: checked just above that the `len` frames lie below the published mark;
-        // they are never written again while `self` lives.
-        Some(unsafe { core::slice::from_raw_parts(base.add(off + HEADER).cast::<usize>(), len) })
+        let mut n = 0;
+        while id != ROOT {
+            let node = self.checked(id)?;
+            if n == buf.len() {
+                break;
+            }
+            buf[n] = node.ra;
+            n += 1;
+            if node.parent >= id || n > MAX_DEPTH {
+                return None;
+            }
+            id = node.parent;
+        }
+        Some(&buf[..n])
     }
 
     /// A snapshot of the counters.
@@ -211,6 +287,7 @@ impl Depot {
         Stats {
             unique_traces: self.unique.load(Ordering::Relaxed),
             frames_stored: self.frames.load(Ordering::Relaxed),
+            nodes: self.nodes.load(Ordering::Relaxed),
             bytes_used: self.bytes_used.load(Ordering::Relaxed),
             bytes_mapped: self.mapped.load(Ordering::Relaxed) as u64,
             bytes_budget: self.budget.load(Ordering::Relaxed) as u64,
@@ -223,6 +300,58 @@ impl Depot {
         }
     }
 
+    /// `frames`, truncated to [`MAX_DEPTH`] (counted).
+    #[inline]
+    fn clamp<'f>(&self, frames: &'f [usize]) -> &'f [usize] {
+        if frames.len() > MAX_DEPTH {
+            self.truncated.fetch_add(1, Ordering::Relaxed); // Relaxed: a statistic.
+            &frames[..MAX_DEPTH]
+        } else {
+            frames
+        }
+    }
+
+    /// The statistics and the result of a save that ended at node `id` (0: refused).
+    #[inline]
+    fn finish(&self, id: u32, len: usize) -> Handle {
+        if id == 0 {
+            return Handle::NONE;
+        }
+        if id != ROOT {
+            // SAFETY: `extend` returns ids of published nodes (or ROOT).
+            let w0 = unsafe { self.node(id) }.w0;
+            self.mark(id, w0, len);
+        } else {
+            self.mark(id, 0, 0);
+        }
+        Handle::from_id(id)
+    }
+
+    /// Counts node `id` (word 0 `w0` as loaded) as a distinct trace of `len` frames the first
+    /// time a save returns it.
+    #[inline]
+    fn mark(&self, id: u32, w0: u32, len: usize) {
+        if id == ROOT {
+            // Relaxed: statistics; the swap makes exactly one saver count it.
+            if !self.root_saved.load(Ordering::Relaxed)
+                && !self.root_saved.swap(true, Ordering::Relaxed)
+            {
+                self.unique.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        if w0 & TERMINAL != 0 {
+            return;
+        }
+        // SAFETY: `id` names a published node (callers).
+        let word = unsafe { self.word0(id) };
+        // Relaxed: a statistics bit; the fetch_or makes exactly one saver count the trace.
+        if word.fetch_or(TERMINAL, Ordering::Relaxed) & TERMINAL == 0 {
+            self.unique.fetch_add(1, Ordering::Relaxed);
+            self.frames.fetch_add(len as u64, Ordering::Relaxed);
+        }
+    }
+
     /// The table, if made yet.
     #[inline]
     fn table(&self) -> Option<Table> {
@@ -231,117 +360,310 @@ impl Depot {
         let tag = t.addr() & TAG_MASK;
         let base = NonNull::new(t.map_addr(|a| a & !TAG_MASK))?;
         let page = 1usize << (tag >> 5);
-        // SAFETY: the mapping is one page (the lock) followed by the buckets.
-        let buckets = unsafe { base.add(page) }.cast();
-        Some(Table { base, buckets, bits: (tag & 31) as u32 })
+        let bits = (tag & 31) as u32;
+        // SAFETY: the mapping is one page (the lock), the buckets, then the lookaside.
+        let buckets = unsafe { base.add(page) }.cast::<AtomicU32>();
+        // SAFETY: as above: the lookaside follows the `2^bits` buckets.
+        let lookaside = unsafe { buckets.add(1 << bits) };
+        Some(Table { base, buckets, lookaside, bits })
     }
 
-    /// The record behind a handle taken from a bucket chain.
+    /// The address of word 0 of node `id` and its pool slot.
     ///
     /// # Safety
-    /// `id` was read (Acquire, or under the lock) from a bucket head or a published record's
-    /// `next`, so it names a published record.
-    #[inline]
-    unsafe fn record(&self, id: u32) -> (Header, *const usize) {
-        let pool = (id >> OFFSET_BITS) as usize - 1;
-        let off = ((id & ((1 << OFFSET_BITS) - 1)) as usize) << GRANULE_SHIFT;
-        // SAFETY: the caller guarantees a published record, so `pool` is in range.
-        let slot = unsafe { self.pools.get_unchecked(pool) };
-        // Relaxed: `base` was stored before the Release that published the record, which
-        // the caller acquired.
-        let p = slot.base.load(Ordering::Relaxed);
-        // SAFETY: a published record lies inside its pool; header then frames, 8-aligned.
-        unsafe { (p.add(off).cast::<Header>().read(), p.add(off + HEADER).cast::<usize>()) }
+    /// `id` names a published node: it was read (Acquire, or under the lock) from a bucket
+    /// head, a lookaside slot or a published node's link, or returned by an insert.
+    #[inline(always)]
+    unsafe fn at(&self, id: u32) -> *const u32 {
+        // Relaxed: the region was stored before the table's Release publication, and every
+        // node was published after that (the caller acquired it).
+        let region = self.region.load(Ordering::Relaxed);
+        // SAFETY: pool `k` of a published node (k >= 1) lies at `(k - 1) * POOL_SIZE` in the
+        // region, and `id << 2` is `k * POOL_SIZE + offset`; 4-aligned.
+        unsafe { region.add(((id as usize) << GRANULE_SHIFT) - POOL_SIZE).cast::<u32>() }
     }
 
-    /// Lock-free search of `frames` in its bucket chain.
+    /// Word 0 of a published node, which may change (its TERMINAL bit).
+    ///
+    /// # Safety
+    /// As [`at`](Self::at).
+    #[inline(always)]
+    unsafe fn word0(&self, id: u32) -> &AtomicU32 {
+        // SAFETY: the caller's contract; word 0 is only ever accessed atomically.
+        unsafe { &*self.at(id).cast::<AtomicU32>() }
+    }
+
+    /// A published node's fields.
+    ///
+    /// # Safety
+    /// As [`at`](Self::at).
+    #[inline(always)]
+    unsafe fn node(&self, id: u32) -> Node {
+        // SAFETY: the caller's contract.
+        let p = unsafe { self.at(id) };
+        // Relaxed: see `word0`; words 1.. were written before the node was published.
+        // SAFETY: a published node has 3 or 4 words, immutable except word 0, which is only
+        // ever accessed atomically.
+        let (w0, w1, lo) =
+            unsafe { ((*p.cast::<AtomicU32>()).load(Ordering::Relaxed), *p.add(1), *p.add(2)) };
+        let hi = if w1 >> ID_BITS == ESCAPE {
+            // SAFETY: an escaping node has its fourth word.
+            unsafe { *p.add(3) }
+        } else {
+            // Relaxed: the high half was stored before the node that uses it was published.
+            self.highs[(w1 >> ID_BITS) as usize].load(Ordering::Relaxed)
+        };
+        Node { w0, parent: w1 & ID_MASK, ra: (u64::from(hi) << 32 | u64::from(lo)) as usize }
+    }
+
+    /// Whether `id` names a published node (or the root) of this depot.
     #[inline]
-    fn lookup(&self, table: Table, h: u64, frames: &[usize]) -> Option<Handle> {
-        let head = table.bucket(h);
-        // Acquire pairs with the Release store of the head in `insert_locked`: the record it
-        // names, and transitively every older record of the chain, are fully visible.
+    fn is_node(&self, id: u32) -> bool {
+        id == ROOT || self.checked(id).is_some()
+    }
+
+    /// The node `id`, for an id from outside (a caller's handle): checked against its pool's
+    /// published mark, decoded with checks.
+    #[inline]
+    fn checked(&self, id: u32) -> Option<Node> {
+        let pool = (id >> OFFSET_BITS) as usize;
+        let off = ((id & ((1 << OFFSET_BITS) - 1)) as usize) << GRANULE_SHIFT;
+        let slot = self.pools.get(pool.checked_sub(1)?)?;
+        // Acquire pairs with the Release store of `published` in `push_locked`: the node
+        // bytes below the mark, and the pool's `base`, are visible.
+        let published = slot.published.load(Ordering::Acquire);
+        if off + 12 > published {
+            return None;
+        }
+        // Relaxed: `base` was stored before the `published` Release we acquired.
+        let p = slot.base.load(Ordering::Relaxed).cast::<u32>();
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: `off + 12 <= published <= len` of this pool and `off` is 4-aligned: three
+        // written words; a fourth is read only if it lies below the mark too.
+        let w = unsafe {
+            let p = p.add(off / 4);
+            let w3 = if off + 16 <= published { *p.add(3) } else { 0 };
+            [(*p.cast::<AtomicU32>()).load(Ordering::Relaxed), *p.add(1), *p.add(2), w3]
+        };
+        let n = if off + 16 <= published { 3 } else { 2 };
+        let highs = self.highs_len.load(Ordering::Acquire);
+        let (parent, ra) = node::decode(&w[1..1 + n], |i| {
+            // Relaxed: indexes below `highs_len` (Acquire) hold their final value.
+            (i < highs).then(|| self.highs[i as usize].load(Ordering::Relaxed))
+        })?;
+        Some(Node { w0: w[0], parent, ra })
+    }
+
+    /// Whether the published node `id` is the path of `frames` (its word 0 if so).
+    ///
+    /// # Safety
+    /// As [`at`](Self::at), or `id == ROOT`.
+    ///
+    /// The new part of a trace is inserted in one go, so a path is mostly runs of adjacent
+    /// nodes, each the parent of the next one up. Within a run the next node's address is
+    /// guessed (the node right below) before the load that confirms it: the check is a
+    /// predicted branch, so the loads of a run overlap instead of waiting for each other
+    /// (a plain walk is one cache-hit latency per frame).
+    #[inline]
+    unsafe fn is_path(&self, mut id: u32, frames: &[usize]) -> Option<u32> {
+        let Some((&first, _)) = frames.split_first() else {
+            return (id == ROOT).then_some(0);
+        };
+        if id == ROOT {
+            return None;
+        }
+        // SAFETY: `id` is published (the caller's contract).
+        let w0 = unsafe { self.node(id) };
+        if w0.ra != first {
+            return None;
+        }
+        // Relaxed: see `at`.
+        let region = self.region.load(Ordering::Relaxed).cast_const();
+        let mut i = 0;
+        while i < frames.len() {
+            if id == ROOT {
+                return None;
+            }
+            loop {
+                let below = opaque(id.wrapping_sub(NODE_WORDS));
+                let f = frames[i];
+                // SAFETY: `id` is published (the caller's, or a published node's parent):
+                // its words 1 and 2 (and 3 when it escapes) are written and immutable, at
+                // `id << 2` from the region's start less one pool (see `at`).
+                let (w1, lo) = unsafe {
+                    let p = region.add(((id as usize) << GRANULE_SHIFT) - POOL_SIZE).cast::<u32>();
+                    (*p.add(1), *p.add(2))
+                };
+                let high = w1 >> ID_BITS;
+                let hi = if high < ESCAPE {
+                    // Relaxed: stored before the first node using it was published.
+                    self.highs[high as usize].load(Ordering::Relaxed)
+                } else {
+                    // SAFETY: as above; an escaping node has its fourth word.
+                    unsafe {
+                        *region.add(((id as usize) << GRANULE_SHIFT) - POOL_SIZE + 12).cast::<u32>()
+                    }
+                };
+                if lo != f as u32 || u64::from(hi) != (f as u64) >> 32 {
+                    return None;
+                }
+                let parent = w1 & ID_MASK;
+                i += 1;
+                if parent != below || i == frames.len() {
+                    id = parent;
+                    break;
+                }
+                id = below;
+            }
+        }
+        (id == ROOT).then_some(w0.w0)
+    }
+
+    /// Lock-free lookup of the child `ra` of node `parent`.
+    #[inline(always)]
+    fn child(&self, t: Table, parent: u32, ra: usize) -> Option<u32> {
+        let head = t.bucket(node_hash(parent, ra));
+        // Acquire pairs with the Release store of the head in `push_locked`: the node it
+        // names, and every older node of the chain, are visible.
         let mut id = head.load(Ordering::Acquire);
         while id != 0 {
-            // SAFETY: `id` comes from an acquired head or from a published record.
-            let (hd, fr) = unsafe { self.record(id) };
-            if hd.hash == h && hd.len as usize == frames.len() {
-                // SAFETY: the record holds `len` frames, immutable once published.
-                let stored = unsafe { core::slice::from_raw_parts(fr, frames.len()) };
-                if stored == frames {
-                    return Some(Handle::from_id(id));
-                }
+            // SAFETY: `id` comes from an acquired head or from a published node's link.
+            let n = unsafe { self.node(id) };
+            if n.parent == parent && n.ra == ra {
+                return Some(id);
             }
-            id = hd.next;
+            id = n.w0 & ID_MASK;
         }
         None
     }
 
-    /// The slow path: make the table if needed, then insert under the lock, mapping pools
-    /// outside it.
+    /// The node of `frames ++ trace(base)`: lock-free down the stored part, then the insert
+    /// lock for the rest. Writes `out[i]` = the node of `frames[i..] ++ trace(base)` where
+    /// `out` has room. Returns 0 when refused (full, busy).
+    #[inline]
+    fn extend(&self, t: Table, base: u32, frames: &[usize], out: &mut [Handle]) -> u32 {
+        let mut p = base;
+        let mut rest = frames.len();
+        while rest > 0 {
+            match self.child(t, p, frames[rest - 1]) {
+                Some(c) => p = c,
+                None => break,
+            }
+            rest -= 1;
+            if let Some(o) = out.get_mut(rest) {
+                *o = Handle::from_id(p);
+            }
+        }
+        if rest == 0 {
+            self.hits.incr();
+            return p;
+        }
+        self.insert(t, p, &frames[..rest], out)
+    }
+
+    /// The slow path of [`extend`](Self::extend): inserts `frames` (newest first) on node `p`
+    /// under the lock, mapping pools outside it.
     #[cold]
     #[inline(never)]
-    fn insert(&self, frames: &[usize], h: u64) -> Handle {
+    fn insert(&self, t: Table, mut p: u32, frames: &[usize], out: &mut [Handle]) -> u32 {
         self.misses.fetch_add(1, Ordering::Relaxed); // Relaxed: a statistic.
-        let Some(table) = self.table().or_else(|| self.make_table()) else {
-            return self.full();
-        };
-        let need = (HEADER + core::mem::size_of_val(frames)).next_multiple_of(8);
+        let mut rest = frames.len();
         let mut fresh: Option<(NonNull<u8>, usize)> = None;
         let mut map_failed = false;
         loop {
-            let guard = match table.lock().lock() {
+            let guard = match t.lock().lock() {
                 Ok(g) => g,
                 Err(Busy) => {
                     self.dropped_busy.fetch_add(1, Ordering::Relaxed); // Relaxed: stat.
                     self.release(fresh);
-                    return Handle::NONE;
+                    return 0;
                 }
             };
-            // Re-check under the lock: another thread may have inserted it meanwhile.
-            let outcome = match self.lookup(table, h, frames) {
-                Some(found) => Insert::Done(found),
-                None => self.insert_locked(table, h, frames, need, &mut fresh),
-            };
+            let mut stop = None;
+            while rest > 0 {
+                let ra = frames[rest - 1];
+                // Re-check under the lock: another thread may have inserted it meanwhile.
+                p = match self.child(t, p, ra) {
+                    Some(c) => c,
+                    None => match self.push_locked(t, p, ra, &mut fresh) {
+                        Ok(c) => c,
+                        Err(s) => {
+                            stop = Some(s);
+                            break;
+                        }
+                    },
+                };
+                rest -= 1;
+                if let Some(o) = out.get_mut(rest) {
+                    *o = Handle::from_id(p);
+                }
+            }
             if let Some(f) = fresh.take() {
                 fresh = self.stash_locked(f);
             }
             drop(guard);
-            match outcome {
-                Insert::Done(handle) => {
+            match stop {
+                None => {
                     self.release(fresh);
-                    return handle;
+                    return p;
                 }
-                Insert::Full => {
+                Some(Stop::Full) => {
                     self.release(fresh);
-                    return self.full();
+                    self.full();
+                    return 0;
                 }
-                Insert::NeedPool if map_failed => return self.full(),
-                Insert::NeedPool => {
+                Some(Stop::NeedPool) if map_failed => {
+                    self.full();
+                    return 0;
+                }
+                Some(Stop::NeedPool) => {
                     // Mapping failed once: retry the lock once, since a racing thread that
                     // took the last budget may have installed its pool.
-                    fresh = self.map_pool(need);
+                    fresh = self.map_pool(MAX_NODE);
                     map_failed = fresh.is_none();
                 }
             }
         }
     }
 
-    /// Appends a record and publishes it. Caller holds the lock.
-    fn insert_locked(
+    /// The index of `high` among the high halves, adding it if there is room. Caller holds
+    /// the lock.
+    fn high_locked(&self, high: u32) -> Option<u32> {
+        // Relaxed: `highs` and `highs_len` are only written under the lock, which we hold.
+        let n = self.highs_len.load(Ordering::Relaxed);
+        if let Some(i) = (0..n).find(|&i| self.highs[i as usize].load(Ordering::Relaxed) == high) {
+            return Some(i);
+        }
+        if n as usize >= HIGHS {
+            return None;
+        }
+        self.highs[n as usize].store(high, Ordering::Relaxed);
+        // Release pairs with the Acquire in `checked`: the value before the length. (Other
+        // readers reach it through the Release that publishes a node using it.)
+        self.highs_len.store(n + 1, Ordering::Release);
+        Some(n)
+    }
+
+    /// Appends the node `(parent, ra)` and publishes it. Caller holds the lock.
+    fn push_locked(
         &self,
-        table: Table,
-        h: u64,
-        frames: &[usize],
-        need: usize,
+        t: Table,
+        parent: u32,
+        ra: usize,
         fresh: &mut Option<(NonNull<u8>, usize)>,
-    ) -> Insert {
+    ) -> Result<u32, Stop> {
+        let high = self.high_locked(((ra as u64) >> 32) as u32);
+        let (words, n) = node::encode(parent, ra, high);
+        let need = (n + 1) * 4;
         // Relaxed (cursor, spare, pool len): only read and written under the lock, whose
         // Acquire/Release orders them.
         let cur = self.cursor.load(Ordering::Relaxed);
         let (mut pool_no, mut off) = ((cur >> 32) as usize, cur as u32 as usize);
         if pool_no == 0 || off + need > self.pools[pool_no - 1].len.load(Ordering::Relaxed) {
             if pool_no >= MAX_POOLS {
-                return Insert::Full;
+                return Err(Stop::Full);
             }
             let spare = self.spare.load(Ordering::Relaxed);
             let (base, len) = if !spare.is_null() && self.spare_len.load(Ordering::Relaxed) >= need
@@ -351,8 +673,25 @@ impl Depot {
             } else if let Some((p, len)) = fresh.take() {
                 (p.as_ptr(), len)
             } else {
-                return Insert::NeedPool;
+                return Err(Stop::NeedPool);
             };
+            // Into the pool's place in the region.
+            let region = self.region.load(Ordering::Relaxed);
+            // SAFETY: pool `pool_no + 1` <= MAX_POOLS has its place at `pool_no * POOL_SIZE`
+            // in the region, and `len <= POOL_SIZE`; `base` is a mapping, so non-null.
+            let (to, from) = unsafe {
+                (
+                    NonNull::new_unchecked(region.add(pool_no * POOL_SIZE)),
+                    NonNull::new_unchecked(base),
+                )
+            };
+            // SAFETY: `from` is a whole unused mapping of `len` bytes (fresh or the spare,
+            // taken from where it was kept), and its place is reserved and unused.
+            if !unsafe { sys::move_to(from, len, to) } {
+                self.release(Some((from, len)));
+                return Err(Stop::Full);
+            }
+            let base = to.as_ptr();
             let slot = &self.pools[pool_no];
             slot.len.store(len, Ordering::Relaxed);
             // Relaxed: readers reach `base` only after acquiring a `published` mark or a
@@ -365,30 +704,26 @@ impl Depot {
         // 1. Reserve first: a child forked from here on never overwrites what we write next.
         self.cursor.store(((pool_no as u64) << 32) | (off + need) as u64, Ordering::Relaxed);
         let id = ((pool_no as u32) << OFFSET_BITS) | (off >> GRANULE_SHIFT) as u32;
-        let head = table.bucket(h);
+        let head = t.bucket(node_hash(parent, ra));
         // Relaxed: heads are only stored under the lock, which we hold.
         let next = head.load(Ordering::Relaxed);
         let base = slot.base.load(Ordering::Relaxed);
-        // 2. Write the record.
+        // 2. Write the node.
         // SAFETY: `off + need <= len` of this pool, which only we (under the lock) write;
-        // the range is past every published record, so no reader looks at it yet.
+        // the range is past every published node, so no reader looks at it yet.
         unsafe {
-            base.add(off).cast::<Header>().write(Header {
-                hash: h,
-                next,
-                len: frames.len() as u32,
-            });
-            ptr::copy_nonoverlapping(frames.as_ptr(), base.add(off + HEADER).cast(), frames.len());
+            let p = base.add(off).cast::<u32>();
+            (*p.cast::<AtomicU32>()).store(next, Ordering::Relaxed);
+            ptr::copy_nonoverlapping(words.as_ptr(), p.add(1), n);
         }
-        // 3. Release pairs with the Acquire in `fetch`: record bytes before the mark.
+        // 3. Release pairs with the Acquire in `checked`: node bytes before the mark.
         slot.published.store(off + need, Ordering::Release);
-        // 4. Release pairs with the Acquire in `lookup`: the record before its handle.
+        // 4. Release pairs with the Acquire in `child`: the node before its id.
         head.store(id, Ordering::Release);
         // Relaxed: statistics.
-        self.unique.fetch_add(1, Ordering::Relaxed);
-        self.frames.fetch_add(frames.len() as u64, Ordering::Relaxed);
+        self.nodes.fetch_add(1, Ordering::Relaxed);
         self.bytes_used.fetch_add(need as u64, Ordering::Relaxed);
-        Insert::Done(Handle::from_id(id))
+        Ok(id)
     }
 
     /// Keeps an unused fresh mapping as the spare if there is none; returns it otherwise.
@@ -419,12 +754,12 @@ impl Depot {
         Some(got)
     }
 
-    /// Maps a pool of up to [`POOL_SIZE`] bytes that fits a `need`-byte record, within the
+    /// Maps a pool of up to [`POOL_SIZE`] bytes that fits a `need`-byte node, within the
     /// budget. Called without the lock.
     fn map_pool(&self, need: usize) -> Option<(NonNull<u8>, usize)> {
         let len = self.reserve(POOL_SIZE, need)?;
         // Populated: the page faults happen here, outside the lock, not while writing
-        // records under it (a fault costs ~1 us in this VM; other inserters would wait).
+        // nodes under it (a fault costs ~1 us in this VM; other inserters would wait).
         match sys::map(len, true) {
             Some(p) => Some((p, len)),
             None => {
@@ -443,9 +778,22 @@ impl Depot {
         }
     }
 
-    /// Maps and publishes the bucket table (first insert). Called without the lock.
+    /// Maps and publishes the table (first save). Called without the lock.
     #[cold]
     fn make_table(&self) -> Option<Table> {
+        // Relaxed: the region is published to readers by the table's Release below.
+        if self.region.load(Ordering::Relaxed).is_null() {
+            let r = sys::reserve(REGION)?;
+            // Relaxed: as above; a loser unmaps its own reservation, unused.
+            if self
+                .region
+                .compare_exchange(ptr::null_mut(), r.as_ptr(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                // SAFETY: our own reservation, never shared.
+                unsafe { sys::unmap(r, REGION) };
+            }
+        }
         let budget = self.budget.load(Ordering::Relaxed); // Relaxed: see `set_budget`.
         let bits = table_bits(budget);
         let page = sys::page_size();
@@ -557,12 +905,30 @@ impl Write for Line {
     }
 }
 
+/// `x`, hidden from the optimizer (an empty asm block where there is one): [`Depot::is_path`]'s
+/// guess must not be replaced by the loaded value it is compared with.
+#[inline(always)]
+fn opaque(mut x: u32) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: an empty asm block (a comment naming the register): no instruction, no memory.
+    unsafe {
+        core::arch::asm!("/* {0:e} */", inout(reg) x, options(pure, nomem, nostack))
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: as above.
+    unsafe {
+        core::arch::asm!("/* {0:w} */", inout(reg) x, options(pure, nomem, nostack))
+    };
+    x
+}
+
 /// Low bits of the table pointer that carry `bits` (0..=4) and log2(page size) (5..=9).
 const TAG_MASK: usize = 0x3ff;
 
-/// Bytes of the table mapping: the lock page, then the buckets rounded up to pages.
+/// Bytes of the table mapping: the lock page, then the buckets and the lookaside rounded up
+/// to pages.
 fn table_bytes(bits: u32, page: usize) -> usize {
-    page + (4usize << bits).next_multiple_of(page)
+    page + ((4usize << bits) + (4usize << (bits - LOOKASIDE_SHIFT))).next_multiple_of(page)
 }
 
 /// A view of the table mapping.
@@ -570,6 +936,7 @@ fn table_bytes(bits: u32, page: usize) -> usize {
 struct Table {
     base: NonNull<u8>,
     buckets: NonNull<AtomicU32>,
+    lookaside: NonNull<AtomicU32>,
     bits: u32,
 }
 
@@ -583,18 +950,26 @@ impl Table {
     }
 
     /// The bucket head for hash `h` (its top `bits` bits).
-    #[inline]
+    #[inline(always)]
     fn bucket(&self, h: u64) -> &AtomicU32 {
         let i = (h >> (64 - self.bits)) as usize;
         // SAFETY: `i < 2^bits`, the number of buckets, which live as long as the mapping.
         unsafe { self.buckets.add(i).as_ref() }
     }
+
+    /// The lookaside slot for whole-trace hash `h`.
+    #[inline(always)]
+    fn lookaside(&self, h: u64) -> &AtomicU32 {
+        let i = (h >> (64 - (self.bits - LOOKASIDE_SHIFT))) as usize;
+        // SAFETY: `i < 2^(bits - LOOKASIDE_SHIFT)`, the number of lookaside slots.
+        unsafe { self.lookaside.add(i).as_ref() }
+    }
 }
 
-/// log2 of the bucket count for a budget: about one bucket per 256 bytes (an average record
-/// of ~30 frames), and the table at most 1/16 of the budget.
+/// log2 of the bucket count for a budget: about one bucket per 128 bytes (ten 12-byte nodes),
+/// and the table at most about 1/28 of the budget.
 const fn table_bits(budget: usize) -> u32 {
-    let target = budget / 256;
+    let target = budget / 128;
     let bits = if target <= 1 { 0 } else { usize::BITS - 1 - target.leading_zeros() };
     if bits < MIN_TABLE_BITS {
         MIN_TABLE_BITS
@@ -620,11 +995,9 @@ impl core::fmt::Debug for Depot {
 impl Drop for Depot {
     fn drop(&mut self) {
         // Relaxed throughout: `&mut self` means no other thread uses the depot.
-        for slot in &self.pools {
-            if let Some(p) = NonNull::new(slot.base.load(Ordering::Relaxed)) {
-                // SAFETY: an installed pool of `len` bytes; no borrow of `self` is alive.
-                unsafe { sys::unmap(p, slot.len.load(Ordering::Relaxed)) };
-            }
+        if let Some(p) = NonNull::new(self.region.load(Ordering::Relaxed)) {
+            // SAFETY: the region (with every pool moved into it); no borrow of `self` lives.
+            unsafe { sys::unmap(p, REGION) };
         }
         if let Some(p) = NonNull::new(self.spare.load(Ordering::Relaxed)) {
             // SAFETY: the spare mapping is ours and unused.
@@ -670,7 +1043,7 @@ mod tests {
     #[test]
     fn table_bits_follow_budget_within_bounds() {
         assert_eq!(table_bits(0), MIN_TABLE_BITS);
-        assert_eq!(table_bits(DEFAULT_BUDGET), 18);
+        assert_eq!(table_bits(DEFAULT_BUDGET), 19);
         assert_eq!(table_bits(usize::MAX), MAX_TABLE_BITS);
     }
 
@@ -692,31 +1065,84 @@ mod tests {
     fn handles_of_other_pools_and_offsets_fetch_none() {
         let d = Depot::new(1 << 20);
         let h = d.save(&[7; 10]);
-        assert_eq!(d.fetch(h), Some(&[7usize; 10][..]));
+        let mut buf = [0; MAX_DEPTH];
+        assert_eq!(d.fetch(h, &mut buf), Some(&[7usize; 10][..]));
         let past = Handle::from_id(h.id() + 100);
-        assert_eq!(d.fetch(past), None);
+        assert_eq!(d.fetch(past, &mut buf), None);
         let other_pool = Handle::from_id(h.id() + (1 << OFFSET_BITS));
-        assert_eq!(d.fetch(other_pool), None);
-        assert_eq!(d.fetch(Handle::from_raw(u32::MAX)), None);
+        assert_eq!(d.fetch(other_pool, &mut buf), None);
+        assert_eq!(d.fetch(Handle::from_raw(u32::MAX), &mut buf), None);
+        // Every id below the published mark: some trace or None, never a crash or a loop.
+        for id in 0..h.id() + 8 {
+            if let Some(t) = d.fetch(Handle::from_id(id), &mut buf) {
+                assert!(t.len() <= 10);
+            }
+        }
     }
 
     #[test]
     fn pools_roll_over_when_full() {
-        // 3 pools' worth of 256-frame records (2064 bytes each, ~1016 per pool).
+        // 3 pools' worth of 256-frame traces without a shared part (3 KiB each, ~340 per
+        // pool).
         let d = Depot::new(8 * POOL_SIZE);
         let mut t = [0usize; MAX_DEPTH];
         let mut handles = Vec::new();
-        for i in 0..3000 {
-            t[0] = i;
+        for i in 0..1000 {
+            t[MAX_DEPTH - 1] = i;
             let h = d.save(&t);
             assert!(!h.is_none());
             handles.push(h);
         }
         assert!(d.stats().bytes_mapped > 2 * POOL_SIZE as u64);
+        let mut buf = [0; MAX_DEPTH];
         for (i, h) in handles.iter().enumerate() {
-            t[0] = i;
-            assert_eq!(d.fetch(*h), Some(&t[..]));
+            t[MAX_DEPTH - 1] = i;
+            assert_eq!(d.fetch(*h, &mut buf), Some(&t[..]));
         }
+    }
+
+    #[test]
+    fn shared_parts_are_stored_once_and_rare_high_halves_escape() {
+        let d = Depot::new(1 << 20);
+        let stem: Vec<usize> = (0..40).map(|i| 0x5555_0000_1000 + 16 * i).collect();
+        let mut buf = [0; MAX_DEPTH];
+        for top in 0..10usize {
+            let mut t = vec![0x7fff_0000_2000 + top];
+            t.extend(&stem);
+            let h = d.save(&t);
+            assert_eq!(d.fetch(h, &mut buf), Some(&t[..]));
+        }
+        let s = d.stats();
+        assert_eq!((s.unique_traces, s.frames_stored, s.nodes), (10, 410, 50));
+        assert_eq!(s.bytes_used, 50 * 12);
+        // 31 high halves fit the table; the next ones take a fourth word.
+        for hi in 0..40usize {
+            let h = d.save(&[(hi + 1) << 32 | 0x10]);
+            assert_eq!(d.fetch(h, &mut buf), Some(&[(hi + 1) << 32 | 0x10][..]));
+        }
+        let s2 = d.stats();
+        assert_eq!(s2.bytes_used - s.bytes_used, 29 * 12 + 11 * 16, "2 highs were known");
+    }
+
+    #[test]
+    fn save_on_and_suffixes_agree_with_whole_saves() {
+        let d = Depot::new(1 << 20);
+        let t: Vec<usize> = (0..30).map(|i| 0x40_0000 + 8 * i).collect();
+        let mut suffixes = [Handle::NONE; 30];
+        let h = d.save_with_suffixes(&t, &mut suffixes);
+        assert_eq!(suffixes[0], h);
+        for i in 0..30 {
+            assert_eq!(d.save(&t[i..]), suffixes[i], "suffix {i}");
+            assert_eq!(d.save_on(suffixes[i], 30 - i, &t[..i]), h, "on suffix {i}");
+        }
+        assert_eq!(d.save_on(Handle::from_id(ROOT), 0, &t), h);
+        let new = d.save_on(suffixes[3], 27, &[0x99, 0x98]);
+        let mut whole = vec![0x99, 0x98];
+        whole.extend(&t[3..]);
+        assert_eq!(d.save(&whole), new);
+        assert_eq!(d.save_on(Handle::NONE, 0, &t), Handle::NONE);
+        assert_eq!(d.save_on(Handle::from_id(h.id() + 50), 0, &t), Handle::NONE);
+        assert_eq!(d.save_on(h, MAX_DEPTH, &[1]), Handle::NONE, "too deep");
     }
 
     #[cfg(not(miri))]
@@ -746,7 +1172,7 @@ mod tests {
             // SAFETY: as above.
             unsafe { libc::raise(libc::SIGUSR2) };
             let h = Handle::from_raw(FROM_HANDLER.load(Ordering::Relaxed));
-            assert_eq!(D.fetch(h), Some(&[0xdead, 0xbeef, 0x5160][..]));
+            assert_eq!(D.fetch(h, &mut [0; 8]), Some(&[0xdead, 0xbeef, 0x5160][..]));
         }
     }
 
@@ -769,8 +1195,9 @@ mod tests {
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             let h = D.save(&[9, 8, 7]);
-            let ok =
-                !h.is_none() && D.fetch(h) == Some(&[9, 8, 7][..]) && D.save(&[1]) == D.save(&[1]);
+            let ok = !h.is_none()
+                && D.fetch(h, &mut [0; 8]) == Some(&[9, 8, 7][..])
+                && D.save(&[1]) == D.save(&[1]);
             // SAFETY: _exit ends the child without running the parent's atexit handlers.
             unsafe { libc::_exit(if ok { 42 } else { 1 }) };
         }

@@ -43,6 +43,15 @@ pub(crate) fn hash(frames: &[usize]) -> u64 {
     fmix64(h[0] ^ h[1].rotate_left(16) ^ h[2].rotate_left(32) ^ h[3].rotate_left(48))
 }
 
+/// Hash of a trie node's key: its parent's id and its return address. Multiplicative: the
+/// bucket is taken from the top bits, which depend on every input bit.
+#[inline(always)]
+pub(crate) fn node_hash(parent: u32, ra: usize) -> u64 {
+    let x = (ra as u64) ^ u64::from(parent).rotate_left(37);
+    let h = x.wrapping_mul(M);
+    h ^ (h >> 29).wrapping_mul(0xff51_afd7_ed55_8ccd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +77,11 @@ mod tests {
             tops.insert(hash(&[0x5555_0000 + a]) >> 56);
         }
         assert!(tops.len() > 150, "only {} distinct top bytes", tops.len());
+        let mut tops = std::collections::HashSet::new();
+        for a in 0..256u32 {
+            tops.insert(node_hash(a, 0x5555_0000) >> 56);
+            tops.insert(node_hash(7, 0x5555_0000 + 16 * a as usize) >> 56);
+        }
+        assert!(tops.len() > 200, "only {} distinct top bytes", tops.len());
     }
 }

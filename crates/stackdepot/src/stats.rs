@@ -50,9 +50,12 @@ impl ShardedCounter {
 pub struct Stats {
     /// Distinct traces stored.
     pub unique_traces: u64,
-    /// Frames stored over all distinct traces.
+    /// Frames of all distinct traces, added up (each trace's length, shared parts counted
+    /// once per trace): what a flat layout would store.
     pub frames_stored: u64,
-    /// Bytes of pool memory holding records (headers + frames).
+    /// Trie nodes: frames actually stored, shared parts once.
+    pub nodes: u64,
+    /// Bytes of pool memory holding nodes.
     pub bytes_used: u64,
     /// Bytes mapped: pools (including unused tails) and the hash table.
     pub bytes_mapped: u64,
@@ -84,7 +87,9 @@ impl Stats {
         }
     }
 
-    /// Average bytes per stored frame, header included (0.0 when nothing is stored).
+    /// Average pool bytes per frame of the distinct traces (0.0 when nothing is stored):
+    /// what prefix sharing and the node encoding save against a flat layout's 8 bytes plus
+    /// headers. The table is not included (see `bytes_mapped`).
     pub fn bytes_per_frame(&self) -> f64 {
         if self.frames_stored == 0 {
             0.0

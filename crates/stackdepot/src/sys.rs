@@ -2,7 +2,9 @@
 //!
 //! Under Miri (which does not model every syscall used here) memory comes from the Rust
 //! allocator and thread ids from a thread-local counter; that variant exists only so the
-//! lock-free lookup can be checked by Miri and is never compiled into a real build.
+//! lock-free lookup can be checked by Miri and is never compiled into a real build. (The
+//! address-space reservation of the pools has no Miri variant yet: the depot does not run
+//! under Miri.)
 
 use core::ptr::NonNull;
 
@@ -29,6 +31,51 @@ pub(crate) fn map(len: usize, populate: bool) -> Option<NonNull<u8>> {
     } else {
         NonNull::new(p.cast())
     }
+}
+
+/// Reserves `len` bytes of address space (`PROT_NONE`, no memory behind it) for
+/// [`move_to`] to fill.
+#[cfg(not(miri))]
+pub(crate) fn reserve(len: usize) -> Option<NonNull<u8>> {
+    // SAFETY: an anonymous inaccessible mapping at an address of the kernel's choice touches
+    // no existing memory; the result is checked against MAP_FAILED before use.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        None
+    } else {
+        NonNull::new(p.cast())
+    }
+}
+
+/// Moves the mapping `[from, from + len)` (made by [`map`]) to `to`, inside a range made by
+/// [`reserve`], replacing what was reserved there: its pages move with their contents and
+/// page tables, nothing is copied or faulted in again. Returns whether it did.
+///
+/// # Safety
+/// `from` is a whole mapping of `len` bytes that nothing refers to; `[to, to + len)` lies in
+/// a reserved range that nothing uses.
+#[cfg(not(miri))]
+pub(crate) unsafe fn move_to(from: NonNull<u8>, len: usize, to: NonNull<u8>) -> bool {
+    // SAFETY: the caller's contract: both ranges are ours and unused.
+    let p = unsafe {
+        libc::mremap(
+            from.as_ptr().cast(),
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            to.as_ptr().cast::<libc::c_void>(),
+        )
+    };
+    p == to.as_ptr().cast()
 }
 
 /// Unmaps a region returned by [`map`].

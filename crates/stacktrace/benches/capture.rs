@@ -5,6 +5,8 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 
+mod flat_depot;
+
 const DEPTHS: [usize; 3] = [8, 32, 128];
 
 /// Runs `f` with `depth` frames of recursion below the caller (each frame keeps a frame
@@ -149,5 +151,62 @@ fn softshadow_benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, baseline_benches, dwarf_benches, softshadow_benches);
+/// A capture then a save into the buffer given; the handle.
+type SaveFn = dyn FnMut(&mut [usize]) -> u32;
+
+/// Capture + save, what the detector does per allocation, at depths 128 and 200 with 3-4
+/// frames changing per capture (`churn3`: three wrapper frames and the closure) and steady:
+/// the software shadow stack's incremental `capture_and_save` against a capture then a save
+/// in the flat depot of before (`flat_depot`, the baseline the issue names) and in the trie
+/// depot whole (`trie`), and the frame-pointer walk with the flat depot.
+fn capture_save_benches(c: &mut Criterion) {
+    use stacktrace::softshadow;
+    if softshadow::capture(&mut [0; 4]).is_err() {
+        return; // not on this target
+    }
+    static FLAT: flat_depot::Depot = flat_depot::Depot::new(64 << 20);
+    let mut g = c.benchmark_group("capture_save");
+    for depth in [128, 200] {
+        // Room for the whole stack (the harness's frames included): never truncated.
+        let mut buf = vec![0usize; 256];
+        let cases: [(&str, &mut SaveFn); 4] = [
+            ("shadow+incremental", &mut |b| {
+                softshadow::capture_and_save(b).map_or(0, |s| s.handle.to_raw())
+            }),
+            ("shadow+flat", &mut |b| {
+                let n = softshadow::capture(b).unwrap_or(0);
+                FLAT.save(&b[..n]).to_raw()
+            }),
+            ("shadow+trie", &mut |b| {
+                let n = softshadow::capture(b).unwrap_or(0);
+                stackdepot::save(&b[..n]).to_raw()
+            }),
+            ("fp+flat", &mut |b| {
+                let n = stacktrace::fp::capture(b).unwrap_or(0);
+                FLAT.save(&b[..n]).to_raw()
+            }),
+        ];
+        for (name, f) in cases {
+            g.bench_with_input(
+                BenchmarkId::new(format!("{name}/churn3"), depth),
+                &depth,
+                |b, &d| at_depth(d - 8, &mut || b.iter(|| churn_a(&mut || f(black_box(&mut buf))))),
+            );
+            g.bench_with_input(
+                BenchmarkId::new(format!("{name}/steady"), depth),
+                &depth,
+                |b, &d| at_depth(d - 8, &mut || b.iter(|| f(black_box(&mut buf)))),
+            );
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    baseline_benches,
+    dwarf_benches,
+    softshadow_benches,
+    capture_save_benches
+);
 criterion_main!(benches);

@@ -397,6 +397,67 @@ mod imp {
         }
     }
 
+    /// As [`wander`], with [`softshadow::capture_and_save`] at every step, checked against a
+    /// plain capture and a whole save: the same trace (but entry 0, the call site), the same
+    /// handle.
+    #[inline(never)]
+    fn wander_save(depth: usize, max: usize, rng: &mut Rng, left: &mut usize, buf_max: usize) {
+        while *left > 0 {
+            *left -= 1;
+            let r = rng.next();
+            let mut buf = [0usize; 256];
+            let mut plain = [0usize; 256];
+            let mut back = [0usize; 256];
+            let len = 1 + (r >> 20) as usize % buf_max;
+            let Ok(saved) = softshadow::capture_and_save(&mut buf[..len]) else {
+                fail("capture_and_save in wander_save");
+            };
+            let Ok(n) = softshadow::capture(&mut plain[..len]) else { fail("capture") };
+            let Some(got) = stackdepot::fetch(saved.handle, &mut back) else {
+                fail("fetch of a saved handle")
+            };
+            check!(
+                got.len() == saved.frames && got.len() == n,
+                "lengths {} {} {n}",
+                got.len(),
+                saved.frames
+            );
+            check!(got[1..] == plain[1..n], "the saved trace is the captured one");
+            plain[0] = got[0];
+            check!(stackdepot::save(&plain[..n]) == saved.handle, "equal trace, equal handle");
+            match r % 8 {
+                0..=3 if depth < max => {
+                    wander_save(depth + 1 + (r >> 8) as usize % 3, max, rng, left, buf_max)
+                }
+                4..=6 if depth > 0 => return,
+                _ => {}
+            }
+        }
+    }
+
+    fn save_wander() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut left = 200_000;
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(move || {
+                while left > 0 {
+                    recurse(1, &mut || wander_save(0, 300, &mut rng, &mut left, 256));
+                }
+                let c = softshadow::thread_counters();
+                check!(c.incremental_saves > 10_000, "incremental saves happen: {c:?}");
+                check!(c.trampoline_returns > 0 && c.frames_patched > 0, "{c:?}");
+                check!(c.captures >= 400_000, "{c:?}");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let c = softshadow::counters();
+        check!(c.incremental_saves > 10_000, "the exited thread's counters are kept: {c:?}");
+        let cc = softshadow::cross_check_stats();
+        check!(cc.failures == 0, "{cc:?}");
+    }
+
     fn signal_storm() {
         let t = find_trampoline();
         check!(softshadow::is_trampoline(t), "trampoline found");
@@ -833,6 +894,10 @@ mod imp {
             "off-switch" => off_switch(),
             "fibers" => fibers(),
             "cxx-exception" => cxx_exception(),
+            "save-wander" => {
+                softshadow::set_min_unpatched(policy_default());
+                save_wander()
+            }
             "cross-check-2m" => {
                 softshadow::set_min_unpatched(policy_default());
                 cross_check_2m()

@@ -362,22 +362,22 @@ const RULE: &str = "============================================================
 /// found it: the header then names the function that allocated the object (out-of-bounds)
 /// or freed it (use-after-free), from the chunk's track. A write found when the program
 /// frees that same object names the freeing function, the top of the detection stack.
-fn header_site<'a>(r: &'a Report<'a>) -> (&'a [usize], Option<Found>) {
+fn header_site<'a>(r: &'a Report<'a>, buf: &'a mut [usize]) -> (&'a [usize], Option<Found>) {
     let Access::Corrupt { when, .. } = r.access else {
         return (r.stack, None);
     };
     match &r.chunk {
         Some(c) if when != Found::AtFree => {
             let t = if r.kind == Kind::UseAfterFree { &c.free } else { &c.alloc };
-            (track_frames(t), Some(when))
+            (track_frames(t, buf), Some(when))
         }
         _ => (r.stack, Some(when)),
     }
 }
 
-/// A track's stack from the depot (empty when not available).
-fn track_frames(t: &Track) -> &'static [usize] {
-    match stackdepot::fetch(stackdepot::Handle::from_raw(t.stack)) {
+/// A track's stack from the depot, written into `buf` (empty when not available).
+fn track_frames<'b>(t: &Track, buf: &'b mut [usize]) -> &'b [usize] {
+    match stackdepot::fetch(stackdepot::Handle::from_raw(t.stack), buf) {
         Some(frames) if t.stack != 0 => frames,
         _ => &[],
     }
@@ -386,7 +386,8 @@ fn track_frames(t: &Track) -> &'static [usize] {
 /// `BUG: KASAN: <kind> in <function>`, or for a write found later
 /// `BUG: KASAN: <kind> write in <function> (found at <when>)`.
 fn header<const N: usize>(b: &mut FixedBuf<N>, o: &Options, r: &Report<'_>) {
-    let (site, found) = header_site(r);
+    let mut buf = [0; stackdepot::MAX_DEPTH];
+    let (site, found) = header_site(r, &mut buf);
     let what = match r.access {
         Access::Fault { write: true, .. } => " write",
         Access::Fault { write: false, .. } => " read",
@@ -516,7 +517,7 @@ fn alignment_words<const N: usize>(b: &mut FixedBuf<N>, align: usize) {
 
 fn track(b: &mut FixedBuf<BUF>, o: &Options, what: &str, t: &Track) {
     let _ = writeln!(b, "{what} by thread {}:", t.tid);
-    format_stack(b, o, track_frames(t));
+    format_stack(b, o, track_frames(t, &mut [0; stackdepot::MAX_DEPTH]));
     let _ = b.write_str("\n");
 }
 
@@ -803,7 +804,8 @@ fn json_stack<const N: usize>(b: &mut FixedBuf<N>, o: &Options, frames: &[usize]
 
 fn json_track(b: &mut FixedBuf<BUF>, o: &Options, name: &str, t: &Track) {
     let _ = write!(b, ",\"{name}\":{{\"thread\":{},\"seq\":{},\"stack\":", t.tid, t.seq);
-    match stackdepot::fetch(stackdepot::Handle::from_raw(t.stack)) {
+    match stackdepot::fetch(stackdepot::Handle::from_raw(t.stack), &mut [0; stackdepot::MAX_DEPTH])
+    {
         Some(frames) if t.stack != 0 => json_stack(b, o, frames),
         _ => {
             let _ = b.write_str("null");
@@ -814,7 +816,8 @@ fn json_track(b: &mut FixedBuf<BUF>, o: &Options, name: &str, t: &Track) {
 
 fn json(b: &mut FixedBuf<BUF>, o: &Options, r: &Report<'_>) {
     let mut f = FixedBuf::<512>::new();
-    let (site, found) = header_site(r);
+    let mut buf = [0; stackdepot::MAX_DEPTH];
+    let (site, found) = header_site(r, &mut buf);
     function_name(&mut f, o, site, r.exact_pc && found.is_none());
     let _ = write!(b, "{{\"kind\":\"{}\",\"function\":{}", r.kind, Json(f.as_bytes()));
     if let Some(when) = found {
@@ -900,7 +903,8 @@ pub(crate) fn leaks(
     groups.sort_unstable_by_key(|g| core::cmp::Reverse(g.bytes));
     for g in groups.iter() {
         reporter.emit_with(o, true, |b| {
-            let frames = stackdepot::fetch(stackdepot::Handle::from_raw(g.stack)).filter(|_| g.stack != 0).unwrap_or(&[]);
+            let mut buf = [0; stackdepot::MAX_DEPTH];
+            let frames = stackdepot::fetch(stackdepot::Handle::from_raw(g.stack), &mut buf).filter(|_| g.stack != 0).unwrap_or(&[]);
             if o.format == Format::Json {
                 let _ = write!(
                     b,
@@ -951,11 +955,12 @@ pub(crate) fn stats(reporter: &Reporter, o: &Options) {
     reporter.emit_with(o, false, |b| {
         let _ = writeln!(
             b,
-            "ukasan: {} report(s); stack depot: {} unique traces, {} frames, {} bytes used",
+            "ukasan: {} report(s); stack depot: {} unique traces, {} frames, {} bytes used, {} nodes",
             reporter.count(),
             d.unique_traces,
             d.frames_stored,
-            d.bytes_used
+            d.bytes_used,
+            d.nodes
         );
         let h = &crate::generic::heap::HEAP;
         let _ = writeln!(
@@ -964,6 +969,20 @@ pub(crate) fn stats(reporter: &Reporter, o: &Options) {
             h.bytes_carved() >> 10,
             h.caches_mapped()
         );
+        let c = stacktrace::softshadow::counters();
+        if c.captures > 0 {
+            let _ = writeln!(
+                b,
+                "ukasan: stats: shadow_captures={} frames_walked={} frames_copied={} \
+                 frames_patched={} trampoline_returns={} incremental_saves={}",
+                c.captures,
+                c.frames_walked,
+                c.frames_copied,
+                c.frames_patched,
+                c.trampoline_returns,
+                c.incremental_saves
+            );
+        }
     });
 }
 

@@ -330,6 +330,13 @@ impl Runtime {
 
     #[inline]
     fn save(&self, o: &Options, regs: &Regs, buf: &mut [usize]) -> u32 {
+        // The software shadow stack captures and saves in one call, walking and saving only
+        // the frames that changed since this thread's previous capture.
+        if o.stacks == Stacks::Shadow && o.depot {
+            if let Ok(s) = stacktrace::softshadow::capture_and_save_from(regs, buf) {
+                return s.handle.to_raw();
+            }
+        }
         let n = capture(o.stacks, regs, buf);
         if n == 0 || !o.depot {
             return 0;

@@ -306,11 +306,13 @@ mod tests {
         assert_eq!(s.get("captures"), Some(&5.0));
         assert_eq!(s.get("depot"), Some(&2048.0));
         let s = parse_stats(
-            "ukasan: 0 report(s); stack depot: 12 unique traces, 340 frames, 4096 bytes used\n",
+            "ukasan: 0 report(s); stack depot: 12 unique traces, 340 frames, 4096 bytes used, 90 nodes\nukasan: stats: shadow_captures=7 frames_walked=21\n",
         );
         assert_eq!(s.get("unique_traces"), Some(&12.0));
         assert_eq!(s.get("depot_frames"), Some(&340.0));
         assert_eq!(s.get("depot_bytes"), Some(&4096.0));
         assert_eq!(s.get("reports"), Some(&0.0));
+        assert_eq!(s.get("nodes"), Some(&90.0));
+        assert_eq!((s.get("shadow_captures"), s.get("frames_walked")), (Some(&7.0), Some(&21.0)));
     }
 }

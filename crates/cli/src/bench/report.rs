@@ -15,6 +15,8 @@ const DEPOT_BYTES: &[&str] = &["depot_bytes", "depot", "depot_size"];
 const FRAMES: &[&str] = &["frames", "captured_frames"];
 const DEPOT_FRAMES: &[&str] = &["depot_frames"];
 const ALLOCS: &[&str] = &["allocs", "allocations", "mallocs"];
+/// The software shadow stack's counters (per process, summed over its threads).
+const SHADOW_CAPTURES: &[&str] = &["shadow_captures"];
 
 fn get(stats: &BTreeMap<String, f64>, names: &[&str]) -> Option<f64> {
     names.iter().find_map(|n| stats.get(*n).copied())
@@ -129,7 +131,23 @@ fn counters(cell: &Cell, median: f64) -> String {
         }
     }
     if let Some(b) = get(s, DEPOT_BYTES) {
-        parts.push(format!("depot {}", bytes(b)));
+        match get(s, DEPOT_FRAMES).filter(|f| *f > 0.0) {
+            Some(f) => parts.push(format!("depot {} ({:.2} B/frame)", bytes(b), b / f)),
+            None => parts.push(format!("depot {}", bytes(b))),
+        }
+    }
+    if let Some(sc) = get(s, SHADOW_CAPTURES).filter(|c| *c > 0.0) {
+        let per = |k: &str| s.get(k).map_or(0.0, |v| v / sc);
+        parts.push(format!(
+            "shadow: {} captures, {:.1} walked + {:.1} copied/capture, {} patched, {} returns, \
+             {:.0}% incremental",
+            human(sc),
+            per("frames_walked"),
+            per("frames_copied"),
+            human(s.get("frames_patched").copied().unwrap_or(0.0)),
+            human(s.get("trampoline_returns").copied().unwrap_or(0.0)),
+            100.0 * per("incremental_saves")
+        ));
     }
     if run.reports > 0 {
         parts.push(format!("{} reports!", run.reports));
@@ -353,6 +371,36 @@ mod tests {
         assert!(capture_problem(&w.cells[3]).unwrap().contains("shadow stored no trace"));
         assert_eq!(capture_problem(&w.cells[0]), None);
         assert_eq!(capture_problem(&w.cells[2]), None);
+    }
+
+    #[test]
+    fn counters_show_depot_bytes_per_frame_and_the_shadow_stack_work() {
+        let c = cell(
+            "shadow",
+            2.0,
+            &[
+                ("unique_traces", 10.0),
+                ("depot_frames", 400.0),
+                ("depot_bytes", 1200.0),
+                ("shadow_captures", 1000.0),
+                ("frames_walked", 3000.0),
+                ("frames_copied", 1000.0),
+                ("frames_patched", 40.0),
+                ("trampoline_returns", 30.0),
+                ("incremental_saves", 900.0),
+            ],
+        );
+        let s = counters(&c, 2.0);
+        assert!(s.contains("depot 1.2 KiB (3.00 B/frame)"), "{s}");
+        assert!(
+            s.contains(
+                "shadow: 1000 captures, 3.0 walked + 1.0 copied/capture, 40 patched, 30 returns, \
+                 90% incremental"
+            ),
+            "{s}"
+        );
+        let fp = cell("fp", 2.0, &[("shadow_captures", 0.0), ("depot_bytes", 10.0)]);
+        assert_eq!(counters(&fp, 2.0), "depot 10 B");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use stackdepot::{Depot, Handle};
 fn trace(i: usize) -> [usize; 16] {
     let mut t = [0x40_0000; 16];
     t[0] = i;
-    t[15] = i * 3;
+    t[15] = i * 3 + 1;
     t
 }
 
@@ -28,12 +28,14 @@ fn fill(d: &Depot) -> Vec<Handle> {
 fn full_depot_returns_none_and_keeps_old_handles() {
     let d = Depot::new(64 << 10);
     let stored = fill(&d);
-    assert!(stored.len() > 300, "64 KiB should hold ~420 16-frame traces, held {}", stored.len());
+    // 16 frames without a shared part: 16 nodes of 12 bytes per trace, in a pool of the
+    // 56 KiB left after the table.
+    assert!(stored.len() > 250, "64 KiB should hold ~290 16-frame traces, held {}", stored.len());
     for _ in 0..5 {
         assert_eq!(d.save(&trace(1 << 40)), Handle::NONE);
     }
     for (i, h) in stored.iter().enumerate() {
-        assert_eq!(d.fetch(*h), Some(&trace(i)[..]));
+        assert_eq!(d.fetch(*h, &mut [0; 16]), Some(&trace(i)[..]));
         assert_eq!(d.save(&trace(i)), *h, "a stored trace is still found when full");
     }
     let s = d.stats();

@@ -1,5 +1,5 @@
-//! Concurrency stress: 8 threads save overlapping random traces and fetch each other's
-//! records while they are being inserted; afterwards every handle fetches its own trace.
+//! Concurrency stress: 8 threads save overlapping random traces, whole and incrementally,
+//! and fetch each other's nodes while they are being inserted; afterwards every handle fetches its own trace.
 
 use std::collections::HashMap;
 
@@ -42,11 +42,23 @@ fn eight_threads_saving_overlapping_traces_agree() {
                     let mut got = Vec::with_capacity(SAVES);
                     for _ in 0..SAVES {
                         let i = rng.below(TRACES as u64) as usize;
-                        let h = d.save(&ts[i]);
+                        let t = &ts[i];
+                        // Whole saves, and incremental ones on a suffix's handle.
+                        let h = if rng.below(2) == 0 {
+                            d.save(t)
+                        } else {
+                            let mut suffixes = [Handle::NONE; 80];
+                            let whole = d.save_with_suffixes(t, &mut suffixes);
+                            let k = rng.below(t.len() as u64 + 1) as usize;
+                            if k < t.len() {
+                                assert_eq!(d.save_on(suffixes[k], t.len() - k, &t[..k]), whole);
+                            }
+                            whole
+                        };
                         assert!(!h.is_none());
                         // Fetch at once: the record may have just been published by another
                         // thread.
-                        assert_eq!(d.fetch(h), Some(&ts[i][..]));
+                        assert_eq!(d.fetch(h, &mut [0; 80]), Some(&ts[i][..]));
                         got.push((i, h));
                     }
                     got
@@ -61,10 +73,10 @@ fn eight_threads_saving_overlapping_traces_agree() {
         let t = &ts[i][..];
         assert_eq!(*by_content.entry(t).or_insert(h), h, "trace {i} has two handles");
         assert_eq!(*by_handle.entry(h).or_insert(t), t, "handle {h:?} has two traces");
-        assert_eq!(d.fetch(h), Some(t));
+        assert_eq!(d.fetch(h, &mut [0; 80]), Some(t));
     }
     let s = d.stats();
     assert_eq!(s.unique_traces as usize, by_content.len());
-    assert_eq!(s.lookups as usize, THREADS * SAVES);
+    assert!(s.lookups as usize >= THREADS * SAVES);
     assert_eq!(s.dropped_full + s.dropped_busy, 0);
 }

@@ -12,11 +12,18 @@ fn fork_child_saves_and_fetches() {
         if new.is_none() || new == old {
             return 1;
         }
-        if D.fetch(new) != Some(&[0x3333, 0x4444, 0x5555][..]) {
+        let mut buf = [0; 8];
+        if D.fetch(new, &mut buf) != Some(&[0x3333, 0x4444, 0x5555][..]) {
             return 2;
         }
-        if D.save(&[0x1111, 0x2222]) != old || D.fetch(old) != Some(&[0x1111, 0x2222][..]) {
+        if D.save(&[0x1111, 0x2222]) != old || D.fetch(old, &mut buf) != Some(&[0x1111, 0x2222][..])
+        {
             return 3;
+        }
+        // On top of a stored trace, in the child's own copy.
+        let on = D.save_on(old, 2, &[0x6666]);
+        if on.is_none() || D.save(&[0x6666, 0x1111, 0x2222]) != on {
+            return 4;
         }
         42
     });

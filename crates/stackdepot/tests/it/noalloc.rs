@@ -60,7 +60,7 @@ fn the_counter_sees_allocations() {
 #[test]
 fn save_fetch_stats_never_allocate() {
     // Small budget so the run also covers mapping several pools and running full.
-    static D: Depot = Depot::new(3 << 20);
+    static D: Depot = Depot::new(2 << 20);
     let mut t = [0usize; 64];
     let mut sum = 0;
     let n = allocations_in(|| {
@@ -68,8 +68,15 @@ fn save_fetch_stats_never_allocate() {
             t[0] = i;
             t[i % 64] ^= i;
             let h = D.save(&t[..(i % 65)]);
-            sum += D.fetch(h).map_or(0, |f| f.len());
+            let mut buf = [0; 64];
+            sum += D.fetch(h, &mut buf).map_or(0, |f| f.len());
             sum += D.save(&t[..(i % 65)]).to_raw() as usize & 1;
+            let mut suffixes = [stackdepot::Handle::NONE; 64];
+            let whole = D.save_with_suffixes(&t[..(i % 65)], &mut suffixes);
+            let k = i % 3;
+            if k < i % 65 && !suffixes[k].is_none() {
+                sum += (D.save_on(suffixes[k], i % 65 - k, &t[..k]) == whole) as usize;
+            }
         }
         sum += D.stats().unique_traces as usize;
     });

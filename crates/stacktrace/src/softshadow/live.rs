@@ -13,7 +13,10 @@ use super::walk::{self, Entry, Machine, Policy};
 use super::{policy, CROSS_CHECK, CROSS_CHECKS, CROSS_CHECK_FAILURES, ENABLED};
 use crate::{Regs, Unsupported};
 use core::cell::Cell;
-use core::sync::atomic::{compiler_fence, Ordering::Relaxed, Ordering::SeqCst};
+use core::sync::atomic::{
+    compiler_fence, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
+};
+use stackdepot::Handle;
 
 /// Frames walked past a full buffer to reach the anchor (so that deeper new frames connect).
 const EXTRA: usize = 256;
@@ -216,7 +219,11 @@ fn steady(
     let arr = unsafe { core::slice::from_raw_parts(st.entries_ptr(), s.len) };
     let skip = st.skip.load(Relaxed);
     let m = Live::new(st, s.lo, s.hi);
-    let r = walk::steady(&m, arr, regs, buf, skip);
+    let r = walk::steady_top(&m, arr, regs, buf, skip).map(|k| {
+        let n = walk::copy_from(&m, arr, s.len - 1, buf, k);
+        count(st, k, n - k);
+        n
+    });
     if m.refused.get() {
         return Some(Err(Unsupported::StackTooSmall));
     }
@@ -324,16 +331,23 @@ fn locked(
     let mut m = Live::new(st, lo, hi);
     let last_len = st.last_len.load(Relaxed);
     if try_steady && len == last_len {
-        if let Some(n) = walk::steady(&m, &arr[..len], regs, buf, skip) {
+        if let Some(k) = walk::steady_top(&m, &arr[..len], regs, buf, skip) {
+            let n = walk::copy_from(&m, &arr[..len], len - 1, buf, k);
             if m.refused.get() {
                 return Err(Unsupported::StackTooSmall);
             }
+            count(st, k, n - k);
             note_quiet(st, skip);
             return Ok(n);
         }
     }
     let pol = Policy { patch, skip, extra: EXTRA };
     let o = walk::capture(&mut m, arr, len, regs, buf, pol);
+    count(st, o.walked.min(o.n), o.n.saturating_sub(o.walked));
+    if o.patched > 0 {
+        bump(&st.patched, o.patched);
+        forget(st, o.base, o.patched);
+    }
     let mut now = len;
     if let Some(l) = o.new_len {
         // Entries and patched slots are written: publish (a signal handler's unwinder or
@@ -351,6 +365,157 @@ fn locked(
         _ if m.refused.get() => Err(Unsupported::StackTooSmall),
         0 if !buf.is_empty() => Err(Unsupported::NoFrames),
         n => Ok(n),
+    }
+}
+
+/// Adds `n` to a counter of this thread's block (a plain load and store: only this thread
+/// and its signal handlers, which run whole captures in between, touch it).
+#[inline(always)]
+fn bump(c: &AtomicUsize, n: usize) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Counts a capture that walked `walked` frames and copied `copied`.
+#[inline(always)]
+fn count(st: &ThreadState, walked: usize, copied: usize) {
+    bump(&st.captures, 1);
+    bump(&st.walked, walked);
+    bump(&st.copied, copied);
+}
+
+/// The depot-handle words of the thread's entries (null before set-up).
+#[inline(always)]
+fn nodes(st: &ThreadState) -> *const AtomicU64 {
+    st.nodes.load(Relaxed) as *const AtomicU64
+}
+
+/// Forgets the depot handles of entries `base..base + n` (just committed: new frames).
+#[inline]
+fn forget(st: &ThreadState, base: usize, n: usize) {
+    let nodes = nodes(st);
+    if nodes.is_null() {
+        return;
+    }
+    for i in base..(base + n).min(CAPACITY) {
+        // SAFETY: `i < CAPACITY`, the words of the mapping made at set-up.
+        // Relaxed: a word of this thread's own state (see `ThreadState::nodes`).
+        unsafe { (*nodes.add(i)).store(0, Relaxed) };
+    }
+}
+
+/// See [`super::capture_and_save_from`].
+///
+/// The steady path (as in [`capture_from`]) walks the new frames; if the newest entry knows
+/// its trace's handle, the new frames are saved on it and nothing is copied. Otherwise the
+/// array is copied, the whole trace saved, and the handles of the newest run of entries
+/// (down to the first segment start) remembered for the next captures.
+#[inline]
+pub(super) fn capture_and_save_from(
+    regs: &Regs,
+    buf: &mut [usize],
+) -> Result<super::Saved, Unsupported> {
+    let st = arch::state();
+    if enter(st) {
+        let s = snap(st);
+        let nodes = nodes(st);
+        if s.steady && regs.sp >= s.lo && regs.sp < s.hi && !regs.pc_is_exact && !nodes.is_null() {
+            let r = steady_save(st, s, nodes, regs, buf);
+            leave(st);
+            match r {
+                Some(Ok(saved)) => {
+                    // Relaxed: a debug switch; see `set_cross_check`.
+                    if CROSS_CHECK.load(Relaxed) && !saved.incremental {
+                        cross_check(st, regs, buf, saved.frames);
+                    }
+                    return Ok(saved);
+                }
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+        } else {
+            leave(st);
+        }
+    }
+    let n = general(st, regs, buf, false)?;
+    if n == 0 {
+        return Err(Unsupported::NoFrames);
+    }
+    Ok(super::Saved { handle: stackdepot::save(&buf[..n]), frames: n, incremental: false })
+}
+
+/// The steady path of [`capture_and_save_from`], `busy` held. `None`: not served.
+#[inline(always)]
+fn steady_save(
+    st: &ThreadState,
+    s: Snap,
+    nodes: *const AtomicU64,
+    regs: &Regs,
+    buf: &mut [usize],
+) -> Option<Result<super::Saved, Unsupported>> {
+    // SAFETY: as in `steady`.
+    let arr = unsafe { core::slice::from_raw_parts(st.entries_ptr(), s.len) };
+    let skip = st.skip.load(Relaxed);
+    let m = Live::new(st, s.lo, s.hi);
+    let k = walk::steady_top(&m, arr, regs, buf, skip)?;
+    if m.refused.get() {
+        return Some(Err(Unsupported::StackTooSmall));
+    }
+    note_quiet(st, skip);
+    let top = s.len - 1;
+    // SAFETY: `top < len <= CAPACITY`: a word of the mapping made at set-up.
+    let word = unsafe { &*nodes.add(top) };
+    // Relaxed: see `ThreadState::nodes`.
+    let known = word.load(Relaxed);
+    let (base, below) = (known as u32, (known >> 32) as usize);
+    let cap = buf.len().min(stackdepot::MAX_DEPTH);
+    if base != 0 && below + k <= cap {
+        let handle = stackdepot::save_on(Handle::from_raw(base), below, &buf[..k]);
+        count(st, k, 0);
+        bump(&st.incremental, 1);
+        return Some(Ok(super::Saved { handle, frames: below + k, incremental: true }));
+    }
+    let n = walk::copy_from(&m, arr, top, buf, k);
+    if m.refused.get() {
+        // The walk below an entry ended early: a cheaper backend serves this capture.
+        return Some(Err(Unsupported::StackTooSmall));
+    }
+    count(st, k, n - k);
+    if n >= cap {
+        // Perhaps truncated: the handles of its old parts would not be those of the stack.
+        let handle = stackdepot::save(&buf[..n]);
+        return Some(Ok(super::Saved { handle, frames: n, incremental: false }));
+    }
+    let mut suffixes = [Handle::NONE; stackdepot::MAX_DEPTH];
+    let handle = stackdepot::save_with_suffixes(&buf[..n], &mut suffixes[..n]);
+    // Entries top, top - 1, .. down to the newest segment start are buf[k], buf[k + 1], ..
+    let mut j = top;
+    loop {
+        let at = k + (top - j);
+        let h = suffixes[at];
+        // Relaxed: see `ThreadState::nodes`.
+        let v = if h.is_none() { 0 } else { u64::from(h.to_raw()) | ((n - at) as u64) << 32 };
+        // SAFETY: `j <= top < CAPACITY`.
+        unsafe { (*nodes.add(j)).store(v, Relaxed) };
+        if arr[j].ra & walk::GAP != 0 || j == 0 || at + 1 >= n {
+            break;
+        }
+        j -= 1;
+    }
+    Some(Ok(super::Saved { handle, frames: n, incremental: false }))
+}
+
+/// See [`super::thread_counters`].
+pub(super) fn thread_counters() -> super::Counters {
+    let st = arch::state();
+    // Relaxed: statistics of this thread's block.
+    let g = |c: &AtomicUsize| c.load(Relaxed) as u64;
+    super::Counters {
+        captures: g(&st.captures),
+        frames_walked: g(&st.walked),
+        frames_copied: g(&st.copied),
+        frames_patched: g(&st.patched),
+        trampoline_returns: g(&st.returns),
+        incremental_saves: g(&st.incremental),
     }
 }
 

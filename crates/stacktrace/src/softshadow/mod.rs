@@ -69,6 +69,18 @@
 //! never captures pays nothing. Memory per capturing thread: a 128 KiB array and a stack
 //! shadow the size of the stack, both `MAP_NORESERVE`, touched only where used.
 //!
+//! # Capture and save
+//! [`capture_and_save_from`] captures and stores in the global stack depot in one call: each
+//! array entry also remembers the depot handle of the trace from its frame down (filled the
+//! first time a capture copies the whole stack), valid while the frame is live, since a live
+//! frame's callers cannot change; a steady capture then walks its few new frames and saves
+//! them on the newest entry's handle (`stackdepot::save_on`): time proportional to the
+//! frames that changed, for the walk and the save. [`counters`] says how often that happened
+//! and what the captures did (walked, copied, patched, trampolined returns); `ukasan bench`
+//! shows them per workload. Frames that keep no frame record (code built without frame
+//! pointers, e.g. Debian's python3 and sqlite3) are never patched, so captures through them
+//! walk them every time and save whole: the counters show it (`frames_walked` per capture).
+//!
 //! # Limits
 //! Trampoline scratch registers are `r10` and `r11`, which no SysV return value uses;
 //! code that expects them preserved across a return (LLVM's `preserve_most`) must not be
@@ -91,6 +103,7 @@
 
 use crate::{Regs, Unsupported};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use stackdepot::Handle;
 
 pub mod policy;
 // Compiled and unit-tested on every host; used by the live backend on x86-64 Linux only.
@@ -138,6 +151,121 @@ pub fn capture_from(regs: &Regs, buf: &mut [usize]) -> Result<usize, Unsupported
     {
         let _ = (regs, buf);
         Err(Unsupported::NotCompiled)
+    }
+}
+
+/// What [`capture_and_save_from`] stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Saved {
+    /// The trace's handle in the process-global depot (`NONE` if it refused it: full, or a
+    /// signal handler interrupted an insert).
+    pub handle: Handle,
+    /// Frames in the trace.
+    pub frames: usize,
+    /// Only the frames that changed since this thread's previous capture were walked and
+    /// saved (the buffer then holds just those, newest first); otherwise the buffer holds
+    /// the whole trace.
+    pub incremental: bool,
+}
+
+/// Captures and saves in the process-global depot ([`stackdepot::global`]) in one call:
+/// what [`capture`] then [`stackdepot::save`] of its frames would give, in time
+/// proportional to the frames that changed since this thread's previous capture.
+///
+/// Entry 0 is the return address into the caller; `buf.len()` is the depth cap, and `buf` is
+/// scratch (see [`Saved::incremental`]). Async-signal-safe (see the module docs); no
+/// allocation, no lock but the depot's insert lock for new frames.
+#[inline(never)]
+pub fn capture_and_save(buf: &mut [usize]) -> Result<Saved, Unsupported> {
+    let regs = crate::caller_regs!();
+    capture_and_save_from(&regs, buf)
+}
+
+/// [`capture_and_save`] from explicit registers (as [`capture_from`]).
+///
+/// How: each patched frame's array entry remembers the depot handle of the trace from it
+/// down, filled by a capture that copied the whole stack ([`stackdepot::save_with_suffixes`]).
+/// While the entry's frame is live its callers cannot change, so a later capture that walks
+/// `k` new frames and meets that entry saves them on its handle
+/// ([`stackdepot::save_on`]): `k` frames walked, `k` bucket lookups, nothing copied. New
+/// entries start unknown. A capture that takes the general path (frames returned through the
+/// trampoline since the previous one) copies and saves whole, as do captures whose trace
+/// would not fit `buf`. Answers as [`capture_from`]; `NoFrames` for an empty capture.
+#[inline]
+pub fn capture_and_save_from(regs: &Regs, buf: &mut [usize]) -> Result<Saved, Unsupported> {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    return live::capture_and_save_from(regs, buf);
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        let _ = (regs, buf);
+        Err(Unsupported::NotCompiled)
+    }
+}
+
+/// Work counters of the software shadow stack (what a patch policy and `ukasan bench` look
+/// at): per thread ([`thread_counters`]) or summed ([`counters`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Captures served by this backend.
+    pub captures: u64,
+    /// Frames written by walking (new since the previous capture, or unpatched).
+    pub frames_walked: u64,
+    /// Frames written by copying the array.
+    pub frames_copied: u64,
+    /// Return-address slots patched.
+    pub frames_patched: u64,
+    /// Patched frames that returned (through the trampoline).
+    pub trampoline_returns: u64,
+    /// Captures saved incrementally ([`capture_and_save_from`]: only the changed frames).
+    pub incremental_saves: u64,
+}
+
+impl Counters {
+    fn add(&mut self, o: Counters) {
+        self.captures += o.captures;
+        self.frames_walked += o.frames_walked;
+        self.frames_copied += o.frames_copied;
+        self.frames_patched += o.frames_patched;
+        self.trampoline_returns += o.trampoline_returns;
+        self.incremental_saves += o.incremental_saves;
+    }
+}
+
+/// Counters of threads that have exited.
+static RETIRED: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+/// The calling thread's counters. Async-signal-safe.
+pub fn thread_counters() -> Counters {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    return live::thread_counters();
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    Counters::default()
+}
+
+/// The counters of every thread that has exited plus the calling thread's (at process exit,
+/// from the main thread: the whole run, minus threads still running). Async-signal-safe.
+pub fn counters() -> Counters {
+    // Relaxed: statistics.
+    let r: [u64; 6] = core::array::from_fn(|i| RETIRED[i].load(Relaxed));
+    let mut c = Counters {
+        captures: r[0],
+        frames_walked: r[1],
+        frames_copied: r[2],
+        frames_patched: r[3],
+        trampoline_returns: r[4],
+        incremental_saves: r[5],
+    };
+    c.add(thread_counters());
+    c
+}
+
+/// Adds an exiting thread's counters to [`RETIRED`] and zeroes them.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn retire_counters(st: &state::ThreadState) {
+    let fields = [&st.captures, &st.walked, &st.copied, &st.patched, &st.returns, &st.incremental];
+    for (sum, f) in RETIRED.iter().zip(fields) {
+        // Relaxed: statistics.
+        sum.fetch_add(f.swap(0, Relaxed) as u64, Relaxed);
     }
 }
 

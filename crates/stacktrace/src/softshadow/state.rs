@@ -67,6 +67,24 @@ pub(crate) struct ThreadState {
     /// rule-cache lookup. A pc's rule depends on the code at it alone, so an entry stays
     /// true while the code is mapped (as the process-wide rule cache assumes too).
     pub record_pcs: [AtomicUsize; RECORD_PCS],
+    /// `*mut AtomicU64`: per array entry, the depot handle of the trace from that entry's
+    /// frame down (`handle | frames << 32`; 0 = not known), 0 before set-up. Valid while the
+    /// entry is: a live frame's callers do not change, and every commit of new entries clears
+    /// their words. Read and written by [`super::live`] with `busy` held.
+    pub nodes: AtomicUsize,
+    /// Counters of this thread ([`super::Counters`]); `returns` is counted by the trampoline
+    /// (`arch`).
+    pub captures: AtomicUsize,
+    /// See `captures`.
+    pub walked: AtomicUsize,
+    /// See `captures`.
+    pub copied: AtomicUsize,
+    /// See `captures`.
+    pub patched: AtomicUsize,
+    /// See `captures`.
+    pub returns: AtomicUsize,
+    /// See `captures`.
+    pub incremental: AtomicUsize,
 }
 
 /// Entries of [`ThreadState::record_pcs`] (a power of two).
@@ -85,6 +103,9 @@ impl ThreadState {
         &self.record_pcs[(pc ^ (pc >> 3)) % RECORD_PCS]
     }
 }
+
+/// Bytes of the [`ThreadState::nodes`] mapping.
+const NODES_BYTES: usize = CAPACITY * 8;
 
 /// Process-wide key whose destructor releases a thread's mappings at exit; 0 = not created.
 static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
@@ -121,6 +142,10 @@ fn try_init(st: &ThreadState, sp: usize) -> bool {
     }
     let bytes = (CAPACITY + 1) * core::mem::size_of::<Entry>();
     let Some(array) = map(0, bytes, 0) else { return false };
+    let Some(nodes) = map(0, NODES_BYTES, 0) else {
+        unmap(array, bytes);
+        return false;
+    };
     let shadow_at = lo.wrapping_add_signed(SHADOW_OFFSET) & !4095;
     let shadow_len = hi.wrapping_add_signed(SHADOW_OFFSET).next_multiple_of(4096) - shadow_at;
     // MAP_FIXED_NOREPLACE never replaces a mapping; where it is refused as an unknown flag
@@ -129,12 +154,14 @@ fn try_init(st: &ThreadState, sp: usize) -> bool {
         .or_else(|| map(shadow_at, shadow_len, 0))
     else {
         unmap(array, bytes);
+        unmap(nodes, NODES_BYTES);
         return false;
     };
     if shadow != shadow_at {
         // The range is taken (kernels older than 4.17 treat MAP_FIXED_NOREPLACE as a hint).
         unmap(shadow, shadow_len);
         unmap(array, bytes);
+        unmap(nodes, NODES_BYTES);
         return false;
     }
     // SAFETY: `array` is a fresh writable mapping of `bytes` >= 16 bytes; entry 0 of it is
@@ -145,6 +172,7 @@ fn try_init(st: &ThreadState, sp: usize) -> bool {
     st.hi.store(hi, Relaxed);
     st.len.store(0, Relaxed);
     st.skip.store(super::policy::initial_skip(), Relaxed);
+    st.nodes.store(nodes, Relaxed);
     compiler_fence(SeqCst);
     st.entries.store(array + core::mem::size_of::<Entry>(), Relaxed);
     true
@@ -210,6 +238,7 @@ extern "C" fn on_thread_exit(p: *mut libc::c_void) {
     let st = unsafe { &*(p as *const ThreadState) };
     st.status.store(EXITED, Relaxed);
     compiler_fence(SeqCst);
+    super::retire_counters(st);
     let (lo, hi, entries) = (st.lo.load(Relaxed), st.hi.load(Relaxed), st.entries_ptr());
     if entries.is_null() {
         return;
@@ -229,6 +258,10 @@ extern "C" fn on_thread_exit(p: *mut libc::c_void) {
     }
     st.entries.store(0, Relaxed);
     st.len.store(0, Relaxed);
+    let nodes = st.nodes.swap(0, Relaxed);
+    if nodes != 0 {
+        unmap(nodes, NODES_BYTES);
+    }
     let shadow_at = lo.wrapping_add_signed(SHADOW_OFFSET) & !4095;
     unmap(shadow_at, hi.wrapping_add_signed(SHADOW_OFFSET).next_multiple_of(4096) - shadow_at);
     unmap(
@@ -262,6 +295,7 @@ pub(super) extern "C" fn on_mismatch(ret_sp: usize) -> usize {
         }
         st.len.store(len, Relaxed);
     }
+    st.returns.store(st.returns.load(Relaxed) + 1, Relaxed);
     if !found {
         st.orphans.store(st.orphans.load(Relaxed) + 1, Relaxed);
         st.flags.store(st.flags.load(Relaxed) | ORPHAN_SEEN, Relaxed);

@@ -146,6 +146,12 @@ pub(super) struct Outcome {
     pub new_len: Option<usize>,
     /// Index of the anchor entry, if the walk found one.
     pub anchor: Option<usize>,
+    /// Entries `base..base + patched` are new (their slots just patched).
+    pub base: usize,
+    /// See `base`.
+    pub patched: usize,
+    /// Frames written to the buffer by walking (the rest were copied from the array).
+    pub walked: usize,
 }
 
 /// Captures into `buf` from `regs`, with `arr` the whole array (`arr[..len]` published).
@@ -236,6 +242,7 @@ pub(super) fn capture<M: Machine>(
         k += 1;
     }
     out.anchor = anchor;
+    out.walked = n;
     // Where staged frames go, and whether they connect to the entry below them.
     let (base, connected) = match anchor {
         Some(i) => {
@@ -285,6 +292,8 @@ pub(super) fn capture<M: Machine>(
     for e in &arr[base..base + staged] {
         m.patch(e.ret_sp - 8, e.ra & !GAP);
     }
+    out.base = base;
+    out.patched = staged;
     out.new_len = Some(base + staged);
     out
 }
@@ -297,7 +306,13 @@ pub(super) fn capture<M: Machine>(
 /// segment start in the run (rare), or the copy reached entry 0 with room left, does the
 /// general [`copy_segments`] redo it.
 #[inline(always)]
-fn copy_from<M: Machine>(m: &M, arr: &[Entry], i: usize, buf: &mut [usize], n: usize) -> usize {
+pub(super) fn copy_from<M: Machine>(
+    m: &M,
+    arr: &[Entry],
+    i: usize,
+    buf: &mut [usize],
+    n: usize,
+) -> usize {
     let (run, out) = (&arr[..i + 1], &mut buf[n..]);
     let take = out.len().min(run.len());
     let seen = copy_run(&run[run.len() - take..], &mut out[..take]);
@@ -453,8 +468,23 @@ fn copy_segments<M: Machine>(
 /// The steady state, the common case, on a short path: at most `skip` new frames, then the
 /// newest entry's slot. `None` when anything else happens (the general [`capture`] then runs
 /// from scratch; nothing has been changed).
-#[inline(always)]
+#[cfg(test)]
 pub(super) fn steady<M: Machine>(
+    m: &M,
+    arr: &[Entry],
+    regs: &Regs,
+    buf: &mut [usize],
+    skip: usize,
+) -> Option<usize> {
+    let n = steady_top(m, arr, regs, buf, skip)?;
+    Some(copy_from(m, arr, arr.len() - 1, buf, n))
+}
+
+/// The walking half of [`steady`]: writes the new frames (at most `skip + 1`, the caller's
+/// pc included) to `buf` and returns how many; the rest of the trace is the newest entry's
+/// and below (`copy_from(.., arr.len() - 1, ..)`). `None` as for `steady`.
+#[inline(always)]
+pub(super) fn steady_top<M: Machine>(
     m: &M,
     arr: &[Entry],
     regs: &Regs,
@@ -479,7 +509,7 @@ pub(super) fn steady<M: Machine>(
             if top != slot + 8 {
                 return None;
             }
-            return Some(copy_from(m, arr, arr.len() - 1, buf, n));
+            return Some(n);
         }
         if n > skip || ra < MIN_PC {
             return None;

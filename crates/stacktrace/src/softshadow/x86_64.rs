@@ -2,10 +2,10 @@
 //! stack-shadow offset its CFI relies on.
 //!
 //! The trampoline runs when a patched function returns (`ret` pops the trampoline's address
-//! from the patched slot, so `rsp` = slot + 8). Fast path, 9 instructions touching only `r10`,
+//! from the patched slot, so `rsp` = slot + 8). Fast path, 10 instructions touching only `r10`,
 //! `r11` and the flags: if the newest array entry is for this slot, pop it (one `sub` on the
-//! published length: a signal sees it either before or after) and `jmp` to the real return
-//! address. Otherwise the slow path saves every register that may carry a return value
+//! published length: a signal sees it either before or after), count it, and `jmp` to the
+//! real return address. Otherwise the slow path saves every register that may carry a return value
 //! (`rax`, `rdx`, and `fxsave64` for x87 and `xmm0-15`) plus the other argument registers,
 //! and calls [`super::state::on_mismatch`], which drops stale entries (longjmp, exceptions)
 //! and returns the real return address from the stack shadow.
@@ -76,6 +76,8 @@ core::arch::global_asm!(
     "mov r10, qword ptr [r10 - 16]",
     "btr r10, 63",
     "sub qword ptr fs:[r11 + 8], 1",
+    // Count the return (ThreadState::returns; the flags are already clobbered).
+    "add qword ptr fs:[r11 + {returns}], 1",
     "jmp r10",
     // Slow path: stale entries or an orphan slot. Keep every register but r10/r11.
     "2:",
@@ -115,6 +117,7 @@ core::arch::global_asm!(
     ".size __ukasan_softshadow_trampoline, . - __ukasan_softshadow_trampoline",
     ".size ukasan_softshadow_return_trampoline, . - ukasan_softshadow_return_trampoline",
     ra_from_cfa = const SHADOW_OFFSET - 16,
+    returns = const core::mem::offset_of!(ThreadState, returns),
     on_mismatch = sym on_mismatch,
 );
 

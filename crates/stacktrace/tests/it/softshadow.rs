@@ -128,6 +128,13 @@ fn stack_switching_falls_back() {
     survives("fibers");
 }
 
+/// Capture and save in one call, incrementally on the handle an entry remembers, agrees
+/// with a capture then a whole save, over a random walk of the depth.
+#[test]
+fn capture_and_save_equals_capture_then_save() {
+    survives("save-wander");
+}
+
 #[test]
 fn two_million_captures_match_the_reference_walk() {
     survives("cross-check-2m");
