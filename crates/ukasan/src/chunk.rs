@@ -93,8 +93,8 @@ pub enum State {
 pub struct Track {
     /// Kernel thread id.
     pub tid: u32,
-    /// Raw stack depot handle (0: stack not available).
-    pub stack: u32,
+    /// Stack depot handle ([`stackdepot::Handle::NONE`]: stack not available).
+    pub stack: stackdepot::Handle,
     /// Global sequence number of the operation.
     pub seq: u64,
 }

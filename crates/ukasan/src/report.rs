@@ -344,8 +344,8 @@ fn signature(r: &Report<'_>) -> u64 {
         mix(u64::from(write));
     }
     if let Some(c) = r.chunk {
-        mix(u64::from(c.alloc.stack));
-        if r.stack.is_empty() || c.alloc.stack == 0 {
+        mix(u64::from(c.alloc.stack.to_raw()));
+        if r.stack.is_empty() || c.alloc.stack.is_none() {
             mix(c.user as u64);
         }
     } else {
@@ -377,8 +377,8 @@ fn header_site<'a>(r: &'a Report<'a>, buf: &'a mut [usize]) -> (&'a [usize], Opt
 
 /// A track's stack from the depot, written into `buf` (empty when not available).
 fn track_frames<'b>(t: &Track, buf: &'b mut [usize]) -> &'b [usize] {
-    match stackdepot::fetch(stackdepot::Handle::from_raw(t.stack), buf) {
-        Some(frames) if t.stack != 0 => frames,
+    match stackdepot::fetch(t.stack, buf) {
+        Some(frames) if !t.stack.is_none() => frames,
         _ => &[],
     }
 }
@@ -804,9 +804,8 @@ fn json_stack<const N: usize>(b: &mut FixedBuf<N>, o: &Options, frames: &[usize]
 
 fn json_track(b: &mut FixedBuf<BUF>, o: &Options, name: &str, t: &Track) {
     let _ = write!(b, ",\"{name}\":{{\"thread\":{},\"seq\":{},\"stack\":", t.tid, t.seq);
-    match stackdepot::fetch(stackdepot::Handle::from_raw(t.stack), &mut [0; stackdepot::MAX_DEPTH])
-    {
-        Some(frames) if t.stack != 0 => json_stack(b, o, frames),
+    match stackdepot::fetch(t.stack, &mut [0; stackdepot::MAX_DEPTH]) {
+        Some(frames) if !t.stack.is_none() => json_stack(b, o, frames),
         _ => {
             let _ = b.write_str("null");
         }
@@ -851,7 +850,7 @@ const LEAK_GROUPS: usize = 256;
 
 #[derive(Clone, Copy)]
 struct Group {
-    stack: u32,
+    stack: stackdepot::Handle,
     tid: u32,
     count: usize,
     bytes: usize,
@@ -866,8 +865,14 @@ pub(crate) fn leaks(
     o: &Options,
     for_each_leak: impl FnOnce(&mut dyn FnMut(&crate::leak::Entry)),
 ) {
-    let mut groups =
-        [Group { stack: 0, tid: 0, count: 0, bytes: 0, sample: 0, sample_size: 0 }; LEAK_GROUPS];
+    let mut groups = [Group {
+        stack: stackdepot::Handle::NONE,
+        tid: 0,
+        count: 0,
+        bytes: 0,
+        sample: 0,
+        sample_size: 0,
+    }; LEAK_GROUPS];
     let mut n = 0;
     let (mut other_count, mut other_bytes, mut total_count, mut total_bytes) =
         (0usize, 0usize, 0usize, 0usize);
@@ -875,10 +880,9 @@ pub(crate) fn leaks(
         let size = e.end - e.start;
         total_count += 1;
         total_bytes += size;
-        if let Some(g) = groups[..n]
-            .iter_mut()
-            .find(|g| g.stack == e.alloc.stack && (e.alloc.stack != 0 || g.tid == e.alloc.tid))
-        {
+        if let Some(g) = groups[..n].iter_mut().find(|g| {
+            g.stack == e.alloc.stack && (!e.alloc.stack.is_none() || g.tid == e.alloc.tid)
+        }) {
             g.count += 1;
             g.bytes += size;
         } else if n < LEAK_GROUPS {
@@ -904,7 +908,7 @@ pub(crate) fn leaks(
     for g in groups.iter() {
         reporter.emit_with(o, true, |b| {
             let mut buf = [0; stackdepot::MAX_DEPTH];
-            let frames = stackdepot::fetch(stackdepot::Handle::from_raw(g.stack), &mut buf).filter(|_| g.stack != 0).unwrap_or(&[]);
+            let frames = stackdepot::fetch(g.stack, &mut buf).filter(|_| !g.stack.is_none()).unwrap_or(&[]);
             if o.format == Format::Json {
                 let _ = write!(
                     b,

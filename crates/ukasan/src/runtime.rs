@@ -317,7 +317,7 @@ impl Runtime {
     #[inline]
     pub(crate) fn track(&self, o: &Options, regs: &Regs) -> Track {
         let stack = if o.stacks == Stacks::Off {
-            0
+            stackdepot::Handle::NONE
         } else if o.depth <= 64 {
             let mut buf = [0usize; 64];
             self.save(o, regs, &mut buf[..o.depth])
@@ -329,19 +329,19 @@ impl Runtime {
     }
 
     #[inline]
-    fn save(&self, o: &Options, regs: &Regs, buf: &mut [usize]) -> u32 {
+    fn save(&self, o: &Options, regs: &Regs, buf: &mut [usize]) -> stackdepot::Handle {
         // The software shadow stack captures and saves in one call, walking and saving only
         // the frames that changed since this thread's previous capture.
         if o.stacks == Stacks::Shadow && o.depot {
             if let Ok(s) = stacktrace::softshadow::capture_and_save_from(regs, buf) {
-                return s.handle.to_raw();
+                return s.handle;
             }
         }
         let n = capture(o.stacks, regs, buf);
         if n == 0 || !o.depot {
-            return 0;
+            return stackdepot::Handle::NONE;
         }
-        stackdepot::save(&buf[..n]).to_raw()
+        stackdepot::save(&buf[..n])
     }
 
     /// Frees `p`, checking it against `expect`. Reports and keeps going on bugs (unless

@@ -107,7 +107,7 @@ pub(crate) fn alloc(
     m.owner.store(owner, Ordering::Relaxed);
     m.size.store(size as u32, Ordering::Relaxed);
     m.tid.store(t.tid, Ordering::Relaxed);
-    m.stack.store(t.stack, Ordering::Relaxed);
+    m.stack.store(t.stack.to_raw(), Ordering::Relaxed);
     if zero {
         // SAFETY: the object's bytes lie in the slot.
         unsafe { core::ptr::write_bytes(slot as *mut u8, 0, size) };
@@ -142,7 +142,7 @@ fn fm_check(w0: u64, slot: usize) -> u64 {
 /// The 16 bytes of a free track record for `t` in the slot at `slot`.
 #[inline]
 fn fm_words(slot: usize, t: Track) -> [u64; 2] {
-    let w0 = t.tid as u64 | (t.stack as u64) << 32;
+    let w0 = t.tid as u64 | (t.stack.to_raw() as u64) << 32;
     [w0, fm_check(w0, slot)]
 }
 
@@ -171,7 +171,7 @@ unsafe fn fm_read(slot: usize, size: usize) -> Option<Track> {
         let [w0, w1] = unsafe { (at as *const [u64; 2]).read_volatile() };
         (w1 == fm_check(w0, slot)).then_some(Track {
             tid: w0 as u32,
-            stack: (w0 >> 32) as u32,
+            stack: stackdepot::Handle::from_raw((w0 >> 32) as u32),
             seq: 0,
         })
     };
@@ -280,7 +280,11 @@ unsafe fn locate_damage(lo: usize, hi: usize, v: u8) -> Option<Damage> {
 
 fn track_of(m: &Meta) -> Track {
     // Relaxed: read under the state the caller observed.
-    Track { tid: m.tid.load(Ordering::Relaxed), stack: m.stack.load(Ordering::Relaxed), seq: 0 }
+    Track {
+        tid: m.tid.load(Ordering::Relaxed),
+        stack: stackdepot::Handle::from_raw(m.stack.load(Ordering::Relaxed)),
+        seq: 0,
+    }
 }
 
 /// The report's view of the object in `loc`.
@@ -559,7 +563,7 @@ pub(crate) fn realloc_in_place(
     // Relaxed: published by the Release store of LIVE.
     m.size.store(new_size as u32, Ordering::Relaxed);
     m.tid.store(t.tid, Ordering::Relaxed);
-    m.stack.store(t.stack, Ordering::Relaxed);
+    m.stack.store(t.stack.to_raw(), Ordering::Relaxed);
     m.set(state::LIVE);
     Some(p as *mut u8)
 }
@@ -658,7 +662,8 @@ mod tests {
     #[test]
     fn a_damaged_record_is_found_byte_for_byte() {
         let mut buf = [0u64; 2];
-        let want = fm_words(0x1000, Track { tid: 7, stack: 9, seq: 0 });
+        let want =
+            fm_words(0x1000, Track { tid: 7, stack: stackdepot::Handle::from_raw(9), seq: 0 });
         buf.copy_from_slice(&want);
         let at = buf.as_ptr() as usize;
         // SAFETY: `buf` is 16 readable bytes.
