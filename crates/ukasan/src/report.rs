@@ -973,6 +973,18 @@ pub(crate) fn stats(reporter: &Reporter, o: &Options) {
             h.bytes_carved() >> 10,
             h.caches_mapped()
         );
+        if o.verbosity >= 2 {
+            for c in 0..crate::generic::heap::CLASSES {
+                let [free, live, quarantined, other] = h.census(c);
+                if free + live + quarantined + other > 0 {
+                    let _ = writeln!(
+                        b,
+                        "ukasan: heap class {c:2} ({:6} B): {live} live, {quarantined} quarantined, {free} free, {other} other",
+                        crate::generic::heap::class_size(c)
+                    );
+                }
+            }
+        }
         let c = stacktrace::softshadow::counters();
         if c.captures > 0 {
             let _ = writeln!(

@@ -408,6 +408,23 @@ impl Heap {
         (0..CLASSES).map(|c| self.carved(c) * (class_size(c) + 16)).sum()
     }
 
+    /// Carved slots of class `c` by state: free, live, quarantined, other (busy, lost).
+    pub fn census(&self, c: usize) -> [usize; 4] {
+        let mut n = [0; 4];
+        if self.ready() {
+            for i in 1..self.carved(c) {
+                let k = match self.meta(c, i).state() {
+                    state::FREE => 0,
+                    state::LIVE => 1,
+                    state::QUARANTINED => 2,
+                    _ => 3,
+                };
+                n[k] += 1;
+            }
+        }
+        n
+    }
+
     /// A free slot of class `c` for this thread, or `None` when the region is full.
     #[inline]
     pub fn alloc(&self, c: usize) -> Option<usize> {

@@ -2,9 +2,9 @@
 //!
 //! A free appends its slot to the thread's batch for that runtime (no lock). A full batch
 //! ([`BATCH`] slots or [`local_cap`] bytes) is published to the runtime's FIFO under a
-//! spin lock, once per batch; when the FIFO is over the byte budget, the publisher takes at
-//! most two of the oldest batches out, and verifies and releases their slots after dropping
-//! the lock: bounded work per free. Batches in threads' hands are not counted in the budget
+//! spin lock, once per batch; when the FIFO is over the byte budget, the publisher takes the
+//! oldest batches out (two, or as many bytes as twice the batch it published), and verifies
+//! and releases their slots after dropping the lock: bounded work per free. Batches in threads' hands are not counted in the budget
 //! (at most `local_cap` bytes per thread). Batch records come from `mmap`.
 
 use super::heap::Cache;
@@ -107,7 +107,8 @@ impl Quarantine {
         self.fifo.lock().bytes
     }
 
-    /// Appends `b` and takes out the oldest batches while over `budget`, at most two.
+    /// Appends `b` and takes out the oldest batches while over `budget`: at least two, or
+    /// up to twice the bytes of `b`.
     pub fn publish(&self, full: Full, budget: usize) -> Evicted {
         let b = full.0;
         let mut f = self.fifo.lock();
@@ -127,7 +128,11 @@ impl Quarantine {
         let mut out: *mut Batch = null_mut();
         let mut last: *mut Batch = null_mut();
         let mut taken = 0;
-        while f.bytes > budget && !f.head.is_null() && taken < 2 {
+        // Bounded work per publish, in bytes: at most twice what came in (and at least two
+        // batches), so the FIFO shrinks back under the budget whatever the mix of sizes (a
+        // count of batches alone would let big batches in faster than small ones leave).
+        let mut removed = 0usize;
+        while f.bytes > budget && !f.head.is_null() && (taken < 2 || removed < 2 * add) {
             let old = f.head;
             // SAFETY: `old` heads the FIFO; lock held.
             let r = unsafe { &mut *old };
@@ -136,6 +141,7 @@ impl Quarantine {
                 f.tail = null_mut();
             }
             f.bytes -= r.bytes;
+            removed += r.bytes;
             r.next = null_mut();
             if last.is_null() {
                 out = old;
