@@ -3,8 +3,14 @@
 //! The same syntax configures [`crate::Ukasan::with_options`]; the environment is applied
 //! after the constructor string, so it wins. An unknown key or a bad value prints one line
 //! naming it and the accepted values, and that key keeps its default.
+//!
+//! `options_file=PATH` applies the options written in a file at that point of the list
+//! (later items win over it): the same `key=value` items, separated by `:`, `,`, spaces or
+//! newlines, with `#` starting a comment to the end of the line; at most
+//! [`MAX_OPTIONS_FILE`] bytes, read once at start-up into a buffer on the stack. A file may
+//! name another, [`MAX_NESTING`] deep.
 
-use crate::sys::{write_all, FixedBuf};
+use crate::sys::{self, write_all, FixedBuf};
 use core::fmt::Write;
 
 /// Which stack-capture backend records alloc and free stacks.
@@ -50,8 +56,12 @@ pub enum Mode {
 /// Largest `guarded_slots` accepted.
 pub const MAX_GUARDED_SLOTS: usize = 1 << 16;
 
-/// Longest `log_path` accepted (bytes).
+/// Longest `log_path` or `suppressions` path accepted (bytes).
 pub const MAX_PATH: usize = 240;
+/// Largest `options_file` read (bytes).
+pub const MAX_OPTIONS_FILE: usize = 4096;
+/// How deep `options_file` may name another `options_file`.
+pub const MAX_NESTING: usize = 3;
 /// Deepest stack recorded.
 pub const MAX_DEPTH: usize = 256;
 
@@ -70,6 +80,9 @@ pub struct Options {
     pub halt_on_error: bool,
     /// `exitcode`: exit status when a report was printed and the program would exit 0.
     pub exitcode: i32,
+    /// `leak_exitcode`: exit status when only leak reports were printed and the program
+    /// would exit 0; 0 leaves the status alone (`None`: the same as `exitcode`).
+    pub leak_exitcode: Option<i32>,
     /// `log_path`: reports go to `<log_path>.<pid>` instead of stderr (empty: stderr).
     pub log_path: [u8; MAX_PATH],
     /// Length of `log_path`.
@@ -95,6 +108,11 @@ pub struct Options {
     /// `sample_rate`: guard about one allocation in N, 1..=1000000 (default 1000; 1 guards
     /// every allocation while slots last).
     pub sample_rate: u32,
+    /// `suppressions`: a file of `kind:pattern` lines naming reports not to print (see
+    /// [`crate::suppress`]; empty: none).
+    pub suppressions: [u8; MAX_PATH],
+    /// Length of `suppressions`.
+    pub suppressions_len: usize,
 }
 
 impl Default for Options {
@@ -121,6 +139,9 @@ pub const KEYS: &[&str] = &[
     "mode",
     "guarded_slots",
     "sample_rate",
+    "leak_exitcode",
+    "suppressions",
+    "options_file",
 ];
 
 /// [`KEYS`] as one comma-separated list.
@@ -158,6 +179,9 @@ impl Options {
         mode: Mode::Generic,
         guarded_slots: 256,
         sample_rate: 1000,
+        leak_exitcode: None,
+        suppressions: [0; MAX_PATH],
+        suppressions_len: 0,
     };
 
     /// `log_path` as bytes (empty: stderr).
@@ -165,11 +189,31 @@ impl Options {
         &self.log_path[..self.log_path_len]
     }
 
-    /// Applies `key=value:key=value` (also `,` or whitespace separated). Each problem is passed
-    /// to `err` as one finished line; the key keeps its previous value.
+    /// `suppressions` as bytes (empty: none).
+    pub fn suppressions(&self) -> &[u8] {
+        &self.suppressions[..self.suppressions_len]
+    }
+
+    /// The exit status leak reports ask for (`leak_exitcode`, else `exitcode`).
+    pub fn leak_exitcode(&self) -> i32 {
+        self.leak_exitcode.unwrap_or(self.exitcode)
+    }
+
+    /// Applies `key=value:key=value` (also `,` or whitespace separated; `options_file=PATH`
+    /// applies a file's items in place). Each problem is passed to `err` as one finished
+    /// line; the key keeps its previous value.
     pub fn apply(&mut self, spec: &[u8], err: &mut dyn FnMut(&str)) {
-        for item in spec.split(|&c| c == b':' || c == b',' || c == b' ' || c == b'\n') {
+        self.apply_nested(spec, err, 0);
+    }
+
+    fn apply_nested(&mut self, spec: &[u8], err: &mut dyn FnMut(&str), depth: usize) {
+        let sep = |c: &u8| matches!(c, b':' | b',' | b' ' | b'\n' | b'\t' | b'\r');
+        for item in spec.split(sep) {
             if item.is_empty() {
+                continue;
+            }
+            if let Some(path) = item.strip_prefix(b"options_file=") {
+                self.apply_file(path, err, depth);
                 continue;
             }
             let mut line = FixedBuf::<512>::new();
@@ -214,6 +258,45 @@ impl Options {
         }
     }
 
+    /// Applies the options in the file at `path` (see the module docs).
+    #[cold]
+    fn apply_file(&mut self, path: &[u8], err: &mut dyn FnMut(&str), depth: usize) {
+        let mut line = FixedBuf::<512>::new();
+        if path.is_empty() {
+            let _ = write!(line, "ukasan: option 'options_file' has no value (accepted: a path)");
+            err(line.as_str());
+            return;
+        }
+        if depth >= MAX_NESTING {
+            let _ = write!(
+                line,
+                "ukasan: options_file '{}' ignored: files name each other more than {MAX_NESTING} deep",
+                Lossy(path)
+            );
+            err(line.as_str());
+            return;
+        }
+        let mut buf = [0u8; MAX_OPTIONS_FILE];
+        match sys::read_file(path, &mut buf) {
+            Ok(n) => {
+                let text = &mut buf[..n];
+                strip_comments(text);
+                self.apply_nested(text, err, depth + 1);
+            }
+            Err(e) => {
+                let _ = match e {
+                    sys::ReadError::TooLarge => write!(
+                        line,
+                        "ukasan: options_file '{}' ignored: larger than {MAX_OPTIONS_FILE} bytes",
+                        Lossy(path)
+                    ),
+                    e => write!(line, "ukasan: cannot read options_file '{}': {e}", Lossy(path)),
+                };
+                err(line.as_str());
+            }
+        }
+    }
+
     /// Sets one key; `Err(accepted values)` for a bad value, `Err("")` for an unknown key.
     fn set(&mut self, key: &[u8], v: &[u8]) -> Result<(), &'static str> {
         const BOOL: &str = "0, 1, true, false";
@@ -250,6 +333,14 @@ impl Options {
                 self.exitcode =
                     parse_num(v).filter(|&c| c <= 255).ok_or("an integer 0..=255")? as i32
             }
+            b"leak_exitcode" => {
+                self.leak_exitcode = Some(
+                    parse_num(v)
+                        .filter(|&c| c <= 255)
+                        .ok_or("an integer 0..=255 (0: leaks leave the exit status alone)")?
+                        as i32,
+                )
+            }
             b"log_path" => {
                 if v.len() > MAX_PATH || v.contains(&0) {
                     return Err("a path of at most 240 bytes");
@@ -257,6 +348,14 @@ impl Options {
                 self.log_path[..v.len()].copy_from_slice(v);
                 self.log_path_len = v.len();
             }
+            b"suppressions" => {
+                if v.is_empty() || v.len() > MAX_PATH || v.contains(&0) {
+                    return Err("the path of a suppressions file, at most 240 bytes");
+                }
+                self.suppressions[..v.len()].copy_from_slice(v);
+                self.suppressions_len = v.len();
+            }
+            b"options_file" => return Err("a path (of a file of key=value items)"),
             b"report_format" => {
                 self.format = match v {
                     b"text" => Format::Text,
@@ -309,7 +408,24 @@ impl Options {
         if let Some(env) = getenv(b"UKASAN_OPTIONS\0") {
             o.apply(env, &mut err);
         }
+        crate::sink::at_start(&o);
         o
+    }
+}
+
+/// Blanks `#` comments (to the end of their line) so that only items remain.
+fn strip_comments(text: &mut [u8]) {
+    let mut in_comment = false;
+    for c in text.iter_mut() {
+        match *c {
+            b'\n' => in_comment = false,
+            b'#' => {
+                in_comment = true;
+                *c = b' ';
+            }
+            _ if in_comment => *c = b' ',
+            _ => {}
+        }
     }
 }
 
@@ -343,7 +459,7 @@ fn parse_bool(v: &[u8]) -> Option<bool> {
 }
 
 /// Displays bytes as text, replacing what is not UTF-8.
-struct Lossy<'a>(&'a [u8]);
+pub(crate) struct Lossy<'a>(pub(crate) &'a [u8]);
 
 impl core::fmt::Display for Lossy<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -411,7 +527,9 @@ mod tests {
 
     #[test]
     fn every_key_is_listed_and_depot_size_mb_is_bounded() {
-        for key in KEYS.iter().filter(|&&k| k != "log_path") {
+        for key in
+            KEYS.iter().filter(|&&k| !["log_path", "suppressions", "options_file"].contains(&k))
+        {
             let (_, errs) = parse(&format!("{key}=?"));
             assert!(
                 errs.len() == 1 && errs[0].contains("bad value"),
@@ -434,7 +552,7 @@ mod tests {
         assert!(
             errs[0].contains("unknown option 'stackz'")
                 && errs[0].contains("(accepted: stacks, depth, quarantine_size_mb, ")
-                && errs[0].contains(", depot, depot_size_mb, mode, guarded_slots, sample_rate)")
+                && errs[0].contains(", mode, guarded_slots, sample_rate, leak_exitcode, suppressions, options_file)")
         );
         assert!(errs[1].contains("'0' for option 'depth'") && errs[1].contains("1..=256"));
         assert!(errs[2].contains("'frame'") && errs[2].contains("libgcc"));

@@ -216,7 +216,7 @@ pub(crate) struct ReportState {
     buf: FixedBuf<BUF>,
     seen: [u64; SEEN],
     nseen: usize,
-    fd: i32,
+    sink: crate::sink::Sink,
 }
 
 /// Serializes and deduplicates reports.
@@ -232,7 +232,7 @@ impl Reporter {
                 buf: FixedBuf::new(),
                 seen: [0; SEEN],
                 nseen: 0,
-                fd: -1,
+                sink: crate::sink::Sink::new(),
             }),
             count: AtomicU32::new(0),
         }
@@ -265,6 +265,12 @@ impl Reporter {
             let n = st.nseen;
             st.seen[n] = sig;
             st.nseen += 1;
+        }
+        let site = header_site(r).0;
+        let late_site = || (!core::ptr::eq(site, r.stack)).then(|| suppressed_by(r.kind, site));
+        if let Some(rule) = suppressed_by(r.kind, r.stack).or_else(|| late_site().flatten()) {
+            crate::suppress::hit(rule, 0);
+            return;
         }
         let st = &mut *st;
         st.buf.clear();
@@ -301,35 +307,33 @@ impl Reporter {
         if st.buf.truncated() {
             st.buf.push_bytes(b"\n[report truncated]\n");
         }
-        if st.fd < 0 {
-            st.fd = open_log(o);
+        let fd = st.sink.fd(o);
+        if fd >= 0 {
+            sys::write_all(fd, st.buf.as_bytes());
         }
-        sys::write_all(st.fd, st.buf.as_bytes());
     }
 }
 
-fn open_log(o: &Options) -> i32 {
-    let path = o.log_path();
-    if path.is_empty() {
-        return 2;
+/// The suppression rule (see [`crate::suppress`]) of `kind` that matches a function, source
+/// file or module of `frames`. Symbolizes: under the re-entrancy guard only.
+fn suppressed_by(kind: Kind, frames: &[usize]) -> Option<usize> {
+    if !crate::suppress::active() {
+        return None;
     }
-    let mut p = FixedBuf::<300>::new();
-    p.push_bytes(path);
-    // SAFETY: getpid has no preconditions.
-    let _ = write!(p, ".{}\0", unsafe { libc::getpid() });
-    // SAFETY: `p` is NUL-terminated.
-    let fd = unsafe {
-        libc::open(
-            p.as_bytes().as_ptr().cast(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC,
-            0o644,
-        )
-    };
-    if fd < 0 {
-        2
-    } else {
-        fd
-    }
+    frames.iter().find_map(|&ra| {
+        let syms = symbolize::with_global(|s| s.symbolize(ra, true));
+        let by_symbols = syms.iter().find_map(|f| {
+            let function = f.function.as_deref().map(str::as_bytes);
+            function
+                .into_iter()
+                .chain(f.file.as_deref().map(str::as_bytes))
+                .find_map(|t| crate::suppress::find(kind, t))
+        });
+        by_symbols.or_else(|| {
+            let d = dl_symbol(ra.wrapping_sub(1))?;
+            [d.name, d.module].into_iter().find_map(|t| crate::suppress::find(kind, t))
+        })
+    })
 }
 
 fn signature(r: &Report<'_>) -> u64 {
@@ -895,9 +899,23 @@ pub(crate) fn leaks(rt: &Runtime, o: &Options, stack_from: usize) {
     }
     let groups = &mut groups[..n];
     groups.sort_unstable_by_key(|g| core::cmp::Reverse(g.bytes));
+    let counts = crate::sink::leaks_count_as_reports(o);
+    let mut shown = 0;
     for g in groups.iter() {
-        rt.reporter.emit_with(o, true, |b| {
-            let frames = stackdepot::fetch(stackdepot::Handle::from_raw(g.stack)).filter(|_| g.stack != 0).unwrap_or(&[]);
+        let frames = stackdepot::fetch(stackdepot::Handle::from_raw(g.stack))
+            .filter(|_| g.stack != 0)
+            .unwrap_or(&[]);
+        if let Some(rule) = suppressed_by(Kind::MemoryLeak, frames) {
+            crate::suppress::hit(rule, g.bytes);
+            total_count -= g.count;
+            total_bytes -= g.bytes;
+            continue;
+        }
+        shown += 1;
+        if !counts {
+            crate::sink::leak_reported();
+        }
+        rt.reporter.emit_with(o, counts, |b| {
             if o.format == Format::Json {
                 let _ = write!(
                     b,
@@ -926,13 +944,20 @@ pub(crate) fn leaks(rt: &Runtime, o: &Options, stack_from: usize) {
             let _ = b.write_str(RULE);
         });
     }
+    if other_count > 0 && !counts {
+        crate::sink::leak_reported();
+    }
     rt.reporter.emit_with(o, false, |b| {
         if o.format == Format::Json {
             return;
         }
+        crate::suppress::used(b);
+        if total_count == 0 {
+            return;
+        }
         let _ = write!(
             b,
-            "SUMMARY: ukasan: {total_bytes} byte(s) leaked in {total_count} allocation(s) from {n} stack(s)"
+            "SUMMARY: ukasan: {total_bytes} byte(s) leaked in {total_count} allocation(s) from {shown} stack(s)"
         );
         let _ = if other_count > 0 {
             writeln!(b, " and {other_bytes} byte(s) in {other_count} allocation(s) from stacks not shown")
@@ -949,7 +974,7 @@ pub(crate) fn stats(rt: &Runtime, o: &Options) {
         let _ = writeln!(
             b,
             "ukasan: {} report(s); stack depot: {} unique traces, {} frames, {} bytes used",
-            rt.reports(),
+            rt.reports() + crate::sink::leak_reports(),
             d.unique_traces,
             d.frames_stored,
             d.bytes_used

@@ -7,5 +7,6 @@ mod bugs;
 mod clean;
 mod common;
 mod guarded;
+mod hardening;
 mod options;
 mod shadow;
