@@ -57,6 +57,10 @@ impl Drop for Guard {
     }
 }
 
+/// Busy checks of a held [`SpinLock`] before [`SpinLock::lock`] starts yielding: holders
+/// keep it for a few pointer writes (well under this many checks) unless preempted.
+pub const SPINS_BEFORE_YIELD: u32 = 200;
+
 /// A spin lock whose acquisition can be refused instead of waited for.
 ///
 /// Holders never allocate and never call out; a signal handler on the holding thread never
@@ -80,15 +84,25 @@ impl<T> SpinLock<T> {
         SpinLock { locked: AtomicBool::new(false), value: UnsafeCell::new(value) }
     }
 
-    /// Takes the lock, spinning.
+    /// Takes the lock, spinning; after [`SPINS_BEFORE_YIELD`] busy checks it yields the CPU
+    /// between checks, so that a holder preempted on an oversubscribed machine (more threads
+    /// than cores) gets to run and release it instead of every waiter burning its time slice.
     #[inline]
     pub fn lock(&self) -> SpinGuard<'_, T> {
+        let mut spins = 0u32;
         loop {
             if let Some(g) = self.try_lock() {
                 return g;
             }
             while self.locked.load(Ordering::Relaxed) {
-                core::hint::spin_loop();
+                if spins < SPINS_BEFORE_YIELD {
+                    spins += 1;
+                    core::hint::spin_loop();
+                } else {
+                    // SAFETY: sched_yield has no preconditions; it is async-signal-safe and
+                    // does not allocate.
+                    unsafe { libc::sched_yield() };
+                }
             }
         }
     }

@@ -10,3 +10,4 @@ mod guarded;
 mod hardening;
 mod options;
 mod shadow;
+mod stress;
