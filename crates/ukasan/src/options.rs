@@ -413,6 +413,30 @@ impl Options {
     }
 }
 
+/// For the fuzz target `options` and its regression inputs (not an API): applies `spec` to
+/// the defaults and panics if a problem line is not one `ukasan: ` line or an option left its
+/// documented range.
+#[doc(hidden)]
+pub fn check_invariants_for_fuzzing(spec: &[u8]) -> Options {
+    let mut o = Options::DEFAULT;
+    o.apply(spec, &mut |line| {
+        assert!(line.starts_with("ukasan: ") && !line.contains('\n'), "{line:?}");
+    });
+    assert!((1..=MAX_DEPTH).contains(&o.depth), "depth {}", o.depth);
+    assert!(o.redzone % 16 == 0 && (16..=4096).contains(&o.redzone), "redzone {}", o.redzone);
+    assert!(o.quarantine_bytes <= 1 << 40);
+    assert!(
+        (0..=255).contains(&o.exitcode) && o.leak_exitcode.is_none_or(|c| (0..=255).contains(&c))
+    );
+    assert!(o.log_path_len <= MAX_PATH && o.suppressions_len <= MAX_PATH);
+    assert!(!o.log_path().contains(&0) && !o.suppressions().contains(&0));
+    assert!(o.verbosity <= 9);
+    assert!((1..=MAX_GUARDED_SLOTS).contains(&o.guarded_slots));
+    assert!((1..=1_000_000).contains(&o.sample_rate));
+    assert!((1 << 20..=stackdepot::MAX_BUDGET).contains(&o.depot_bytes));
+    o
+}
+
 /// Blanks `#` comments (to the end of their line) so that only items remain.
 fn strip_comments(text: &mut [u8]) {
     let mut in_comment = false;

@@ -134,11 +134,31 @@ fn rule_parsed(lookup: usize, pc: usize, may_refresh: &mut bool) -> Result<Rule,
 }
 
 fn rule_in(m: &module::Module, lookup: usize, pc: usize) -> Option<Rule> {
-    let hdr_at = m.hdr.as_ptr() as u64;
+    decode(m.hdr, m.eh_frame, lookup, pc, &|pc| {
+        // SAFETY: `decode` asks only for `[pc, pc + len)` inside an FDE's code range of this
+        // loaded object: mapped, readable code.
+        let code = unsafe { core::slice::from_raw_parts(pc as *const u8, arch::SIGRETURN.len()) };
+        code == arch::SIGRETURN
+    })
+}
+
+/// The rule for `lookup` from an object's `.eh_frame_hdr` and `.eh_frame` (both read only
+/// through the slices, at the addresses the slices have). `sigreturn_at(pc)` says whether the
+/// signal trampoline's bytes are at `pc`; it is asked only when `[pc, pc + its length)` lies
+/// inside the code range of the FDE found. Any malformed input gives `None`, never a panic
+/// (the fuzz target `dwarf_rules` checks it).
+pub(crate) fn decode(
+    hdr: &[u8],
+    eh_frame: &[u8],
+    lookup: usize,
+    pc: usize,
+    sigreturn_at: &dyn Fn(usize) -> bool,
+) -> Option<Rule> {
+    let hdr_at = hdr.as_ptr() as u64;
     let bases =
-        BaseAddresses::default().set_eh_frame_hdr(hdr_at).set_eh_frame(m.eh_frame.as_ptr() as u64);
-    let hdr = EhFrameHdr::new(m.hdr, NativeEndian).parse(&bases, 8).ok()?;
-    let eh = EhFrame::new(m.eh_frame, NativeEndian);
+        BaseAddresses::default().set_eh_frame_hdr(hdr_at).set_eh_frame(eh_frame.as_ptr() as u64);
+    let hdr = EhFrameHdr::new(hdr, NativeEndian).parse(&bases, 8).ok()?;
+    let eh = EhFrame::new(eh_frame, NativeEndian);
     let fde =
         hdr.table()?.fde_for_address(&eh, &bases, lookup as u64, EhFrame::cie_from_offset).ok()?;
     // The signal trampoline: an 'S' FDE whose CFI (glibc: a CFA expression and 17 register
@@ -148,9 +168,7 @@ fn rule_in(m: &module::Module, lookup: usize, pc: usize) -> Option<Rule> {
         let len = arch::SIGRETURN.len();
         let inside = pc >= fde.initial_address() as usize
             && pc.checked_add(len).is_some_and(|e| e <= fde.end_address() as usize);
-        // SAFETY: `[pc, pc + len)` lies inside the FDE's code range: mapped, readable code of
-        // a loaded object.
-        inside && unsafe { core::slice::from_raw_parts(pc as *const u8, len) } == arch::SIGRETURN
+        inside && sigreturn_at(pc)
     };
     if fde.is_signal_trampoline() && is_sigreturn() {
         return Some(Rule::Signal);

@@ -6,6 +6,7 @@
 static GLOBAL: ukasan::Ukasan<std::alloc::System> = ukasan::Ukasan::new(std::alloc::System);
 
 mod child;
+mod fuzz;
 mod hotpath;
 mod stress;
 mod syscalls;
