@@ -423,7 +423,11 @@ pub fn check_invariants_for_fuzzing(spec: &[u8]) -> Options {
         assert!(line.starts_with("ukasan: ") && !line.contains('\n'), "{line:?}");
     });
     assert!((1..=MAX_DEPTH).contains(&o.depth), "depth {}", o.depth);
-    assert!(o.redzone % 16 == 0 && (16..=4096).contains(&o.redzone), "redzone {}", o.redzone);
+    assert!(
+        o.redzone.is_multiple_of(16) && (16..=4096).contains(&o.redzone),
+        "redzone {}",
+        o.redzone
+    );
     assert!(o.quarantine_bytes <= 1 << 40);
     assert!(
         (0..=255).contains(&o.exitcode) && o.leak_exitcode.is_none_or(|c| (0..=255).contains(&c))
