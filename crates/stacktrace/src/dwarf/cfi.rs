@@ -12,8 +12,8 @@ use super::arch;
 use super::cache::Rule;
 use super::module::{self, Miss};
 use gimli::{
-    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, NativeEndian, Register, RegisterRule,
-    UnwindContext, UnwindContextStorage, UnwindSection, UnwindTableRow,
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EhFrameOffset, NativeEndian, Register,
+    RegisterRule, UnwindContext, UnwindContextStorage, UnwindSection, UnwindTableRow,
 };
 
 /// Fixed-size storage for gimli's unwind context: no heap, and small, since it lives on the
@@ -159,8 +159,17 @@ pub(crate) fn decode(
         BaseAddresses::default().set_eh_frame_hdr(hdr_at).set_eh_frame(eh_frame.as_ptr() as u64);
     let hdr = EhFrameHdr::new(hdr, NativeEndian).parse(&bases, 8).ok()?;
     let eh = EhFrame::new(eh_frame, NativeEndian);
-    let fde =
-        hdr.table()?.fde_for_address(&eh, &bases, lookup as u64, EhFrame::cie_from_offset).ok()?;
+    // gimli's `EhHdrTable::fde_for_address` would do these steps with an unchecked
+    // `fde pointer - eh_frame pointer` (gimli 0.34 `pointer_to_offset`): a table entry that
+    // points below `.eh_frame` overflows, which panics in a build with overflow checks (a
+    // user's debug build; inside malloc, an abort). Found by the `dwarf_rules` fuzz target.
+    let fde_ptr = hdr.table()?.lookup(lookup as u64, &bases).ok()?.direct().ok()?;
+    let offset = fde_ptr.checked_sub(hdr.eh_frame_ptr().direct().ok()?)?;
+    let offset = EhFrameOffset(usize::try_from(offset).ok()?);
+    let fde = eh.fde_from_offset(&bases, offset, EhFrame::cie_from_offset).ok()?;
+    if !fde.contains(lookup as u64) {
+        return None;
+    }
     // The signal trampoline: an 'S' FDE whose CFI (glibc: a CFA expression and 17 register
     // expressions) we do not evaluate. Recognise its bytes instead; `pc` is the trampoline's
     // first instruction (a handler returns to it).
