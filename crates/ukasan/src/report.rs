@@ -223,6 +223,9 @@ pub(crate) struct ReportState {
 pub(crate) struct Reporter {
     state: SpinLock<ReportState>,
     count: AtomicU32,
+    /// The process whose reports `count` counts: a child of `fork` starts from 0 (else a
+    /// child that finds nothing would exit with `exitcode` for its parent's reports).
+    count_pid: core::sync::atomic::AtomicI32,
 }
 
 impl Reporter {
@@ -235,12 +238,31 @@ impl Reporter {
                 sink: crate::sink::Sink::new(),
             }),
             count: AtomicU32::new(0),
+            count_pid: core::sync::atomic::AtomicI32::new(0),
         }
     }
 
     pub(crate) fn count(&self) -> u32 {
-        // Relaxed: a counter read at exit or by tests, after the reports themselves.
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        // Relaxed: a counter read at exit or by tests, after the reports themselves; both
+        // words are written under the report lock by this process (see `bump`).
+        if self.count_pid.load(Ordering::Relaxed) != pid {
+            return 0;
+        }
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// Counts one report of this process (under the report lock).
+    fn bump(&self) {
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        // Relaxed: counters, serialized by the report lock the caller holds.
+        if self.count_pid.load(Ordering::Relaxed) != pid {
+            self.count.store(0, Ordering::Relaxed);
+            self.count_pid.store(pid, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn raw_lock(&self) {
@@ -279,8 +301,8 @@ impl Reporter {
             Format::Json => json(&mut st.buf, o, r),
         }
         self.flush(o, st);
-        // Relaxed: a counter; the report itself is already written.
-        self.count.fetch_add(1, Ordering::Relaxed);
+        // The report itself is already written.
+        self.bump();
         if o.halt_on_error {
             // SAFETY: leaving the process without running handlers, as KASAN's panic would.
             unsafe { libc::_exit(o.exitcode) };
@@ -298,8 +320,7 @@ impl Reporter {
         }
         self.flush(o, st);
         if counts {
-            // Relaxed: a counter.
-            self.count.fetch_add(1, Ordering::Relaxed);
+            self.bump();
         }
     }
 

@@ -90,6 +90,17 @@ fn log_path_files_are_per_process_new_and_never_through_a_link() {
 }
 
 #[test]
+fn a_forked_child_exits_with_its_own_findings_only() {
+    let r = run(&hardening(), &["report-then-fork"], "");
+    assert_eq!(r.reports().len(), 1, "{}", r.stderr);
+    assert_eq!(r.printed("child_status"), "0", "the parent's report is not the child's");
+    assert_eq!(r.status, Some(1));
+    // A child's own finding still sets its status (fork-report: the child double-frees).
+    let r = run(&hardening(), &["fork-report"], "");
+    assert_eq!(r.printed("child_status"), "1", "{}", r.stderr);
+}
+
+#[test]
 fn unwritable_log_path_falls_back_to_stderr_with_a_note() {
     let r = run(&hardening(), &["double-free"], "log_path=/nonexistent-dir/ukasan");
     let pid = r.pid();

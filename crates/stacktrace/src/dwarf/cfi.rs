@@ -154,16 +154,23 @@ pub(crate) fn decode(
     pc: usize,
     sigreturn_at: &dyn Fn(usize) -> bool,
 ) -> Option<Rule> {
-    let hdr_at = hdr.as_ptr() as u64;
+    let (hdr_at, hdr_len) = (hdr.as_ptr() as u64, hdr.len());
     let bases =
         BaseAddresses::default().set_eh_frame_hdr(hdr_at).set_eh_frame(eh_frame.as_ptr() as u64);
     let hdr = EhFrameHdr::new(hdr, NativeEndian).parse(&bases, 8).ok()?;
+    let table = hdr.table()?;
+    // gimli's binary search computes `fde_count / 2 * row size` unchecked: a count that the
+    // table cannot hold (rows are at least 4 bytes) overflows. Found by the `dwarf_rules`
+    // fuzz target; see below for the other one.
+    if table.iter(&bases).size_hint().1? > hdr_len / 4 {
+        return None;
+    }
     let eh = EhFrame::new(eh_frame, NativeEndian);
     // gimli's `EhHdrTable::fde_for_address` would do these steps with an unchecked
     // `fde pointer - eh_frame pointer` (gimli 0.34 `pointer_to_offset`): a table entry that
     // points below `.eh_frame` overflows, which panics in a build with overflow checks (a
     // user's debug build; inside malloc, an abort). Found by the `dwarf_rules` fuzz target.
-    let fde_ptr = hdr.table()?.lookup(lookup as u64, &bases).ok()?.direct().ok()?;
+    let fde_ptr = table.lookup(lookup as u64, &bases).ok()?.direct().ok()?;
     let offset = fde_ptr.checked_sub(hdr.eh_frame_ptr().direct().ok()?)?;
     let offset = EhFrameOffset(usize::try_from(offset).ok()?);
     let fde = eh.fde_from_offset(&bases, offset, EhFrame::cie_from_offset).ok()?;

@@ -66,6 +66,17 @@ int main(int argc, char **argv) {
     waitpid(c, &st, 0);
     printf("child_pid=%d\nchild_status=%d\n", (int)c, WEXITSTATUS(st));
     double_free();
+  } else if (!strcmp(s, "report-then-fork")) {
+    /* A child of a process that reported, finding nothing itself. */
+    double_free();
+    pid_t c = fork();
+    if (c == 0) {
+      free(malloc(10));
+      exit(0);
+    }
+    int st;
+    waitpid(c, &st, 0);
+    printf("child_status=%d\n", WEXITSTATUS(st));
   } else if (!strcmp(s, "preinit")) {
     printf("early0=%s\nearly3=%s\n", early[0], early[3]);
     for (int i = 0; i < 100; i++)
