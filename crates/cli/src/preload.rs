@@ -101,9 +101,6 @@ pub fn build_command(root: &Path, exe_dir: &Path, what: &[&str]) -> Result<Comma
     let target_dir = exe_dir.parent().context("the executable is not in a target dir")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut cmd = Command::new(cargo);
-    // From the root: cargo reads `.cargo/config.toml` (frame pointers, which the library's
-    // build script insists on) from the current directory up, not from the manifest's.
-    cmd.current_dir(root);
     cmd.arg("build").arg("--quiet").arg("--manifest-path").arg(root.join("Cargo.toml"));
     cmd.args(what);
     match profile_dir {
@@ -116,6 +113,9 @@ pub fn build_command(root: &Path, exe_dir: &Path, what: &[&str]) -> Result<Comma
         }
     }
     cmd.env("CARGO_TARGET_DIR", target_dir);
+    // From the repository root, so that its `.cargo/config.toml` (frame pointers) applies
+    // whatever directory `ukasan run` was started in.
+    cmd.current_dir(root);
     Ok(cmd)
 }
 
@@ -152,9 +152,10 @@ mod tests {
         let a = args(&c);
         assert!(a.contains(&"--release".to_string()), "{a:?}");
         assert!(a.windows(2).any(|w| w == ["-p", PRELOAD_PACKAGE]), "{a:?}");
-        assert_eq!(c.get_current_dir(), Some(root), "cargo reads .cargo/config.toml from there");
         let env: Vec<_> = c.get_envs().collect();
         assert!(env.iter().any(|(k, v)| *k == "CARGO_TARGET_DIR" && *v == Some("/t".as_ref())));
+        // The repository's .cargo/config.toml applies only from inside it.
+        assert_eq!(c.get_current_dir(), Some(root));
 
         let a = args(&build_command(root, Path::new("/t/debug"), &[]).unwrap());
         assert!(!a.contains(&"--release".to_string()), "{a:?}");

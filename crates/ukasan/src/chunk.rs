@@ -365,7 +365,7 @@ pub struct Damage {
 
 /// Index of the first byte not equal to `v`, a word at a time.
 #[inline]
-fn find_not(s: &[u8], v: u8) -> Option<usize> {
+pub(crate) fn find_not(s: &[u8], v: u8) -> Option<usize> {
     let word = usize::from_ne_bytes([v; 8]);
     let (pre, mid, _) = {
         // SAFETY: reinterpreting aligned bytes as usize is valid for any bit pattern.

@@ -28,24 +28,42 @@
 //!   for `LD_PRELOAD`, over glibc's `__libc_malloc` family.
 //!
 //! # Design
-//! - **Chunk layout** ([`chunk`]): `[padding][96-byte header][32-byte left redzone][object]
-//!   [right redzone >= redzone option]`; the header sits at a fixed distance before the user
-//!   pointer for every alignment, and carries `MAGIC ^ its address`, so `free` validates a
-//!   pointer with one load. Chunks made before the runtime is initialized or from inside
-//!   it (the symbolizer, libgcc, a signal handler interrupting the runtime) are *raw*: same
-//!   layout, flag `RAW`, no stack, no checks; `free` releases them quietly, so nothing of
-//!   ours ever reaches the backing allocator's `free` as a foreign pointer or the other way
-//!   round.
-//! - **Concurrency**: no global lock on the fast path. The live registry (only kept when
-//!   leaks are detected) and the quarantine are split in 16 spin-locked intrusive lists
-//!   chosen by thread id; states change by compare-and-swap, so racing double frees give one
-//!   report. Spin locks are held for a few pointer writes, never across a call that could
-//!   re-enter; a signal handler on the holding thread runs under the re-entrancy guard and
-//!   only `try_lock`s. `fork` takes every lock in `pthread_atfork` and releases them on
-//!   both sides; the child forgets its cached thread id.
-//! - **Quarantine**: FIFO per shard, one global byte budget (`quarantine_size_mb`); a free
-//!   over budget evicts the oldest chunks of its shard, verifies their poison and redzones,
-//!   and releases them.
+//! The code is split as KASAN splits it: a mode-independent core ([`runtime`]: options,
+//! tracks, stacks, dispatch, exit checks; [`report`]: the report layout) and one module per
+//! mode: [`generic`] (redzones, poison, quarantine: KASAN's `generic.c`) and [`guarded`]
+//! (guard pages, KFENCE's model). A hw-tags mode (MTE) plugs in beside them.
+//!
+//! - **The heap** ([`generic::heap`]): the detector's own, never the backing allocator's.
+//!   51 size classes (32 B to 128 KiB) in regions of one reserved address range; 16 bytes of
+//!   metadata per slot out of line (state, family, alignment, size, allocating thread and
+//!   stack handle); per-thread caches of free slots with no lock on the fast path, refilled
+//!   from and drained to a central list per class a batch at a time; a thread's cache goes
+//!   back at thread exit (a `pthread` key destructor). Live objects are enumerated by walking
+//!   the regions: there is no list to lock per allocation.
+//! - **Redzones**: the gap after each object (at least `redzone` bytes) is [`chunk::REDZONE`];
+//!   its end, up to 16 bytes, is the next object's left redzone. They are checked a word at a
+//!   time at free, at quarantine eviction and at exit.
+//! - **Free**: the object is poisoned ([`chunk::POISON`]) and the free track is written into
+//!   its body (two check-summed copies for objects of 32 bytes or more, so a stray write
+//!   there is found byte for byte and the track survives it); states change by
+//!   compare-and-swap, so racing double frees give one report.
+//! - **Quarantine** ([`generic::quarantine`]): per-thread batches published to one FIFO per
+//!   runtime under a byte budget (`quarantine_size_mb`); each published batch evicts at most
+//!   two old ones, whose slots are verified (prefetched a few ahead: they are cold) and
+//!   reused.
+//! - **Large objects** (over 128 KiB with their redzone, or aligned to more than a page) are
+//!   [`chunk`]s mapped on their own with `mmap`, unmapped when they leave the quarantine;
+//!   they keep a 96-byte header and sit in 16 spin-locked lists for the leak scan (a lock
+//!   per `mmap` is noise).
+//! - **Raw chunks**: allocations made before the runtime is initialized or from inside it
+//!   (the symbolizer, libgcc, a signal handler interrupting the runtime) come from the
+//!   backing allocator `A` with a header flagged `RAW`: no stack, no checks; `free` releases
+//!   them quietly, so nothing of ours ever reaches the backing allocator's `free` as a foreign
+//!   pointer or the other way round. This is all `A` is still used for.
+//! - **Concurrency**: spin locks are held for a few pointer writes, never across a call that
+//!   could re-enter; a signal handler on the holding thread runs under the re-entrancy guard
+//!   and never waits. `fork` takes every lock in `pthread_atfork` and releases them on both
+//!   sides; the child keeps the forking thread's cache and forgets its cached thread id.
 //! - **Reports** ([`report`]): one fixed 64 KiB buffer under a lock, written whole with
 //!   `write(2)`, deduplicated by (kind, top frames, allocation stack). Frames are
 //!   symbolized by `ukasan-symbolize` (function, file:line, inlined frames) with
@@ -59,8 +77,9 @@
 //!   when found at eviction or exit, names the function that allocated the object
 //!   (out-of-bounds) or freed it (use-after-free), from its track; the detection stack
 //!   follows as usual.
-//! - **Exit**: an `on_exit` handler verifies every quarantined object, reports leaks, and
-//!   turns a clean exit status into `exitcode` when anything was reported.
+//! - **Exit**: an `on_exit` handler verifies every quarantined object, checks the redzones of
+//!   live ones, reports leaks, and turns a clean exit status into `exitcode` when anything
+//!   was reported.
 //!
 //! # Options
 //! `UKASAN_OPTIONS="key=value:key=value"` (after the string given to
@@ -71,7 +90,7 @@
 //! | `stacks` | `auto` (hardware/software shadow stack, else frame pointers, else DWARF), `shadow`, `fp`, `dwarf`, `libgcc`, `off` |
 //! | `depth` | frames per stack, 1..=256 (64) |
 //! | `quarantine_size_mb` | freed bytes kept poisoned (64) |
-//! | `redzone` | minimum right redzone, 16..=4096 (16; the left one is 32) |
+//! | `redzone` | minimum gap after each object, 16..=4096 (16; its last 16 bytes at most are the next object's left redzone) |
 //! | `halt_on_error` | exit with `exitcode` after the first report (0) |
 //! | `exitcode` | status of a run that printed a report and would exit 0 (1) |
 //! | `leak_exitcode` | the same when only leak reports were printed; 0 leaves the status alone (`exitcode`) |
@@ -89,12 +108,13 @@
 //! | `sample_rate` | guarded mode guards about one allocation in N per thread, 1..=1000000; 1: every allocation while slots last (1000) |
 //!
 //! # Costs
-//! Per object: 96 + 32 bytes plus the right redzone and alignment padding, the quarantine
-//! (64 MiB by default), a stack capture and a depot lookup per malloc and per free. A
-//! 64-byte malloc+free pair (`cargo bench -p ukasan --bench alloc`, a shared 2-core machine,
-//! shallow ~6-frame stacks): system 7 ns; ukasan `stacks=off` ~10x that, `fp` and `shadow`
-//! ~20x, `dwarf` ~25-60x, `libgcc` ~600x. Most of `stacks=off` is the quarantine (every
-//! chunk is fresh, cache-cold memory) and the poison/redzone fills.
+//! Per object: 16 bytes of metadata, the gap (`redzone`, rounded up to the size class: the
+//! classes are at most 25% apart), the quarantine (64 MiB by default, plus up to 1 MiB per
+//! thread in its batch), a stack capture and a depot lookup per malloc and per free. Heap
+//! objects carry no sequence number (a counter shared by all threads would cost every
+//! allocation a contended cache line); guarded objects and large chunks do. A
+//! malloc+free pair (`cargo bench -p ukasan --bench alloc`) and the whole-program ratios
+//! (`ukasan bench`) are given in the README.
 //!
 //! # What it does not do
 //! Detect reads of freed memory or out-of-bounds reads in generic mode (guarded mode sees
@@ -124,6 +144,8 @@
 #![warn(missing_docs)]
 
 pub mod chunk;
+pub mod chunks;
+pub mod generic;
 pub mod guarded;
 pub mod leak;
 pub mod options;

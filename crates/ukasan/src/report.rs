@@ -7,7 +7,6 @@
 
 use crate::chunk::{Damage, Family, Header, Track, LEFT_RZ};
 use crate::options::{Format, Options};
-use crate::runtime::Runtime;
 use crate::sys::{self, FixedBuf, SpinLock};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -883,14 +882,18 @@ struct Group {
 }
 
 /// Reports chunks still live at exit, grouped by allocation stack, largest first; the
-/// current thread's stack counts as a root from `stack_from` up (see [`crate::leak::mark`]).
-pub(crate) fn leaks(rt: &Runtime, o: &Options, stack_from: usize) {
+/// objects come from `for_each_leak` (the runtime's scan, see [`crate::leak::mark`]).
+pub(crate) fn leaks(
+    reporter: &Reporter,
+    o: &Options,
+    for_each_leak: impl FnOnce(&mut dyn FnMut(&crate::leak::Entry)),
+) {
     let mut groups =
         [Group { stack: 0, tid: 0, count: 0, bytes: 0, sample: 0, sample_size: 0 }; LEAK_GROUPS];
     let mut n = 0;
     let (mut other_count, mut other_bytes, mut total_count, mut total_bytes) =
         (0usize, 0usize, 0usize, 0usize);
-    rt.for_each_leak(stack_from, |e| {
+    for_each_leak(&mut |e| {
         let size = e.end - e.start;
         total_count += 1;
         total_bytes += size;
@@ -936,7 +939,7 @@ pub(crate) fn leaks(rt: &Runtime, o: &Options, stack_from: usize) {
         if !counts {
             crate::sink::leak_reported();
         }
-        rt.reporter.emit_with(o, counts, |b| {
+        reporter.emit_with(o, counts, |b| {
             if o.format == Format::Json {
                 let _ = write!(
                     b,
@@ -968,7 +971,7 @@ pub(crate) fn leaks(rt: &Runtime, o: &Options, stack_from: usize) {
     if other_count > 0 && !counts {
         crate::sink::leak_reported();
     }
-    rt.reporter.emit_with(o, false, |b| {
+    reporter.emit_with(o, false, |b| {
         if o.format == Format::Json {
             return;
         }
@@ -989,16 +992,23 @@ pub(crate) fn leaks(rt: &Runtime, o: &Options, stack_from: usize) {
 }
 
 /// Statistics at exit (`verbosity >= 1`).
-pub(crate) fn stats(rt: &Runtime, o: &Options) {
+pub(crate) fn stats(reporter: &Reporter, o: &Options) {
     let d = stackdepot::stats();
-    rt.reporter.emit_with(o, false, |b| {
+    reporter.emit_with(o, false, |b| {
         let _ = writeln!(
             b,
             "ukasan: {} report(s); stack depot: {} unique traces, {} frames, {} bytes used",
-            rt.reports() + crate::sink::leak_reports(),
+            reporter.count() + crate::sink::leak_reports(),
             d.unique_traces,
             d.frames_stored,
             d.bytes_used
+        );
+        let h = &crate::generic::heap::HEAP;
+        let _ = writeln!(
+            b,
+            "ukasan: heap: {} KiB of slots and metadata carved, {} thread caches mapped",
+            h.bytes_carved() >> 10,
+            h.caches_mapped()
         );
     });
 }

@@ -1,25 +1,24 @@
-//! The detector proper, shared by the GlobalAlloc wrapper and `libukasan.so`: allocation
-//! with redzones and tracks, validated free, quarantine, and the checks at exit.
+//! The mode-independent core, shared by the GlobalAlloc wrapper and `libukasan.so`:
+//! initialization and options, tracks and stacks, the dispatch of each call to its mode
+//! ([`crate::guarded`] for sampled objects, [`crate::generic`]'s heap, [`crate::chunks`] for
+//! large and raw ones), reports, the checks at exit and `fork`.
 //!
-//! Thread safety: no global lock on the fast path. Live chunks (for leak detection) and the
-//! quarantine are split over [`SHARDS`] spin-locked lists chosen by thread id; the header
-//! state is an atomic, so two racing frees of one pointer produce one free and one
-//! double-free report. Re-entrant calls (the runtime's own allocations, a signal handler
-//! interrupting the runtime) are served untracked by the backing allocator.
+//! Thread safety: no global lock on the fast path. Re-entrant calls (the runtime's own
+//! allocations, a signal handler interrupting the runtime) are served untracked by the
+//! backing allocator.
 
-use crate::chunk::{self, Family, Header, State, Track, F_LISTED, F_LOADER, F_RAW};
+use crate::chunk::{Family, State, Track};
+use crate::chunks::Chunks;
+use crate::generic::{self, quarantine::Quarantine};
 use crate::guarded;
 use crate::leak::{self, Entry, Scratch};
 use crate::options::{Mode, Options, Stacks, MAX_DEPTH};
-use crate::report::{self, Access, Found, Kind, Object, Report, Reporter};
-use crate::sys::{self, Guard, SpinLock};
+use crate::report::{self, Access, Kind, Object, Report, Reporter};
+use crate::sys::{self, Guard};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use stacktrace::Regs;
-
-/// Number of registry and quarantine shards.
-pub const SHARDS: usize = 16;
 
 /// The allocator under the detector.
 ///
@@ -54,16 +53,7 @@ impl Expect {
     pub const ANY_SIZE: usize = usize::MAX;
 }
 
-struct ShardData {
-    live: *mut Header,
-    q_head: *mut Header,
-    q_tail: *mut Header,
-    q_bytes: usize,
-}
-
-// SAFETY: the raw pointers are list links to chunks owned by the runtime; the shard lock
-// serializes every access to them.
-unsafe impl Send for ShardData {}
+const NO_HEAP: u8 = u8::MAX;
 
 const UNINIT: u8 = 0;
 const INITIALIZING: u8 = 1;
@@ -77,10 +67,14 @@ pub struct Runtime {
     leaks_default: bool,
     lazy: bool,
     seq: AtomicU64,
-    q_total: AtomicUsize,
     /// Text range `[lo, hi)` of the dynamic loader (allocations it makes are not leaks).
     loader: (AtomicUsize, AtomicUsize),
-    shards: [SpinLock<ShardData>; SHARDS],
+    /// Large and raw chunks.
+    chunks: Chunks,
+    /// Index in the heap's runtime table ([`NO_HEAP`]: every object mapped on its own).
+    heap: AtomicU8,
+    /// The quarantine of heap objects.
+    pub(crate) quarantine: Quarantine,
     pub(crate) reporter: Reporter,
     /// The guard-page pool (`mode=guarded`).
     pub(crate) guarded: guarded::Pool,
@@ -114,14 +108,6 @@ impl Runtime {
     }
 
     const fn build(spec: &'static str, leaks_default: bool, lazy: bool) -> Runtime {
-        // A const used only as an array-repeat initializer: each element is a fresh lock.
-        #[allow(clippy::declare_interior_mutable_const)]
-        const SHARD: SpinLock<ShardData> = SpinLock::new(ShardData {
-            live: null_mut(),
-            q_head: null_mut(),
-            q_tail: null_mut(),
-            q_bytes: 0,
-        });
         Runtime {
             state: AtomicU8::new(UNINIT),
             opts: UnsafeCell::new(Options::DEFAULT),
@@ -129,9 +115,10 @@ impl Runtime {
             leaks_default,
             lazy,
             seq: AtomicU64::new(1),
-            q_total: AtomicUsize::new(0),
             loader: (AtomicUsize::new(0), AtomicUsize::new(0)),
-            shards: [SHARD; SHARDS],
+            chunks: Chunks::new(),
+            heap: AtomicU8::new(NO_HEAP),
+            quarantine: Quarantine::new(),
             reporter: Reporter::new(),
             guarded: guarded::Pool::new(),
         }
@@ -189,6 +176,10 @@ impl Runtime {
         // SAFETY: the runtime lives for the rest of the process (documented above).
         let this: &'static Runtime = unsafe { &*(self as *const Runtime) };
         self.guarded.init(this, &o);
+        if let Some(i) = generic::register(this) {
+            // Relaxed: published by the Release store of READY below.
+            self.heap.store(i, Ordering::Relaxed);
+        }
         // Release pairs with the Acquire loads in `options` and `init`.
         self.state.store(READY, Ordering::Release);
         // AcqRel on success: publishes the runtime address to the exit hook.
@@ -249,36 +240,6 @@ impl Runtime {
         sys::write_all(2, b.as_bytes());
     }
 
-    /// Allocates an untracked chunk (before init, or from inside the runtime).
-    #[inline(never)]
-    fn alloc_raw<B: Backing>(&self, b: &B, size: usize, align: usize, family: Family) -> *mut u8 {
-        let Some(g) = chunk::geometry(size, align, chunk::MIN_ALIGN) else {
-            return null_mut();
-        };
-        let base = b.alloc(g.total, g.align);
-        if base.is_null() {
-            return null_mut();
-        }
-        // SAFETY: `base` is a fresh block of `g.total` bytes aligned to `g.align`.
-        let user = unsafe { Header::init(base, g, size, align, family, F_RAW, false) };
-        // List it as a root for the leak scan; never wait long (this may be a signal handler
-        // that interrupted the holder on this thread): an unlisted raw chunk is only not a root.
-        let s = (user as usize >> 12) % SHARDS;
-        if let Some(mut sh) = self.shards[s].lock_bounded(1 << 10) {
-            // SAFETY: the header was just initialized and is exclusively ours.
-            let h = unsafe { &mut *Header::of(user as usize) };
-            h.shard = s as u8;
-            h.flags |= F_LISTED;
-            h.next = sh.live;
-            if !sh.live.is_null() {
-                // SAFETY: list members are listed chunks; the shard lock is held.
-                unsafe { (*sh.live).prev = h };
-            }
-            sh.live = h;
-        }
-        user
-    }
-
     /// Allocates `size` bytes aligned to `align` (a power of two) for `family`, recording
     /// the stack from `regs` (the allocating function's caller). Null when out of memory or
     /// the size is absurd; `zero` clears the bytes (calloc).
@@ -308,38 +269,23 @@ impl Runtime {
                 return p;
             }
         }
-        let Some(g) = chunk::geometry(size, align, o.redzone) else {
-            return null_mut();
-        };
-        let base = b.alloc(g.total, g.align);
-        if base.is_null() {
-            return null_mut();
-        }
-        let mut listed = if o.detect_leaks == Some(true) { F_LISTED } else { 0 };
-        if listed != 0 && loader.contains(&regs.pc) {
-            listed |= F_LOADER;
-        }
-        // SAFETY: `base` is a fresh block of `g.total` bytes aligned to `g.align`.
-        let user = unsafe { Header::init(base, g, size, align, family, listed, true) };
-        // SAFETY: the header was just initialized and is exclusively ours.
-        let h = unsafe { &mut *Header::of(user as usize) };
-        h.alloc = self.track(o, regs);
-        if zero {
-            // SAFETY: `size` user bytes lie inside the block.
-            unsafe { core::ptr::write_bytes(user, 0, size) };
-        }
-        if listed != 0 {
-            let s = (h.alloc.tid as usize) % SHARDS;
-            h.shard = s as u8;
-            let mut sh = self.shards[s].lock();
-            h.next = sh.live;
-            if !sh.live.is_null() {
-                // SAFETY: list members are live listed chunks; the shard lock is held.
-                unsafe { (*sh.live).prev = h };
+        let heap = self.heap_index();
+        if heap != NO_HEAP {
+            let loader = loader.contains(&regs.pc);
+            if let Some(p) = generic::alloc(self, o, heap, size, align, family, zero, regs, loader)
+            {
+                return p;
             }
-            sh.live = h;
         }
-        user
+        let loader = loader.contains(&regs.pc);
+        self.chunks.alloc_large(self, o, size, align, family, zero, regs, loader)
+    }
+
+    /// The runtime's index in the heap, or [`NO_HEAP`].
+    #[inline]
+    fn heap_index(&self) -> u8 {
+        // Relaxed: written before READY was published (Acquire in `options`).
+        self.heap.load(Ordering::Relaxed)
     }
 
     fn alloc_raw_zeroed<B: Backing>(
@@ -350,7 +296,7 @@ impl Runtime {
         family: Family,
         zero: bool,
     ) -> *mut u8 {
-        let p = self.alloc_raw(b, size, align, family);
+        let p = self.chunks.alloc_raw(b, size, align, family);
         if zero && !p.is_null() {
             // SAFETY: `size` user bytes lie inside the fresh block.
             unsafe { core::ptr::write_bytes(p, 0, size) };
@@ -358,7 +304,16 @@ impl Runtime {
         p
     }
 
-    /// A track for the current thread with the stack from `regs`.
+    /// A track for the current thread with the stack from `regs` and a sequence number
+    /// (guarded objects and large chunks: rare enough for one shared counter).
+    #[inline]
+    pub(crate) fn track_seq(&self, o: &Options, regs: &Regs) -> Track {
+        // Relaxed: a unique, roughly ordered number; nothing is published through it.
+        Track { seq: self.seq.fetch_add(1, Ordering::Relaxed), ..self.track(o, regs) }
+    }
+
+    /// A track for the current thread with the stack from `regs` (no sequence number: heap
+    /// objects do not share a counter between threads).
     #[inline]
     pub(crate) fn track(&self, o: &Options, regs: &Regs) -> Track {
         let stack = if o.stacks == Stacks::Off {
@@ -370,8 +325,7 @@ impl Runtime {
             let mut buf = [0usize; MAX_DEPTH];
             self.save(o, regs, &mut buf[..o.depth])
         };
-        // Relaxed: a unique, roughly ordered number; nothing is published through it.
-        Track { tid: sys::tid(), stack, seq: self.seq.fetch_add(1, Ordering::Relaxed) }
+        Track { tid: sys::tid(), stack, seq: 0 }
     }
 
     #[inline]
@@ -381,22 +335,6 @@ impl Runtime {
             return 0;
         }
         stackdepot::save(&buf[..n]).to_raw()
-    }
-
-    /// The chunk behind a pointer the program passes back, if it is one of ours and intact.
-    ///
-    /// # Safety
-    /// `p` is non-null; the `HDR + LEFT_RZ` bytes before it must be readable (true for every
-    /// pointer this runtime handed out; a foreign pointer near the start of a mapping may fault).
-    #[inline]
-    unsafe fn header<'a>(p: *mut u8) -> Option<&'a mut Header> {
-        let h = Header::of(p as usize);
-        if !(h as usize).is_multiple_of(chunk::MIN_ALIGN) || (p as usize) < 4096 {
-            return None;
-        }
-        // SAFETY: readable per the caller's contract; validity checked by the magic.
-        let h = unsafe { &mut *h };
-        h.valid().then_some(h)
     }
 
     /// Frees `p`, checking it against `expect`. Reports and keeps going on bugs (unless
@@ -415,64 +353,31 @@ impl Runtime {
             self.guarded.free(self, o, p as usize, expect, regs);
             return;
         }
+        if generic::contains(p as usize) {
+            match (self.options(), Guard::enter()) {
+                // SAFETY: forwarded contract; `p` is in the heap's space.
+                (Some(o), Some(_g)) => unsafe {
+                    generic::free(self, o, self.heap_index(), p as usize, expect, regs)
+                },
+                // Inside the runtime (a signal handler): never reused, never reported.
+                _ => generic::free_lost(p as usize),
+            }
+            return;
+        }
         // Before init (possibly before the loader set up TLS): no thread-local access.
         let Some(o) = self.options() else {
             // SAFETY: forwarded contract.
-            unsafe { self.free_untracked(b, p, true) };
+            unsafe { self.chunks.free_untracked(b, p, true) };
             return;
         };
         let Some(_g) = Guard::enter() else {
             // Re-entrant (the runtime itself, or a signal handler interrupting it).
             // SAFETY: forwarded contract.
-            unsafe { self.free_untracked(b, p, true) };
+            unsafe { self.chunks.free_untracked(b, p, true) };
             return;
         };
-        // SAFETY: forwarded contract (p came from us or is reported as foreign).
-        let Some(h) = (unsafe { Self::header(p) }) else {
-            self.report_invalid_free(o, p as usize, regs);
-            return;
-        };
-        if h.flags & F_RAW != 0 {
-            // SAFETY: forwarded.
-            unsafe { self.free_untracked(b, p, false) };
-            return;
-        }
-        if h.take_live(State::Quarantined).is_err() {
-            self.report_simple(
-                o,
-                Kind::DoubleFree,
-                Access::Free { addr: p as usize },
-                Some(h),
-                regs,
-            );
-            return;
-        }
-        // One report per bad free: a wrong family says it all; only a free of the right
-        // family is checked for the size and alignment it claims.
-        if expect.family != h.family()
-            && !(expect.family == Family::Rust || h.family() == Family::Rust)
-        {
-            let access =
-                Access::Mismatch { addr: p as usize, alloc: h.family(), free: expect.family };
-            self.report_simple(o, Kind::AllocDeallocMismatch, access, Some(h), regs);
-        } else if let Some((size, align)) = expect.layout {
-            self.check_layout(o, Object::of(h), p as usize, expect.family, size, align, regs);
-        }
-        // SAFETY: the chunk is ours and owned by this free until quarantined.
-        unsafe { self.check_redzones(o, h, Found::AtFree, regs) };
-        h.free = self.track(o, regs);
-        if h.flags & F_LISTED != 0 {
-            self.unlink(h);
-        }
-        if o.quarantine_bytes == 0 {
-            h.set_state(State::Released);
-            // SAFETY: ours, taken out of the live state by this free.
-            unsafe { Self::release(b, h) };
-            return;
-        }
-        // SAFETY: owned by this free.
-        unsafe { h.poison() };
-        self.quarantine(b, o, h, regs);
+        // SAFETY: forwarded contract.
+        unsafe { self.chunks.free(self, b, o, p, expect, regs) };
     }
 
     /// Moves `p` to a new chunk of `new_size` bytes (same family), copying the old bytes,
@@ -494,6 +399,15 @@ impl Runtime {
         if p.is_null() {
             return self.alloc(b, new_size, align, expect.family, false, regs);
         }
+        if generic::contains(p as usize) {
+            if let (Some(o), Some(_g)) = (self.options(), Guard::enter()) {
+                if let Some(q) =
+                    generic::realloc_in_place(self, o, p as usize, new_size, align, expect, regs)
+                {
+                    return q;
+                }
+            }
+        }
         // SAFETY: forwarded.
         let old = unsafe { self.live_size(p) };
         let q = self.alloc(b, new_size, align, expect.family, false, regs);
@@ -507,117 +421,6 @@ impl Runtime {
         // SAFETY: forwarded.
         unsafe { self.free(b, p, expect, regs) };
         q
-    }
-
-    /// Untracked free: raw chunks are released; a tracked chunk freed from inside the runtime
-    /// (a signal handler) is unlinked if its shard is free, else left alone (a leak, never a
-    /// deadlock).
-    ///
-    /// # Safety
-    /// As [`Runtime::free`].
-    unsafe fn free_untracked<B: Backing>(&self, b: &B, p: *mut u8, must_not_wait: bool) {
-        // SAFETY: forwarded.
-        let Some(h) = (unsafe { Self::header(p) }) else {
-            return;
-        };
-        if h.take_live(State::Released).is_err() {
-            return;
-        }
-        if h.flags & F_LISTED != 0 {
-            let shard = &self.shards[h.shard as usize];
-            let sh = if must_not_wait { shard.lock_bounded(1 << 16) } else { Some(shard.lock()) };
-            // A shard held by the code this signal handler interrupted: leave the chunk.
-            let Some(mut sh) = sh else { return };
-            Self::unlink_locked(&mut sh, h);
-        }
-        // SAFETY: taken out of the live state by us.
-        unsafe { Self::release(b, h) };
-    }
-
-    fn unlink(&self, h: &mut Header) {
-        let mut sh = self.shards[h.shard as usize].lock();
-        Self::unlink_locked(&mut sh, h);
-    }
-
-    fn unlink_locked(sh: &mut ShardData, h: &mut Header) {
-        // SAFETY: neighbours are listed chunks of this shard; its lock is held by the caller.
-        unsafe {
-            if h.prev.is_null() {
-                sh.live = h.next;
-            } else {
-                (*h.prev).next = h.next;
-            }
-            if !h.next.is_null() {
-                (*h.next).prev = h.prev;
-            }
-        }
-        h.next = null_mut();
-        h.prev = null_mut();
-        h.flags &= !F_LISTED;
-    }
-
-    /// Gives a chunk's block back.
-    ///
-    /// # Safety
-    /// `h` is ours and no longer referenced by any list or by the program.
-    unsafe fn release<B: Backing>(b: &B, h: &mut Header) {
-        let (base, total, align) = (h.base() as *mut u8, h.total, h.align.max(chunk::MIN_ALIGN));
-        h.invalidate();
-        // SAFETY: the block came from `b.alloc(total, align)` (geometry is deterministic).
-        unsafe { b.dealloc(base, total, align) };
-    }
-
-    /// Puts a freed, poisoned chunk at the tail of this thread's quarantine shard and evicts
-    /// the oldest chunks of that shard while the quarantine is over budget.
-    fn quarantine<B: Backing>(&self, b: &B, o: &Options, h: &mut Header, regs: &Regs) {
-        let bytes = h.total;
-        let s = (h.free.tid as usize) % SHARDS;
-        let mut evicted: *mut Header = null_mut();
-        {
-            let mut sh = self.shards[s].lock();
-            h.next = null_mut();
-            if sh.q_tail.is_null() {
-                sh.q_head = h;
-            } else {
-                // SAFETY: the tail is a quarantined chunk of this shard; lock held.
-                unsafe { (*sh.q_tail).next = h };
-            }
-            sh.q_tail = h;
-            sh.q_bytes += bytes;
-            // Relaxed: an approximate budget; the lists themselves are under the locks.
-            let mut total = self.q_total.fetch_add(bytes, Ordering::Relaxed) + bytes;
-            let mut last: *mut Header = null_mut();
-            while total > o.quarantine_bytes && !sh.q_head.is_null() {
-                let old = sh.q_head;
-                // SAFETY: `old` heads this shard's quarantine; lock held.
-                let old_ref = unsafe { &mut *old };
-                sh.q_head = old_ref.next;
-                if sh.q_head.is_null() {
-                    sh.q_tail = null_mut();
-                }
-                sh.q_bytes -= old_ref.total;
-                // Relaxed: as above.
-                self.q_total.fetch_sub(old_ref.total, Ordering::Relaxed);
-                total -= old_ref.total;
-                old_ref.next = null_mut();
-                if last.is_null() {
-                    evicted = old;
-                } else {
-                    // SAFETY: `last` was evicted by us just before; exclusively ours now.
-                    unsafe { (*last).next = old };
-                }
-                last = old;
-            }
-        }
-        while !evicted.is_null() {
-            // SAFETY: evicted chunks are out of every list and exclusively ours.
-            let e = unsafe { &mut *evicted };
-            evicted = e.next;
-            self.verify_quarantined(o, e, Found::AtEviction, regs);
-            e.set_state(State::Released);
-            // SAFETY: out of every list; the program freed it.
-            unsafe { Self::release(b, e) };
-        }
     }
 
     /// Reports a free whose claimed size or alignment is not the allocation's: C++ sized or
@@ -649,40 +452,6 @@ impl Runtime {
         }
     }
 
-    /// Reports an out-of-bounds write if `h`'s redzones were modified, then repairs them so the
-    /// same damage is reported once.
-    ///
-    /// # Safety
-    /// The runtime owns `h`'s redzones: the chunk is being freed, is quarantined, or is live
-    /// and listed under its shard's lock.
-    unsafe fn check_redzones(&self, o: &Options, h: &Header, when: Found, regs: &Regs) {
-        // SAFETY: forwarded from the caller's contract.
-        if let Some(d) = unsafe { h.find_redzone_damage() } {
-            let access = Access::Corrupt { damage: d, when };
-            self.report_simple(o, Kind::OutOfBounds, access, Some(h), regs);
-            // SAFETY: as above.
-            unsafe { h.repair_redzones() };
-        }
-    }
-
-    /// Checks a quarantined chunk's redzones and poison, reporting damage.
-    fn verify_quarantined(&self, o: &Options, h: &Header, when: Found, regs: &Regs) {
-        // SAFETY: quarantined chunks are owned by the runtime.
-        unsafe { self.check_redzones(o, h, when, regs) };
-        // SAFETY: as above; poisoned at free.
-        if let Some(d) = unsafe { h.find_poison_damage() } {
-            self.report_simple(
-                o,
-                Kind::UseAfterFree,
-                Access::Corrupt { damage: d, when },
-                Some(h),
-                regs,
-            );
-            // SAFETY: as above.
-            unsafe { h.repair_poison() };
-        }
-    }
-
     /// The size the program asked for (`malloc_usable_size`); 0 for foreign pointers.
     ///
     /// # Safety
@@ -694,8 +463,11 @@ impl Runtime {
         if self.guarded.contains(p as usize) {
             return self.guarded.live_size(p as usize).unwrap_or(0);
         }
+        if generic::contains(p as usize) {
+            return generic::live_size(p as usize).unwrap_or(0);
+        }
         // SAFETY: forwarded.
-        unsafe { Self::header(p) }.filter(|h| h.state() == State::Live).map_or(0, |h| h.size)
+        unsafe { Chunks::header(p) }.filter(|h| h.state() == State::Live).map_or(0, |h| h.size)
     }
 
     /// The requested size of a live chunk of ours (`None`: not ours, not live).
@@ -706,23 +478,12 @@ impl Runtime {
         if self.guarded.contains(p as usize) {
             return self.guarded.live_size(p as usize);
         }
+        if generic::contains(p as usize) {
+            return generic::live_size(p as usize);
+        }
         // SAFETY: forwarded.
-        let h = unsafe { Self::header(p) }?;
+        let h = unsafe { Chunks::header(p) }?;
         (h.state() == State::Live).then_some(h.size)
-    }
-
-    /// Captures the current stack from `regs` and files a report.
-    #[cold]
-    #[inline(never)]
-    fn report_simple(
-        &self,
-        o: &Options,
-        kind: Kind,
-        access: Access,
-        h: Option<&Header>,
-        regs: &Regs,
-    ) {
-        self.report_object(o, kind, access, h.map(Object::of), regs);
     }
 
     /// Captures the current stack from `regs` and files a report about `obj`.
@@ -759,28 +520,6 @@ impl Runtime {
         self.reporter.emit(o, &r);
     }
 
-    /// Reports a free of a pointer that is not the start of a chunk, naming the live chunk
-    /// that contains it when the registry knows one (an interior pointer).
-    #[cold]
-    #[inline(never)]
-    fn report_invalid_free(&self, o: &Options, addr: usize, regs: &Regs) {
-        let access = Access::Free { addr };
-        for s in &self.shards {
-            let sh = s.lock();
-            let mut c = sh.live;
-            while !c.is_null() {
-                // SAFETY: listed chunks of this shard; its lock is held until after the report.
-                let h = unsafe { &*c };
-                if h.flags & F_RAW == 0 && (h.user()..h.user() + h.size.max(1)).contains(&addr) {
-                    self.report_simple(o, Kind::InvalidFree, access, Some(h), regs);
-                    return;
-                }
-                c = h.next;
-            }
-        }
-        self.report_simple(o, Kind::InvalidFree, access, None, regs);
-    }
-
     /// Runs the exit checks: every quarantined object is verified, then leaks are reported;
     /// returns whether any report was printed during the run.
     #[cold]
@@ -795,31 +534,13 @@ impl Runtime {
             return false;
         };
         let _g = Guard::enter();
-        for s in &self.shards {
-            let sh = s.lock();
-            let mut c = sh.q_head;
-            while !c.is_null() {
-                // SAFETY: quarantined chunks of this shard; lock held; never released here.
-                let h = unsafe { &*c };
-                self.verify_quarantined(o, h, Found::AtExit, regs);
-                c = h.next;
-            }
-        }
-        for s in &self.shards {
-            let sh = s.lock();
-            let mut c = sh.live;
-            while !c.is_null() {
-                // SAFETY: listed live chunks of this shard; lock held.
-                let h = unsafe { &*c };
-                if h.flags & F_RAW == 0 {
-                    // SAFETY: a live chunk's redzones belong to the runtime.
-                    unsafe { self.check_redzones(o, h, Found::AtExit, regs) };
-                }
-                c = h.next;
-            }
+        self.chunks.exit_checks(self, o, regs);
+        let heap = self.heap_index();
+        if heap != NO_HEAP {
+            generic::exit_checks(self, o, heap, regs);
         }
         if o.detect_leaks == Some(true) {
-            report::leaks(self, o, regs.sp);
+            report::leaks(&self.reporter, o, |f| self.for_each_leak(regs.sp, f));
         }
         self.reporter.count() > 0
     }
@@ -828,48 +549,43 @@ impl Runtime {
     /// [`crate::leak`]), with every shard locked. Without scratch memory, every tracked live
     /// object counts.
     pub(crate) fn for_each_leak(&self, stack_from: usize, mut f: impl FnMut(&Entry)) {
-        let shards: [_; SHARDS] = core::array::from_fn(|i| self.shards[i].lock());
-        let walk = |f: &mut dyn FnMut(&Header)| {
-            for sh in &shards {
-                let mut c = sh.live;
-                while !c.is_null() {
-                    // SAFETY: listed chunks of this shard; every shard lock is held.
-                    let h = unsafe { &*c };
-                    f(h);
-                    c = h.next;
+        let heap = self.heap_index();
+        self.chunks.with_entries(|walk| {
+            let mut count = 0usize;
+            walk(&mut |_| count += 1);
+            self.guarded.for_each_live(|_| count += 1);
+            generic::for_each_live(heap, |_| count += 1);
+            let (Some(mut ents), Some(mut work)) =
+                (Scratch::<Entry>::new(count), Scratch::<u32>::new(count))
+            else {
+                let mut candidate = |e: Entry| {
+                    if e.mark == 0 {
+                        f(&e)
+                    }
+                };
+                walk(&mut candidate);
+                self.guarded.for_each_live(&mut candidate);
+                generic::for_each_live(heap, &mut candidate);
+                return;
+            };
+            let ents = ents.slice(count);
+            let mut i = 0;
+            let mut add = |e: Entry| {
+                if i < ents.len() {
+                    ents[i] = e;
+                    i += 1;
                 }
+            };
+            walk(&mut add);
+            self.guarded.for_each_live(&mut add);
+            generic::for_each_live(heap, &mut add);
+            let ents = &mut ents[..i];
+            ents.sort_unstable_by_key(|e| e.start);
+            leak::mark(ents, work.slice(count), stack_from);
+            for e in ents.iter().filter(|e| e.mark == 0) {
+                f(e);
             }
-        };
-        let mut count = 0usize;
-        walk(&mut |_| count += 1);
-        self.guarded.for_each_live(|_| count += 1);
-        let (Some(mut ents), Some(mut work)) =
-            (Scratch::<Entry>::new(count), Scratch::<u32>::new(count))
-        else {
-            walk(&mut |h| {
-                if h.flags & F_RAW == 0 {
-                    f(&leak::entry(h))
-                }
-            });
-            self.guarded.for_each_live(|e| f(&e));
-            return;
-        };
-        let ents = ents.slice(count);
-        let mut i = 0;
-        let mut add = |e: Entry| {
-            if i < ents.len() {
-                ents[i] = e;
-                i += 1;
-            }
-        };
-        walk(&mut |h| add(leak::entry(h)));
-        self.guarded.for_each_live(&mut add);
-        let ents = &mut ents[..i];
-        ents.sort_unstable_by_key(|e| e.start);
-        leak::mark(ents, work.slice(count), stack_from);
-        for e in ents.iter().filter(|e| e.mark == 0) {
-            f(e);
-        }
+        })
     }
 
     /// Number of reports printed so far.
@@ -879,21 +595,20 @@ impl Runtime {
 
     fn lock_all(&self) {
         self.reporter.raw_lock();
-        for s in &self.shards {
-            s.raw_lock();
-        }
+        self.chunks.lock_all();
         self.guarded.raw_lock();
+        self.quarantine.raw_lock();
     }
 
     /// # Safety
     /// All locks must be held through `lock_all`.
     unsafe fn unlock_all(&self) {
         // SAFETY: held by lock_all in this process (or inherited over fork).
+        unsafe { self.quarantine.force_unlock() };
+        // SAFETY: held by lock_all in this process (or inherited over fork).
         unsafe { self.guarded.force_unlock() };
-        for s in &self.shards {
-            // SAFETY: held by lock_all in this process (or inherited over fork).
-            unsafe { s.force_unlock() };
-        }
+        // SAFETY: held by lock_all in this process (or inherited over fork).
+        unsafe { self.chunks.unlock_all() };
         // SAFETY: as above.
         unsafe { self.reporter.force_unlock() };
     }
@@ -938,7 +653,7 @@ extern "C" fn exit_hook(status: libc::c_int, _arg: *mut libc::c_void) {
     let reported = rt.exit_checks_from(&regs);
     if let Some(o) = rt.options() {
         if o.verbosity > 0 {
-            report::stats(rt, o);
+            report::stats(&rt.reporter, o);
         }
         if reported && status == 0 && o.exitcode != 0 {
             // SAFETY: flushing stdio at exit, as `exit` would; then leave with the code.
@@ -957,9 +672,12 @@ extern "C" fn fork_prepare() {
         // SAFETY: the published runtime lives for the whole process.
         unsafe { &*rt }.lock_all();
     }
+    generic::lock_all();
 }
 
 extern "C" fn fork_parent() {
+    // SAFETY: `fork_prepare` took the heap's locks in this process.
+    unsafe { generic::unlock_all() };
     // Acquire pairs with the publication in `init`.
     let rt = EXIT_RT.load(Ordering::Acquire);
     if !rt.is_null() {

@@ -5,29 +5,47 @@ use core::cell::{Cell, UnsafeCell};
 use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
 
+/// The runtime's per-thread state, in one thread-local (in a preloaded library every
+/// thread-local access is a `__tls_get_addr` call; one variable lets the compiler share it
+/// across the accesses of an entry point).
+pub(crate) struct Thread {
+    pub(crate) tid: Cell<u32>,
+    pub(crate) in_runtime: Cell<bool>,
+    /// The thread's heap cache (`generic::heap::Cache`).
+    pub(crate) cache: Cell<*mut u8>,
+    /// The heap cache was handed back at thread exit.
+    pub(crate) exited: Cell<bool>,
+}
+
 thread_local! {
     // Const-initialised `Cell`s without destructors: no allocation, no registration at thread
     // exit, usable from the first malloc of a thread to its last.
-    static TID: Cell<u32> = const { Cell::new(0) };
-    static IN_RUNTIME: Cell<bool> = const { Cell::new(false) };
+    pub(crate) static THREAD: Thread = const {
+        Thread {
+            tid: Cell::new(0),
+            in_runtime: Cell::new(false),
+            cache: Cell::new(core::ptr::null_mut()),
+            exited: Cell::new(false),
+        }
+    };
 }
 
 /// The kernel thread id of the caller (`gettid`), cached per thread.
 #[inline]
 pub fn tid() -> u32 {
-    let cached = TID.with(Cell::get);
+    let cached = THREAD.with(|t| t.tid.get());
     if cached != 0 {
         return cached;
     }
     // SAFETY: gettid has no preconditions.
     let t = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
-    TID.with(|c| c.set(t));
+    THREAD.with(|c| c.tid.set(t));
     t
 }
 
 /// Forgets the cached thread id (the child of `fork` has a new one).
 pub fn reset_tid() {
-    TID.with(|c| c.set(0));
+    THREAD.with(|c| c.tid.set(0));
 }
 
 /// Marks the current thread as running inside the runtime while alive; allocation requests
@@ -40,20 +58,20 @@ impl Guard {
     /// Enters the runtime, or `None` when this thread is already inside it.
     #[inline]
     pub fn enter() -> Option<Guard> {
-        IN_RUNTIME.with(|g| if g.replace(true) { None } else { Some(Guard(())) })
+        THREAD.with(|t| if t.in_runtime.replace(true) { None } else { Some(Guard(())) })
     }
 
     /// Whether this thread is inside the runtime.
     #[inline]
     pub fn active() -> bool {
-        IN_RUNTIME.with(Cell::get)
+        THREAD.with(|t| t.in_runtime.get())
     }
 }
 
 impl Drop for Guard {
     #[inline]
     fn drop(&mut self) {
-        IN_RUNTIME.with(|g| g.set(false));
+        THREAD.with(|t| t.in_runtime.set(false));
     }
 }
 

@@ -121,6 +121,9 @@ fn entry() {
             }
             crate::syscalls::marker();
         }
+        "fork-storm" => crate::heap::fork_storm(),
+        "million-leaks" => crate::heap::million_leaks(),
+        "free-storm" => crate::heap::free_storm(),
         "clean" => {
             let v: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
             let joined = v.join(",");
@@ -137,13 +140,13 @@ fn unsafe_gettid() -> i64 {
     unsafe { libc::syscall(libc::SYS_gettid) }
 }
 
-struct Child {
-    status: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Child {
+    pub(crate) status: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
-fn child(scenario: &str, opts: &str) -> Child {
+pub(crate) fn child(scenario: &str, opts: &str) -> Child {
     let o = Command::new(std::env::current_exe().unwrap())
         .args(["child::entry", "--exact", "--nocapture", "--test-threads=1"])
         .env(ENV, scenario)

@@ -7,6 +7,7 @@ static GLOBAL: ukasan::Ukasan<std::alloc::System> = ukasan::Ukasan::new(std::all
 
 mod child;
 mod fuzz;
+mod heap;
 mod hotpath;
 mod stress;
 mod syscalls;

@@ -1,0 +1,760 @@
+//! The detector's own heap: size classes in regions of one reserved address range, 16 bytes
+//! of metadata per slot out of line, per-thread caches with no lock on the fast path.
+//!
+//! ```text
+//! space:  | region of class 0 | region of class 1 | ... | region of class CLASSES-1 |
+//! region: | slot 0 (pad) | slot 1 | slot 2 | ... ->          <- ... | meta 2 | meta 1 | meta 0 |
+//! slot:   | object (size bytes) | gap: redzone, at least 16 bytes                          |
+//! ```
+//!
+//! - **Space**: one `mmap(MAP_NORESERVE)` of `CLASSES << shift` bytes (4 GiB per class when
+//!   the system allows, smaller otherwise), never from the backing allocator; pages are
+//!   committed by first touch. A pointer is ours when it lies in the space; its class is
+//!   `offset >> shift` and its slot index one multiplication away ([`Class::index`]).
+//! - **Slots** hold an object at their start and redzone after it. The last 16 bytes of a slot
+//!   are always redzone (free slots included), so the bytes before an object are checked as
+//!   its left redzone: the gap after object `k` is split between `k` (its right redzone, the
+//!   first part) and `k + 1` (its left one, the last `min(16, gap / 2)` bytes). Slot 0 of each
+//!   region is never handed out, so the first object has a left redzone too.
+//! - **Metadata** ([`Meta`]), 16 bytes per slot at the top of the region: state, family,
+//!   flags, alignment, requested size, and the allocation track {thread, stack handle}. The
+//!   free track goes into the freed object's body ([`crate::generic`]).
+//! - **Per-thread caches** ([`Cache`]): an array of free slots per class, mapped per thread and
+//!   reached through one thread-local pointer; refilled from and drained to the class's central
+//!   list (a spin lock per class, taken once per batch). A `pthread` key destructor returns a
+//!   thread's cache at exit; a thread that allocates after that (other destructors) uses one
+//!   shared, locked cache.
+
+use crate::sys::{SpinLock, THREAD};
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+
+/// Number of size classes.
+pub const CLASSES: usize = 51;
+/// Largest slot: objects whose size plus redzone exceed it are mapped on their own.
+pub const MAX_SLOT: usize = 1 << 17;
+/// Bytes at the end of every slot that are always redzone.
+pub const TAIL: usize = 16;
+/// Most slots a thread caches per class.
+pub const CACHE_MAX: usize = 64;
+/// Largest alignment served from size classes (larger ones are mapped on their own).
+pub const MAX_ALIGN: usize = 4096;
+
+/// Slot size of class `c`: 32 to 256 by 16, then four classes per power of two up to
+/// [`MAX_SLOT`] (ASan's size class map, whose spacing keeps internal waste under 25%).
+#[inline]
+pub const fn class_size(c: usize) -> usize {
+    SIZES[c] as usize
+}
+
+const fn size_formula(c: usize) -> usize {
+    if c < 15 {
+        (c + 2) * 16
+    } else {
+        let k = c - 15;
+        (5 + k % 4) << (6 + k / 4)
+    }
+}
+
+const SIZES: [u32; CLASSES] = {
+    let mut t = [0u32; CLASSES];
+    let mut c = 0;
+    while c < CLASSES {
+        t[c] = size_formula(c) as u32;
+        c += 1;
+    }
+    t
+};
+
+const CAPS: [u8; CLASSES] = {
+    let mut t = [0u8; CLASSES];
+    let mut c = 0;
+    while c < CLASSES {
+        let n = MAX_SLOT / size_formula(c);
+        t[c] = if n < 4 {
+            4
+        } else if n > CACHE_MAX {
+            CACHE_MAX as u8
+        } else {
+            n as u8
+        };
+        c += 1;
+    }
+    t
+};
+
+/// The smallest class whose slots hold `need` bytes (1..=[`MAX_SLOT`]).
+#[inline]
+pub fn class_for(need: usize) -> usize {
+    if need <= 256 {
+        return need.max(32).div_ceil(16) - 2;
+    }
+    let l = (usize::BITS - 1 - (need - 1).leading_zeros()) as usize;
+    15 + (l - 8) * 4 + (((need - 1) >> (l - 2)) & 3)
+}
+
+/// The class for `need` bytes aligned to `align` (a power of two), if one serves it: slots
+/// start at multiples of their size from an aligned region base, so the class size must be
+/// a multiple of the alignment.
+#[inline]
+pub fn class_for_aligned(need: usize, align: usize) -> Option<usize> {
+    if need > MAX_SLOT || align > MAX_ALIGN {
+        return None;
+    }
+    let mut c = class_for(need);
+    // `align` is a power of two: a mask, not a division.
+    while c < CLASSES && class_size(c) & (align - 1) != 0 {
+        c += 1;
+    }
+    (c < CLASSES).then_some(c)
+}
+
+/// Slot states.
+pub mod state {
+    /// Never used, or released from the quarantine.
+    pub const FREE: u8 = 0;
+    /// Allocated.
+    pub const LIVE: u8 = 1;
+    /// Freed, poisoned, in the quarantine.
+    pub const QUARANTINED: u8 = 2;
+    /// Being freed, evicted or checked by one thread (others wait for it to end).
+    pub const BUSY: u8 = 3;
+    /// Freed from a context that could not take it back (a signal handler interrupting the
+    /// runtime): never reused.
+    pub const LOST: u8 = 4;
+}
+
+/// Flag in [`Meta::bits`]: allocated by the dynamic loader (a root, never a leak).
+pub const M_LOADER: u8 = 1 << 2;
+
+/// The 16 bytes of metadata of one slot.
+#[derive(Debug)]
+#[repr(C, align(16))]
+pub struct Meta {
+    /// One of [`state`].
+    pub state: AtomicU8,
+    /// Family (bits 0-1) and `M_*` flags.
+    pub bits: AtomicU8,
+    /// log2 of the requested alignment.
+    pub align_log: AtomicU8,
+    /// Index of the runtime that owns the object.
+    pub owner: AtomicU8,
+    /// Requested size.
+    pub size: AtomicU32,
+    /// Allocating thread.
+    pub tid: AtomicU32,
+    /// Allocation stack (raw depot handle, 0: none).
+    pub stack: AtomicU32,
+}
+
+const _: () = assert!(core::mem::size_of::<Meta>() == 16);
+
+impl Meta {
+    /// Current state (Acquire: pairs with the Release stores that publish a state).
+    #[inline]
+    pub fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// Moves `from` -> [`state::BUSY`], waiting while another thread holds the slot busy;
+    /// `Err(current)` when the slot is in another state.
+    #[inline]
+    pub fn take(&self, from: u8) -> Result<(), u8> {
+        let mut spins = 0u32;
+        loop {
+            // AcqRel: Acquire sees the fields the previous owner wrote; Release orders ours.
+            match self.state.compare_exchange(
+                from,
+                state::BUSY,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(state::BUSY) if spins < 1 << 24 => {
+                    spins += 1;
+                    core::hint::spin_loop();
+                }
+                Err(s) => return Err(s),
+            }
+        }
+    }
+
+    /// Publishes a state (Release: the slot's fields and bytes written before are visible to
+    /// whoever reads it with [`Meta::state`] or [`Meta::take`]).
+    #[inline]
+    pub fn set(&self, s: u8) {
+        self.state.store(s, Ordering::Release);
+    }
+
+    /// Requested size.
+    #[inline]
+    pub fn size(&self) -> usize {
+        // Relaxed: fields are published by the state's Release store.
+        self.size.load(Ordering::Relaxed) as usize
+    }
+}
+
+/// A central free list: slots linked through their first word.
+struct Central {
+    head: usize,
+}
+
+/// One size class.
+struct Class {
+    central: SpinLock<Central>,
+    /// Slots carved from the region so far (slot 0, the pad, included once the region is used).
+    carved: AtomicUsize,
+}
+
+/// Where a pointer of the space lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loc {
+    /// Class.
+    pub class: usize,
+    /// Slot index in the class's region.
+    pub index: usize,
+    /// Slot start.
+    pub slot: usize,
+}
+
+/// The heap (one per process, shared by every runtime).
+pub struct Heap {
+    base: AtomicUsize,
+    shift: AtomicUsize,
+    /// 0: not set up, 1: being set up, 2: ready, 3: unavailable.
+    ready: AtomicU8,
+    classes: [Class; CLASSES],
+    key: AtomicU32,
+    /// Caches of exited threads, for reuse.
+    pool: SpinLock<*mut Cache>,
+    /// The cache of threads whose own cache was returned at exit.
+    orphan: SpinLock<usize>,
+    orphan_cache: AtomicUsize,
+    /// Thread caches mapped so far (statistics).
+    caches_mapped: AtomicUsize,
+}
+
+// SAFETY: the raw pointers behind the spin locks are caches owned by the heap; the locks
+// serialize access to them.
+unsafe impl Sync for Heap {}
+
+impl core::fmt::Debug for Heap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Heap").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+/// The process's heap.
+pub static HEAP: Heap = Heap::new();
+
+/// A thread's cache: free slots per class, and the runtimes' quarantine batches.
+#[repr(C)]
+pub struct Cache {
+    n: [u32; CLASSES],
+    slots: [[usize; CACHE_MAX]; CLASSES],
+    /// Quarantine batch being filled, per runtime index ([`super::quarantine`]).
+    pub q: [*mut super::quarantine::Batch; super::MAX_RUNTIMES],
+    next: *mut Cache,
+}
+
+/// Most slots moved per refill (half a cache).
+fn batch(c: usize) -> usize {
+    cache_cap(c) / 2
+}
+
+/// Slots a thread caches for class `c`: 64, fewer for large slots (at most ~128 KiB each).
+#[inline]
+fn cache_cap(c: usize) -> usize {
+    CAPS[c] as usize
+}
+
+impl Heap {
+    const fn new() -> Heap {
+        #[allow(clippy::declare_interior_mutable_const)]
+        const CLASS: Class =
+            Class { central: SpinLock::new(Central { head: 0 }), carved: AtomicUsize::new(0) };
+        Heap {
+            base: AtomicUsize::new(0),
+            shift: AtomicUsize::new(0),
+            ready: AtomicU8::new(0),
+            classes: [CLASS; CLASSES],
+            key: AtomicU32::new(0),
+            pool: SpinLock::new(null_mut()),
+            orphan: SpinLock::new(0),
+            orphan_cache: AtomicUsize::new(0),
+            caches_mapped: AtomicUsize::new(0),
+        }
+    }
+
+    /// Reserves the space (once); false when no address range could be reserved (then every
+    /// object is mapped on its own).
+    #[cold]
+    pub fn init(&self) -> bool {
+        // Acquire pairs with the Release stores of the outcome below.
+        match self.ready.compare_exchange(0, 1, Ordering::Acquire, Ordering::Acquire) {
+            Ok(_) => {}
+            Err(1) => {
+                while self.ready.load(Ordering::Acquire) == 1 {
+                    core::hint::spin_loop();
+                }
+                return self.ready.load(Ordering::Acquire) == 2;
+            }
+            Err(s) => return s == 2,
+        }
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `thread_exit` has the destructor signature; `key` is written by the call.
+        let key_ok = unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0;
+        let mut shift = 32;
+        let base = loop {
+            if let Some(b) = reserve(CLASSES << shift, 1 << shift) {
+                break Some(b);
+            }
+            if shift == 24 {
+                break None;
+            }
+            shift -= 2;
+        };
+        let ok = key_ok && base.is_some();
+        if ok {
+            // Relaxed: published by the Release store of `ready`.
+            self.key.store(key, Ordering::Relaxed);
+            self.shift.store(shift, Ordering::Relaxed);
+            self.base.store(base.unwrap_or(0), Ordering::Relaxed);
+        }
+        // Release pairs with the Acquire loads of `ready`.
+        self.ready.store(if ok { 2 } else { 3 }, Ordering::Release);
+        ok
+    }
+
+    /// Whether the space is set up.
+    #[inline]
+    pub fn ready(&self) -> bool {
+        // Acquire pairs with the Release store in `init`.
+        self.ready.load(Ordering::Acquire) == 2
+    }
+
+    #[inline]
+    fn geometry(&self) -> (usize, usize) {
+        // Relaxed: written before `ready` was published, read after `ready()` was seen.
+        (self.base.load(Ordering::Relaxed), self.shift.load(Ordering::Relaxed))
+    }
+
+    /// Start of class `c`'s region.
+    #[inline]
+    pub fn region(&self, c: usize) -> usize {
+        let (base, shift) = self.geometry();
+        base + (c << shift)
+    }
+
+    /// Slots that fit in one region of class `c` (slot and metadata).
+    #[inline]
+    pub fn capacity(&self, c: usize) -> usize {
+        (1usize << self.geometry().1) / (class_size(c) + 16)
+    }
+
+    /// The metadata of slot `i` of class `c`.
+    #[inline]
+    pub fn meta(&self, c: usize, i: usize) -> &Meta {
+        let (base, shift) = self.geometry();
+        let end = base + ((c + 1) << shift);
+        // SAFETY: `i` < capacity(c), so the record lies in the region's mapped, writable top;
+        // Meta is atomics only (any bit pattern, zero = FREE).
+        unsafe { &*((end - (i + 1) * 16) as *const Meta) }
+    }
+
+    /// Where `p` lands if it is in the space and in a carved slot.
+    #[inline]
+    pub fn locate(&self, p: usize) -> Option<Loc> {
+        let (base, shift) = self.geometry();
+        let off = p.wrapping_sub(base);
+        if base == 0 || off >= CLASSES << shift {
+            return None;
+        }
+        let class = off >> shift;
+        let roff = off & ((1 << shift) - 1);
+        let index = index(roff, class);
+        // Acquire pairs with the Release store in `carve`: the slot's tail is written.
+        if index == 0 || index >= self.classes[class].carved.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(Loc { class, index, slot: base + (class << shift) + index * class_size(class) })
+    }
+
+    /// Carved slots of class `c` (index 0 is the pad).
+    #[inline]
+    pub fn carved(&self, c: usize) -> usize {
+        // Acquire pairs with the Release store in `carve`.
+        self.classes[c].carved.load(Ordering::Acquire)
+    }
+
+    /// The lowest and highest address of the space (for leak roots and tests).
+    pub fn bounds(&self) -> (usize, usize) {
+        let (base, shift) = self.geometry();
+        (base, base + (CLASSES << shift))
+    }
+
+    /// Thread caches mapped so far (a thread's cache is reused by later threads once it
+    /// exits).
+    pub fn caches_mapped(&self) -> usize {
+        // Relaxed: a statistic.
+        self.caches_mapped.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the space in use: carved slots and their metadata.
+    pub fn bytes_carved(&self) -> usize {
+        if !self.ready() {
+            return 0;
+        }
+        (0..CLASSES).map(|c| self.carved(c) * (class_size(c) + 16)).sum()
+    }
+
+    /// A free slot of class `c` for this thread, or `None` when the region is full.
+    #[inline]
+    pub fn alloc(&self, c: usize) -> Option<usize> {
+        self.with_cache(|k| {
+            if k.n[c] == 0 {
+                self.refill(k, c);
+            }
+            let n = k.n[c] as usize;
+            if n == 0 {
+                return None;
+            }
+            k.n[c] -= 1;
+            Some(k.slots[c][n - 1])
+        })
+        .flatten()
+    }
+
+    /// Gives back a free slot of class `c` (state already [`state::FREE`], tail intact);
+    /// without a cache (no memory at all) the slot is lost.
+    #[inline]
+    pub fn release(&self, c: usize, slot: usize) {
+        let _ = self.with_cache(|k| self.release_to(k, c, slot));
+    }
+
+    /// Gives back a free slot to cache `k`.
+    #[inline]
+    pub fn release_to(&self, k: &mut Cache, c: usize, slot: usize) {
+        if k.n[c] as usize >= cache_cap(c) {
+            self.drain(k, c, batch(c));
+        }
+        let n = k.n[c] as usize;
+        k.slots[c][n] = slot;
+        k.n[c] += 1;
+    }
+
+    /// Runs `f` on this thread's cache (the shared one, locked, after the thread's own was
+    /// returned at exit); `None` when no memory for a cache could be mapped.
+    #[inline]
+    pub fn with_cache<R>(&self, f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
+        let k = THREAD.with(|t| t.cache.get()) as *mut Cache;
+        if !k.is_null() {
+            // SAFETY: the thread's own cache, used only by this thread, and not re-entered
+            // (the runtime's re-entrancy guard is held by every caller).
+            return Some(f(unsafe { &mut *k }));
+        }
+        self.with_cache_slow(f)
+    }
+
+    #[cold]
+    fn with_cache_slow<R>(&self, f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
+        if !THREAD.with(|t| t.exited.get()) {
+            if let Some(k) = self.new_cache() {
+                THREAD.with(|t| t.cache.set(k.cast()));
+                // Relaxed: written once in `init`, before `ready`.
+                let key = self.key.load(Ordering::Relaxed);
+                // SAFETY: the key was created in `init`; the value is this thread's cache,
+                // handed back by `thread_exit`.
+                unsafe { libc::pthread_setspecific(key, k.cast()) };
+                // SAFETY: fresh cache, this thread's.
+                return Some(f(unsafe { &mut *k }));
+            }
+        }
+        let _g = self.orphan.lock();
+        // Relaxed: under the orphan lock.
+        let mut k = self.orphan_cache.load(Ordering::Relaxed) as *mut Cache;
+        if k.is_null() {
+            k = self.new_cache().unwrap_or(null_mut());
+            self.orphan_cache.store(k as usize, Ordering::Relaxed);
+        }
+        if k.is_null() {
+            return None;
+        }
+        // SAFETY: the shared cache, serialized by the orphan lock.
+        Some(f(unsafe { &mut *k }))
+    }
+
+    fn new_cache(&self) -> Option<*mut Cache> {
+        {
+            let mut p = self.pool.lock();
+            if !p.is_null() {
+                let k = *p;
+                // SAFETY: pooled caches are owned by the pool; under its lock.
+                *p = unsafe { (*k).next };
+                // SAFETY: as above; now ours.
+                unsafe { (*k).next = null_mut() };
+                return Some(k);
+            }
+        }
+        let bytes = core::mem::size_of::<Cache>();
+        let p = map(bytes)?;
+        // Relaxed: a statistic.
+        self.caches_mapped.fetch_add(1, Ordering::Relaxed);
+        // The all-zero cache is empty (no slots, no batches).
+        Some(p as *mut Cache)
+    }
+
+    /// Returns every slot of `k` to the central lists and its batches to the quarantines.
+    fn flush(&self, k: &mut Cache) {
+        for c in 0..CLASSES {
+            let n = k.n[c] as usize;
+            if n > 0 {
+                self.drain(k, c, n);
+            }
+        }
+        super::quarantine::flush_cache(k);
+    }
+
+    /// Moves up to `batch(c)` slots from class `c`'s central list (or fresh ones from its
+    /// region) into `k`.
+    #[inline(never)]
+    fn refill(&self, k: &mut Cache, c: usize) {
+        let want = batch(c).max(1);
+        let mut got = 0usize;
+        let mut central = self.classes[c].central.lock();
+        while got < want && central.head != 0 {
+            let s = central.head;
+            // SAFETY: free slots of the central list hold the next link in their first word;
+            // they are the heap's, under the class lock.
+            central.head = unsafe { *(s as *const usize) };
+            k.slots[c][got] = s;
+            got += 1;
+        }
+        if got < want {
+            got += self.carve(c, &mut k.slots[c][got..want]);
+        }
+        drop(central);
+        k.n[c] = got as u32;
+    }
+
+    /// Carves fresh slots of class `c` into `out`; the caller holds the class lock.
+    fn carve(&self, c: usize, out: &mut [usize]) -> usize {
+        let size = class_size(c);
+        let region = self.region(c);
+        // Relaxed: carved only changes under the class lock, which we hold.
+        let mut carved = self.classes[c].carved.load(Ordering::Relaxed);
+        let cap = self.capacity(c);
+        if carved == 0 {
+            // The pad slot: its tail is the first object's left redzone.
+            // SAFETY: slot 0 lies in the region, mapped and writable.
+            unsafe { tail_fill(region, size) };
+            carved = 1;
+        }
+        let n = out.len().min(cap.saturating_sub(carved));
+        for (i, o) in out[..n].iter_mut().enumerate() {
+            let s = region + (carved + i) * size;
+            // SAFETY: slot `carved + i` lies in the region (below capacity).
+            unsafe { tail_fill(s, size) };
+            *o = s;
+        }
+        // Release pairs with the Acquire loads in `locate` and `carved`.
+        self.classes[c].carved.store(carved + n, Ordering::Release);
+        n
+    }
+
+    /// Moves the `n` oldest-cached slots of class `c` from `k` to the central list.
+    fn drain(&self, k: &mut Cache, c: usize, n: usize) {
+        let have = k.n[c] as usize;
+        let n = n.min(have);
+        if n == 0 {
+            return;
+        }
+        let list = &k.slots[c][..n];
+        for w in list.windows(2) {
+            // SAFETY: free slots are the heap's; the first word of a free slot is its link.
+            unsafe { *(w[0] as *mut usize) = w[1] };
+        }
+        {
+            let mut central = self.classes[c].central.lock();
+            // SAFETY: as above, for the last slot of the run.
+            unsafe { *(list[n - 1] as *mut usize) = central.head };
+            central.head = list[0];
+        }
+        k.slots[c].copy_within(n..have, 0);
+        k.n[c] = (have - n) as u32;
+    }
+
+    /// Takes every heap lock (before `fork`).
+    pub fn lock_all(&self) {
+        self.orphan.raw_lock();
+        self.pool.raw_lock();
+        for c in &self.classes {
+            c.central.raw_lock();
+        }
+    }
+
+    /// Releases the locks taken by [`Heap::lock_all`].
+    ///
+    /// # Safety
+    /// Held through `lock_all` (in this process or inherited over `fork`).
+    pub unsafe fn unlock_all(&self) {
+        for c in &self.classes {
+            // SAFETY: forwarded.
+            unsafe { c.central.force_unlock() };
+        }
+        // SAFETY: forwarded.
+        unsafe { self.pool.force_unlock() };
+        // SAFETY: forwarded.
+        unsafe { self.orphan.force_unlock() };
+    }
+}
+
+impl core::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Cache").finish_non_exhaustive()
+    }
+}
+
+/// `pthread` key destructor: returns the exiting thread's cache.
+extern "C" fn thread_exit(p: *mut libc::c_void) {
+    if p.is_null() {
+        return;
+    }
+    let Some(_g) = crate::sys::Guard::enter() else {
+        return;
+    };
+    THREAD.with(|t| {
+        t.cache.set(null_mut());
+        t.exited.set(true);
+    });
+    let k = p as *mut Cache;
+    // SAFETY: the value set by `with_cache_slow` for this thread; nobody else uses it.
+    HEAP.flush(unsafe { &mut *k });
+    let mut pool = HEAP.pool.lock();
+    // SAFETY: emptied above; now the pool's.
+    unsafe { (*k).next = *pool };
+    *pool = k;
+}
+
+/// Slot index of region offset `roff` in class `c`, by a multiplication: with
+/// `m = ceil(2^49 / size)`, `roff * m >> 49` is `roff / size` exactly for `roff < 2^32` and
+/// `size <= 2^17` (the error `roff * (m - 2^49 / size) / 2^49 < 2^-17 <= 1 / size`).
+#[inline]
+pub fn index(roff: usize, c: usize) -> usize {
+    const fn magic() -> [u64; CLASSES] {
+        let mut m = [0u64; CLASSES];
+        let mut c = 0;
+        while c < CLASSES {
+            m[c] = (1u64 << 49).div_ceil(class_size(c) as u64);
+            c += 1;
+        }
+        m
+    }
+    const MAGIC: [u64; CLASSES] = magic();
+    ((roff as u128 * MAGIC[c] as u128) >> 49) as usize
+}
+
+/// Fills the always-redzone tail of the slot at `s`.
+///
+/// # Safety
+/// The slot lies in the heap's space.
+#[inline]
+pub unsafe fn tail_fill(s: usize, size: usize) {
+    // SAFETY: forwarded; the tail lies inside the slot.
+    unsafe { core::ptr::write_bytes((s + size - TAIL) as *mut u8, crate::chunk::REDZONE, TAIL) };
+}
+
+/// Anonymous private memory, zeroed, or `None`.
+fn map(bytes: usize) -> Option<*mut u8> {
+    // SAFETY: anonymous private mapping; no address hint.
+    let p = unsafe {
+        libc::mmap(
+            null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p.cast())
+}
+
+/// Reserves `bytes` aligned to `align` (readable and writable, committed on first touch).
+fn reserve(bytes: usize, align: usize) -> Option<usize> {
+    let len = bytes.checked_add(align)?;
+    // SAFETY: anonymous private mapping, no hint; MAP_NORESERVE: not charged until touched.
+    let p = unsafe {
+        libc::mmap(
+            null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    let start = p as usize;
+    let base = start.next_multiple_of(align);
+    // SAFETY: trims the unaligned head and the tail of the mapping made above.
+    unsafe {
+        if base > start {
+            libc::munmap(p, base - start);
+        }
+        let end = start + len;
+        if end > base + bytes {
+            libc::munmap((base + bytes) as *mut libc::c_void, end - base - bytes);
+        }
+    }
+    Some(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_are_increasing_and_cover_every_need() {
+        for c in 1..CLASSES {
+            assert!(class_size(c) > class_size(c - 1));
+            assert!(class_size(c).is_multiple_of(16));
+        }
+        assert_eq!(class_size(CLASSES - 1), MAX_SLOT);
+        for need in 1..=MAX_SLOT {
+            let c = class_for(need);
+            assert!(class_size(c) >= need, "{need}");
+            assert!(c == 0 || class_size(c - 1) < need.max(32), "{need}");
+        }
+    }
+
+    #[test]
+    fn aligned_classes_are_multiples_of_the_alignment() {
+        for align in [1, 16, 32, 64, 128, 256, 512, 4096] {
+            for need in [1, 17, 100, 255, 1000, 4097, 70000] {
+                let c = class_for_aligned(need, align).unwrap();
+                assert!(class_size(c) >= need && class_size(c).is_multiple_of(align));
+            }
+        }
+        assert_eq!(class_for_aligned(MAX_SLOT + 1, 16), None);
+        assert_eq!(class_for_aligned(16, 8192), None);
+    }
+
+    #[test]
+    fn index_by_multiplication_is_exact_division() {
+        for c in 0..CLASSES {
+            let s = class_size(c);
+            let max = (1usize << 32) - 1;
+            for i in [0, 1, 2, 3, 1000, max / s - 1, max / s] {
+                for d in [0, 1, s / 2, s - 1] {
+                    let roff = i * s + d;
+                    if roff <= max {
+                        assert_eq!(index(roff, c), roff / s, "class {c} roff {roff}");
+                    }
+                }
+            }
+        }
+    }
+}

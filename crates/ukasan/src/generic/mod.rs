@@ -1,0 +1,711 @@
+//! Generic mode (KASAN's `generic.c`): every object gets redzones and, when freed, poison and
+//! a stay in the quarantine; damage is found by checking those bytes at free, at quarantine
+//! eviction and at exit.
+//!
+//! Objects of up to [`heap::MAX_SLOT`] bytes (with their redzone) and alignments up to
+//! [`heap::MAX_ALIGN`] live in the size-class heap ([`heap`]); larger ones are chunks mapped
+//! on their own ([`crate::chunk`], through the runtime). Per slot:
+//!
+//! - **while live**: 16 bytes of metadata ([`heap::Meta`]) out of line; the gap after the
+//!   object, at least `redzone` bytes, is filled with [`REDZONE`];
+//! - **once freed**: the object is filled with [`POISON`] and the free track is written into
+//!   its body as a 16-byte record with a check word derived from the track and the slot
+//!   address, at the end of the object (two adjacent copies for objects of 32 bytes or
+//!   more). A write over one copy is found byte for byte against the other; only when every
+//!   copy is damaged is the track lost (and the records' ranges reported);
+//! - **checks**: a word at a time; the bytes before an object (the end of the previous slot)
+//!   are its left redzone, see [`heap`].
+//!
+//! Every runtime in the process shares the heap and owns its objects (an index in the
+//! metadata) and its quarantine ([`quarantine`]).
+
+pub mod heap;
+pub mod quarantine;
+
+use crate::chunk::{find_not, Damage, Family, Track, POISON, REDZONE};
+use crate::leak::Entry;
+use crate::options::Options;
+use crate::report::{Access, Found, Kind, Object};
+use crate::runtime::{Expect, Runtime};
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicPtr, Ordering};
+use heap::{class_for_aligned, class_size, state, Loc, Meta, HEAP, M_LOADER, TAIL};
+use stacktrace::Regs;
+
+/// Runtimes that can use the heap in one process.
+pub const MAX_RUNTIMES: usize = 8;
+
+static RUNTIMES: [AtomicPtr<Runtime>; MAX_RUNTIMES] =
+    [const { AtomicPtr::new(null_mut()) }; MAX_RUNTIMES];
+
+/// Sets up the heap (once per process) and gives `rt` an index; `None` when the heap is not
+/// available or the table is full (the runtime then maps every object on its own).
+pub(crate) fn register(rt: &'static Runtime) -> Option<u8> {
+    if !HEAP.init() {
+        return None;
+    }
+    for (i, r) in RUNTIMES.iter().enumerate() {
+        // AcqRel: publishes the runtime to `publish` on other threads.
+        if r.compare_exchange(
+            null_mut(),
+            rt as *const Runtime as *mut Runtime,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_ok()
+        {
+            return Some(i as u8);
+        }
+    }
+    None
+}
+
+fn runtime(i: usize) -> Option<&'static Runtime> {
+    // Acquire pairs with the AcqRel publication in `register`.
+    let p = RUNTIMES.get(i)?.load(Ordering::Acquire);
+    // SAFETY: registered runtimes live for the whole process (`Runtime::init`'s contract).
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+/// Whether `p` lies in the heap's space.
+#[inline]
+pub(crate) fn contains(p: usize) -> bool {
+    let (lo, hi) = HEAP.bounds();
+    lo != 0 && (lo..hi).contains(&p)
+}
+
+/// Allocates from the heap; `None` when no class serves the request or its region is full
+/// (the caller maps the object on its own).
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn alloc(
+    rt: &Runtime,
+    o: &Options,
+    owner: u8,
+    size: usize,
+    align: usize,
+    family: Family,
+    zero: bool,
+    regs: &Regs,
+    loader: bool,
+) -> Option<*mut u8> {
+    if size > u32::MAX as usize {
+        return None;
+    }
+    let c = class_for_aligned(size.checked_add(o.redzone)?, align.max(16))?;
+    let slot = HEAP.alloc(c)?;
+    let cs = class_size(c);
+    let m = HEAP.meta(c, index_of(c, slot));
+    // SAFETY: a free slot handed to us by the heap: `cs` bytes we own; the gap (at least the
+    // redzone) follows the object inside the slot.
+    unsafe { core::ptr::write_bytes((slot + size) as *mut u8, REDZONE, cs - size) };
+    let t = rt.track(o, regs);
+    let bits = family as u8 | if loader { M_LOADER } else { 0 };
+    // Relaxed: published by the Release store of LIVE below.
+    m.bits.store(bits, Ordering::Relaxed);
+    m.align_log.store(align.max(1).trailing_zeros() as u8, Ordering::Relaxed);
+    m.owner.store(owner, Ordering::Relaxed);
+    m.size.store(size as u32, Ordering::Relaxed);
+    m.tid.store(t.tid, Ordering::Relaxed);
+    m.stack.store(t.stack, Ordering::Relaxed);
+    if zero {
+        // SAFETY: the object's bytes lie in the slot.
+        unsafe { core::ptr::write_bytes(slot as *mut u8, 0, size) };
+    }
+    m.set(state::LIVE);
+    Some(slot as *mut u8)
+}
+
+#[inline]
+fn index_of(c: usize, slot: usize) -> usize {
+    heap::index(slot - HEAP.region(c), c)
+}
+
+/// Where the free track records of an object of `size` bytes go: (offset, copies). The
+/// records end the object, 8-aligned (its start stays poison, where most stale writes land);
+/// objects of 32 bytes or more keep two adjacent copies; smaller than 16 bytes, the one
+/// record runs into the gap.
+#[inline]
+fn fm_span(size: usize) -> (usize, usize) {
+    match size {
+        0..16 => (0, 1),
+        16..32 => ((size - 16) & !7, 1),
+        _ => (((size - 16) & !7) - 16, 2),
+    }
+}
+
+#[inline]
+fn fm_check(w0: u64, slot: usize) -> u64 {
+    (w0 ^ slot as u64 ^ 0x6b61_7361_6e5f_6672).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5a5a_5a5a
+}
+
+/// The 16 bytes of a free track record for `t` in the slot at `slot`.
+#[inline]
+fn fm_words(slot: usize, t: Track) -> [u64; 2] {
+    let w0 = t.tid as u64 | (t.stack as u64) << 32;
+    [w0, fm_check(w0, slot)]
+}
+
+/// Writes the free track into a freed object's body (one or two copies).
+///
+/// # Safety
+/// The slot is ours (busy) and holds `size` requested bytes.
+#[inline]
+unsafe fn fm_write(slot: usize, size: usize, t: Track) {
+    let w = fm_words(slot, t);
+    let (off, n) = fm_span(size);
+    for i in 0..n {
+        // SAFETY: each 16-byte record lies in the slot (at least size + 16 bytes), 8-aligned.
+        unsafe { ((slot + off + 16 * i) as *mut [u64; 2]).write(w) };
+    }
+}
+
+/// The free track of a quarantined slot, from whichever copy is intact.
+///
+/// # Safety
+/// The slot is quarantined (and held busy by the caller, or read for a report).
+#[inline]
+unsafe fn fm_read(slot: usize, size: usize) -> Option<Track> {
+    let read = |at: usize| {
+        // SAFETY: as in `fm_write`.
+        let [w0, w1] = unsafe { (at as *const [u64; 2]).read_volatile() };
+        (w1 == fm_check(w0, slot)).then_some(Track {
+            tid: w0 as u32,
+            stack: (w0 >> 32) as u32,
+            seq: 0,
+        })
+    };
+    let (off, n) = fm_span(size);
+    read(slot + off).or_else(|| if n == 2 { read(slot + off + 16) } else { None })
+}
+
+/// Bytes of a free track record at `at` that differ from `want`, as a damaged range.
+///
+/// # Safety
+/// The 16 bytes at `at` are readable.
+unsafe fn fm_damage(at: usize, want: [u64; 2]) -> Option<Damage> {
+    // SAFETY: forwarded.
+    let have = unsafe { (at as *const [u64; 2]).read_volatile() };
+    if have == want {
+        return None;
+    }
+    // As the bytes lie in memory: byte 0 in the low bits.
+    let diff = [(have[0] ^ want[0]).to_le(), (have[1] ^ want[1]).to_le()];
+    let byte = |i: usize, w: u64, first: bool| {
+        i * 8 + if first { w.trailing_zeros() } else { 63 - w.leading_zeros() } as usize / 8
+    };
+    let first = if diff[0] != 0 { byte(0, diff[0], true) } else { byte(1, diff[1], true) };
+    let last = if diff[1] != 0 { byte(1, diff[1], false) } else { byte(0, diff[0], false) };
+    Some(Damage { start: at + first, end: at + last + 1 })
+}
+
+/// The union of two damaged ranges.
+fn join(a: Option<Damage>, b: Option<Damage>) -> Option<Damage> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(Damage { start: a.start.min(b.start), end: a.end.max(b.end) }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Bytes of the gap after an object of `size` in a slot of `cs` that are its own right
+/// redzone (the rest is the next object's left redzone).
+#[inline]
+fn right_end(size: usize, cs: usize) -> usize {
+    cs - ((cs - size) / 2).min(TAIL)
+}
+
+/// Length of the left redzone of the object in slot `loc` (the end of the previous slot).
+#[inline]
+fn left_len(loc: Loc) -> usize {
+    let prev = HEAP.meta(loc.class, loc.index - 1);
+    match prev.state() {
+        state::LIVE | state::QUARANTINED | state::BUSY => {
+            ((class_size(loc.class) - prev.size()) / 2).min(TAIL)
+        }
+        _ => TAIL,
+    }
+}
+
+/// The first and last byte of `[lo, hi)` that are not `v`.
+///
+/// # Safety
+/// The range is mapped and readable.
+#[inline]
+unsafe fn damage(lo: usize, hi: usize, v: u8) -> Option<Damage> {
+    // SAFETY: forwarded.
+    if unsafe { all(lo, hi, v) } {
+        return None;
+    }
+    // SAFETY: forwarded.
+    unsafe { locate_damage(lo, hi, v) }
+}
+
+/// Whether every byte of `[lo, hi)` is `v`: a word at a time, the last word overlapping
+/// (unaligned loads, no byte loop for ranges of 8 bytes or more).
+///
+/// # Safety
+/// The range is mapped and readable.
+#[inline]
+unsafe fn all(lo: usize, hi: usize, v: u8) -> bool {
+    let n = hi.saturating_sub(lo);
+    if n < 8 {
+        // SAFETY: forwarded.
+        return (lo..hi).all(|a| unsafe { *(a as *const u8) } == v);
+    }
+    let pat = u64::from_ne_bytes([v; 8]);
+    // SAFETY: every load lies in the range.
+    let word = |a: usize| unsafe { (a as *const u64).read_unaligned() } ^ pat;
+    let mut acc = word(hi - 8);
+    let mut a = lo;
+    while a + 32 <= hi {
+        acc |= word(a) | word(a + 8) | word(a + 16) | word(a + 24);
+        a += 32;
+    }
+    while a + 8 <= hi {
+        acc |= word(a);
+        a += 8;
+    }
+    acc == 0
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn locate_damage(lo: usize, hi: usize, v: u8) -> Option<Damage> {
+    // SAFETY: forwarded.
+    let s = unsafe { core::slice::from_raw_parts(lo as *const u8, hi - lo) };
+    let first = find_not(s, v)?;
+    let last = s.iter().rposition(|&b| b != v).unwrap_or(first);
+    Some(Damage { start: lo + first, end: lo + last + 1 })
+}
+
+fn track_of(m: &Meta) -> Track {
+    // Relaxed: read under the state the caller observed.
+    Track { tid: m.tid.load(Ordering::Relaxed), stack: m.stack.load(Ordering::Relaxed), seq: 0 }
+}
+
+/// The report's view of the object in `loc`.
+fn object(loc: Loc, m: &Meta, freed: bool) -> Object {
+    let size = m.size();
+    let free = if freed {
+        // SAFETY: the slot is quarantined or busy with a free (its track written).
+        unsafe { fm_read(loc.slot, size) }.unwrap_or_default()
+    } else {
+        Track::default()
+    };
+    Object {
+        user: loc.slot,
+        size,
+        // Relaxed: as `track_of`.
+        align: 1 << m.align_log.load(Ordering::Relaxed),
+        alloc: track_of(m),
+        free,
+        window: (loc.slot - left_len(loc), loc.slot + class_size(loc.class)),
+    }
+}
+
+fn family_of(m: &Meta) -> Family {
+    // Relaxed: as `track_of`.
+    Family::from_u8(m.bits.load(Ordering::Relaxed) & 3)
+}
+
+/// Reports damage in the redzones of the busy slot `loc` and repairs them.
+fn check_redzones(
+    rt: &Runtime,
+    o: &Options,
+    loc: Loc,
+    m: &Meta,
+    quarantined: bool,
+    when: Found,
+    regs: &Regs,
+) {
+    let size = m.size();
+    let cs = class_size(loc.class);
+    let lz = left_len(loc);
+    // A freed object smaller than 16 bytes keeps its free track in the gap.
+    let from = if quarantined { size.max(16) } else { size };
+    let (l, r) = (loc.slot - lz, loc.slot + right_end(size, cs));
+    // SAFETY: the left zone ends the previous slot, the right one is this slot's gap: both
+    // in the heap's space, which stays mapped.
+    let d = unsafe { damage(l, loc.slot, REDZONE).or_else(|| damage(loc.slot + from, r, REDZONE)) };
+    if let Some(d) = d {
+        let access = Access::Corrupt { damage: d, when };
+        rt.report_object(o, Kind::OutOfBounds, access, Some(object(loc, m, quarantined)), regs);
+        // SAFETY: as above; the bytes are redzone again.
+        unsafe {
+            core::ptr::write_bytes(l as *mut u8, REDZONE, lz);
+            core::ptr::write_bytes((loc.slot + from) as *mut u8, REDZONE, r - loc.slot - from);
+        }
+    }
+}
+
+/// Verifies a busy quarantined slot: redzones, free track, poison.
+fn verify(rt: &Runtime, o: &Options, loc: Loc, m: &Meta, when: Found, regs: &Regs) {
+    check_redzones(rt, o, loc, m, true, when, regs);
+    let size = m.size();
+    let s = loc.slot;
+    let (off, n) = fm_span(size);
+    // The poisoned body: everything but the free track records.
+    let (body, body2) = ((s, s + off), (s + off + 16 * n, s + size));
+    // SAFETY: the object lies in the slot, owned by the quarantine.
+    let mut d = unsafe { join(damage(body.0, body.1, POISON), damage(body2.0, body2.1, POISON)) };
+    // SAFETY: quarantined slot.
+    let track = unsafe { fm_read(s, size) };
+    for i in 0..n {
+        let at = s + off + 16 * i;
+        d = join(
+            d,
+            match track {
+                // SAFETY: the record lies in the slot.
+                Some(t) => unsafe { fm_damage(at, fm_words(s, t)) },
+                // Every copy damaged: the records' whole ranges (inside the object) count.
+                None => Some(Damage { start: at, end: (at + 16).min(s + size.max(1)) }),
+            },
+        );
+    }
+    if let Some(d) = d {
+        let access = Access::Corrupt { damage: d, when };
+        rt.report_object(o, Kind::UseAfterFree, access, Some(object(loc, m, true)), regs);
+        // SAFETY: as above; poison and records again (the free track stays lost if it was).
+        unsafe {
+            core::ptr::write_bytes(body.0 as *mut u8, POISON, body.1.saturating_sub(body.0));
+            core::ptr::write_bytes(body2.0 as *mut u8, POISON, body2.1.saturating_sub(body2.0));
+            if let Some(t) = track {
+                fm_write(s, size, t);
+            }
+        }
+    }
+}
+
+/// Frees the heap pointer `p`, with the checks of [`Runtime::free`].
+///
+/// # Safety
+/// `p` lies in the heap's space.
+pub(crate) unsafe fn free(
+    rt: &Runtime,
+    o: &Options,
+    owner: u8,
+    p: usize,
+    expect: Expect,
+    regs: &Regs,
+) {
+    let Some(loc) = HEAP.locate(p) else {
+        return invalid_free(rt, o, p, None, regs);
+    };
+    let m = HEAP.meta(loc.class, loc.index);
+    // The lines the checks read, likely cold when the object lived long: fetched in parallel
+    // rather than one miss after the other (the state change waits for the metadata's).
+    prefetch(m as *const Meta as usize);
+    prefetch(p - 1);
+    prefetch(p + class_size(loc.class) - 1);
+    if loc.slot != p {
+        let inside = m.state() == state::LIVE && p < loc.slot + m.size().max(1);
+        return invalid_free(rt, o, p, inside.then(|| object(loc, m, false)), regs);
+    }
+    if let Err(s) = m.take(state::LIVE) {
+        if s == state::QUARANTINED && m.take(state::QUARANTINED).is_ok() {
+            let obj = object(loc, m, true);
+            m.set(state::QUARANTINED);
+            let access = Access::Free { addr: p };
+            rt.report_object(o, Kind::DoubleFree, access, Some(obj), regs);
+        } else {
+            invalid_free(rt, o, p, None, regs);
+        }
+        return;
+    }
+    let fam = family_of(m);
+    if expect.family != fam && !(expect.family == Family::Rust || fam == Family::Rust) {
+        let access = Access::Mismatch { addr: p, alloc: fam, free: expect.family };
+        rt.report_object(o, Kind::AllocDeallocMismatch, access, Some(object(loc, m, false)), regs);
+    } else if let Some((size, align)) = expect.layout {
+        rt.check_layout(o, object(loc, m, false), p, expect.family, size, align, regs);
+    }
+    check_redzones(rt, o, loc, m, false, Found::AtFree, regs);
+    let t = rt.track(o, regs);
+    let cs = class_size(loc.class);
+    if o.quarantine_bytes == 0 {
+        m.set(state::FREE);
+        HEAP.release(loc.class, p);
+        return;
+    }
+    let size = m.size();
+    // SAFETY: the slot is busy, ours; object and free track lie in it.
+    unsafe {
+        core::ptr::write_bytes(p as *mut u8, POISON, size);
+        fm_write(p, size, t);
+    }
+    m.set(state::QUARANTINED);
+    let cap = quarantine::local_cap(o.quarantine_bytes);
+    let pushed = HEAP
+        .with_cache(|k| quarantine::push(&mut k.q[owner as usize], p, cs, cap))
+        .unwrap_or(Err(quarantine::NoMemory));
+    match pushed {
+        Ok(None) => {}
+        Ok(Some(full)) => {
+            let ev = rt.quarantine.publish(full, o.quarantine_bytes);
+            evict(rt, o, ev, regs);
+        }
+        // No memory for a batch record: the slot goes back at once.
+        Err(quarantine::NoMemory) => {
+            if m.take(state::QUARANTINED).is_ok() {
+                m.set(state::FREE);
+                HEAP.release(loc.class, p);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn prefetch(a: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(a as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = a;
+}
+
+#[cold]
+fn invalid_free(rt: &Runtime, o: &Options, p: usize, obj: Option<Object>, regs: &Regs) {
+    rt.report_object(o, Kind::InvalidFree, Access::Free { addr: p }, obj, regs);
+}
+
+/// Verifies and releases evicted slots. Their memory is cold (freed a quarantine ago): each
+/// slot and its metadata are prefetched a few slots ahead.
+pub(crate) fn evict(rt: &Runtime, o: &Options, ev: quarantine::Evicted, regs: &Regs) {
+    const AHEAD: usize = 6;
+    let fetch = |s: usize| {
+        if let Some(loc) = HEAP.locate(s) {
+            prefetch(HEAP.meta(loc.class, loc.index) as *const Meta as usize);
+            prefetch(s);
+        }
+    };
+    ev.for_each_batch(|slots| {
+        slots.iter().take(AHEAD).for_each(|&s| fetch(s));
+        for (i, &s) in slots.iter().enumerate() {
+            if let Some(&next) = slots.get(i + AHEAD) {
+                fetch(next);
+            }
+            let Some(loc) = HEAP.locate(s) else { continue };
+            let m = HEAP.meta(loc.class, loc.index);
+            if m.take(state::QUARANTINED).is_err() {
+                continue;
+            }
+            verify(rt, o, loc, m, Found::AtEviction, regs);
+            m.set(state::FREE);
+            HEAP.release(loc.class, s);
+        }
+    });
+    ev.release();
+}
+
+/// Publishes an exiting thread's batch to runtime `i`'s quarantine.
+pub(crate) fn publish(i: usize, b: quarantine::Full) {
+    let Some(rt) = runtime(i) else { return };
+    let Some(o) = rt.options() else { return };
+    let regs = stacktrace::caller_regs!();
+    let ev = rt.quarantine.publish(b, o.quarantine_bytes);
+    evict(rt, o, ev, &regs);
+}
+
+/// Frees `p` from a context that cannot take it back (a signal handler inside the runtime):
+/// the slot is never reused.
+pub(crate) fn free_lost(p: usize) {
+    if let Some(loc) = HEAP.locate(p).filter(|l| l.slot == p) {
+        let m = HEAP.meta(loc.class, loc.index);
+        if m.take(state::LIVE).is_ok() {
+            m.set(state::LOST);
+        }
+    }
+}
+
+/// The requested size of the live object at `p`.
+pub(crate) fn live_size(p: usize) -> Option<usize> {
+    let loc = HEAP.locate(p).filter(|l| l.slot == p)?;
+    let m = HEAP.meta(loc.class, loc.index);
+    (m.state() == state::LIVE).then(|| m.size())
+}
+
+/// Resizes the live object at `p` in place when the new size keeps its class and alignment;
+/// `None` otherwise (the caller moves it). The checks of a free run on the old object.
+pub(crate) fn realloc_in_place(
+    rt: &Runtime,
+    o: &Options,
+    p: usize,
+    new_size: usize,
+    align: usize,
+    expect: Expect,
+    regs: &Regs,
+) -> Option<*mut u8> {
+    let loc = HEAP.locate(p).filter(|l| l.slot == p)?;
+    let m = HEAP.meta(loc.class, loc.index);
+    if new_size > u32::MAX as usize
+        || class_for_aligned(new_size.checked_add(o.redzone)?, align.max(16)) != Some(loc.class)
+        || family_of(m) != expect.family
+    {
+        return None;
+    }
+    m.take(state::LIVE).ok()?;
+    if let Some((size, align)) = expect.layout {
+        rt.check_layout(o, object(loc, m, false), p, expect.family, size, align, regs);
+    }
+    check_redzones(rt, o, loc, m, false, Found::AtFree, regs);
+    let old = m.size();
+    if new_size < old {
+        // SAFETY: the slot is busy, ours; the old object's tail becomes redzone.
+        unsafe { core::ptr::write_bytes((p + new_size) as *mut u8, REDZONE, old - new_size) };
+    }
+    let t = rt.track(o, regs);
+    // Relaxed: published by the Release store of LIVE.
+    m.size.store(new_size as u32, Ordering::Relaxed);
+    m.tid.store(t.tid, Ordering::Relaxed);
+    m.stack.store(t.stack, Ordering::Relaxed);
+    m.set(state::LIVE);
+    Some(p as *mut u8)
+}
+
+/// Calls `f` on every slot of the heap owned by runtime `owner` in state `want`, held busy
+/// during the call.
+fn for_each_slot(owner: u8, want: u8, mut f: impl FnMut(Loc, &Meta)) {
+    if !HEAP.ready() {
+        return;
+    }
+    for c in 0..heap::CLASSES {
+        let region = HEAP.region(c);
+        for i in 1..HEAP.carved(c) {
+            let m = HEAP.meta(c, i);
+            // Relaxed: a filter; the state is taken below.
+            if m.state() != want || m.owner.load(Ordering::Relaxed) != owner {
+                continue;
+            }
+            if m.take(want).is_ok() {
+                f(Loc { class: c, index: i, slot: region + i * class_size(c) }, m);
+                m.set(want);
+            }
+        }
+    }
+}
+
+/// The exit checks of runtime `owner`'s heap objects: quarantined ones verified, live ones'
+/// redzones checked.
+pub(crate) fn exit_checks(rt: &Runtime, o: &Options, owner: u8, regs: &Regs) {
+    for_each_slot(owner, state::QUARANTINED, |loc, m| verify(rt, o, loc, m, Found::AtExit, regs));
+    for_each_slot(owner, state::LIVE, |loc, m| {
+        check_redzones(rt, o, loc, m, false, Found::AtExit, regs)
+    });
+}
+
+/// Calls `f` with a leak-scan entry for every live heap object of runtime `owner`, in
+/// address order.
+pub(crate) fn for_each_live(owner: u8, mut f: impl FnMut(Entry)) {
+    if !HEAP.ready() {
+        return;
+    }
+    for c in 0..heap::CLASSES {
+        let region = HEAP.region(c);
+        for i in 1..HEAP.carved(c) {
+            let m = HEAP.meta(c, i);
+            // Relaxed: the leak scan runs at exit; a racing free makes at most one entry stale.
+            if m.state() != state::LIVE || m.owner.load(Ordering::Relaxed) != owner {
+                continue;
+            }
+            let start = region + i * class_size(c);
+            let loader = m.bits.load(Ordering::Relaxed) & M_LOADER != 0;
+            f(Entry {
+                start,
+                end: start + m.size(),
+                alloc: track_of(m),
+                mark: if loader { 2 } else { 0 },
+            });
+        }
+    }
+}
+
+/// Takes the heap's and the quarantine pool's locks (before `fork`).
+pub(crate) fn lock_all() {
+    HEAP.lock_all();
+    quarantine::pool_lock();
+}
+
+/// # Safety
+/// Held through [`lock_all`].
+pub(crate) unsafe fn unlock_all() {
+    // SAFETY: forwarded.
+    unsafe {
+        quarantine::pool_unlock();
+        HEAP.unlock_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_track_records_end_the_object_inside_its_slot() {
+        for size in 0..600usize {
+            let (off, n) = fm_span(size);
+            assert_eq!(off % 8, 0, "{size}");
+            if size >= 16 {
+                assert!(off + 16 * n <= size, "{size}: records inside the object");
+            }
+            // The slot holds size + at least 16 bytes: the records never reach its tail.
+            assert!(off + 16 * n <= size.max(16), "{size}");
+            assert_eq!(n, if size >= 32 { 2 } else { 1 });
+        }
+    }
+
+    #[test]
+    fn a_damaged_record_is_found_byte_for_byte() {
+        let mut buf = [0u64; 2];
+        let want = fm_words(0x1000, Track { tid: 7, stack: 9, seq: 0 });
+        buf.copy_from_slice(&want);
+        let at = buf.as_ptr() as usize;
+        // SAFETY: `buf` is 16 readable bytes.
+        assert_eq!(unsafe { fm_damage(at, want) }, None);
+        for (first, last) in [(0, 0), (3, 3), (7, 8), (2, 13), (15, 15), (8, 15)] {
+            buf.copy_from_slice(&want);
+            // SAFETY: offsets inside `buf`.
+            unsafe {
+                *(at as *mut u8).add(first) ^= 0x40;
+                *(at as *mut u8).add(last) ^= 0x01;
+            }
+            // SAFETY: as above.
+            let d = unsafe { fm_damage(at, want) }.unwrap();
+            assert_eq!((d.start - at, d.end - at), (first, last + 1));
+        }
+    }
+
+    #[test]
+    fn the_gap_splits_between_neighbours() {
+        // Every gap is at least 16 bytes: the object keeps at least 8 of them, the next one's
+        // left redzone at most 16.
+        for cs in [32usize, 48, 64, 128, 4096] {
+            for size in 0..=cs - 16 {
+                let r = right_end(size, cs);
+                assert!(r - size >= 8 && cs - r <= TAIL && cs - r >= 8, "{size} in {cs}");
+            }
+        }
+    }
+
+    #[test]
+    fn word_checks_agree_with_byte_checks() {
+        let mut v = [REDZONE; 80];
+        let base = v.as_ptr() as usize;
+        for lo in 0..9 {
+            for hi in lo..80 {
+                // SAFETY: inside `v`.
+                assert!(unsafe { all(base + lo, base + hi, REDZONE) });
+                if hi > lo {
+                    for at in [lo, (lo + hi) / 2, hi - 1] {
+                        v[at] = 0;
+                        // SAFETY: as above.
+                        let d = unsafe { damage(base + lo, base + hi, REDZONE) };
+                        assert_eq!(d, Some(Damage { start: base + at, end: base + at + 1 }));
+                        v[at] = REDZONE;
+                    }
+                }
+            }
+        }
+    }
+}
