@@ -33,6 +33,7 @@ static atomic_long ops, forks, dlopens, sig_allocs, sig_skipped;
 static pthread_t workers[THREADS];
 static const char *lib_path;
 static __thread volatile int in_malloc;
+static int with_bugs = 1; /* STRESS_NO_BUGS=1: no deliberate double frees (to run plain) */
 
 static uint64_t rng(uint64_t *s) {
   *s ^= *s << 13; *s ^= *s >> 7; *s ^= *s << 17;
@@ -125,7 +126,7 @@ static void *worker(void *arg) {
       o->p = NULL;
     }
     in_malloc = 0;
-    if (rng(&s) % 4000 == 0) {
+    if (with_bugs && rng(&s) % 4000 == 0) {
       int d = (int)(rng(&s) % DEPTHS);
       in_malloc = 1;
       void *p = alloc_at_depth(d, 32);
@@ -153,9 +154,15 @@ static void *child_thread(void *arg) {
   return NULL;
 }
 
+/* Held around each dlopen..dlclose and across each fork: a child forked while another
+ * thread is inside dlopen/dlclose inherits the loader's and exit handlers' locks held and
+ * deadlocks in exit() (plain glibc too; POSIX allows only async-signal-safe calls there). */
+static pthread_mutex_t dl_mu = PTHREAD_MUTEX_INITIALIZER;
+
 static void *dl_loop(void *arg) {
   (void)arg;
   while (!stop) {
+    pthread_mutex_lock(&dl_mu);
     void *h = dlopen(lib_path, RTLD_NOW | RTLD_LOCAL);
     if (!h) {
       printf("dlopen failed: %s\n", dlerror());
@@ -164,6 +171,7 @@ static void *dl_loop(void *arg) {
     char *(*make)(int) = (char *(*)(int))dlsym(h, "stresslib_make");
     for (int i = 0; i < 20; i++) free(make(i));
     dlclose(h);
+    pthread_mutex_unlock(&dl_mu);
     dlopens++;
   }
   return NULL;
@@ -183,6 +191,7 @@ static void *signaller(void *arg) {
 int main(int argc, char **argv) {
   double secs = argc > 1 ? atof(argv[1]) : 2;
   lib_path = argc > 2 ? argv[2] : "./libstresslib.so";
+  with_bugs = getenv("STRESS_NO_BUGS") == NULL;
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_usr1;
@@ -202,6 +211,7 @@ int main(int argc, char **argv) {
     if ((now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) / 1e9 > secs) break;
     struct timespec f0, f1, f2;
     clock_gettime(CLOCK_MONOTONIC, &f0);
+    pthread_mutex_lock(&dl_mu);
     pid_t c = fork();
     if (c == 0) {
       pthread_t ct;
@@ -210,6 +220,7 @@ int main(int argc, char **argv) {
       pthread_join(ct, NULL);
       exit(0);
     }
+    pthread_mutex_unlock(&dl_mu);
     clock_gettime(CLOCK_MONOTONIC, &f1);
     int st;
     if (waitpid(c, &st, 0) != c || !WIFEXITED(st)) bad_children++;
