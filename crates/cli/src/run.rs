@@ -91,6 +91,13 @@ pub fn main(args: &RunArgs) -> Result<ExitCode> {
         return crate::demo::main(args);
     };
     let lib = crate::preload::locate()?;
+    if let Some(why) = resolve(prog).and_then(|p| secure_execution(&p)) {
+        eprintln!(
+            "ukasan: warning: {} is {why}: the dynamic loader runs it in secure-execution mode \
+             and ignores LD_PRELOAD, so it runs without the detector (no reports)",
+            Path::new(prog).display()
+        );
+    }
     let mut cmd = Command::new(prog);
     cmd.args(rest).envs(detector_env(&lib, &args.options_string()));
     match child::run(&mut cmd) {
@@ -105,9 +112,61 @@ pub fn main(args: &RunArgs) -> Result<ExitCode> {
     }
 }
 
+/// The file `prog` names: itself when it has a `/`, else the first executable of that name
+/// on `PATH` (as `execvp` looks it up).
+fn resolve(prog: &OsStr) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if prog.as_bytes().contains(&b'/') {
+        return Some(prog.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// Why the loader would run `file` in secure-execution mode (`AT_SECURE`: it then ignores
+/// `LD_PRELOAD` paths), if it would: set-user-ID or set-group-ID to another user or group
+/// than ours on a file system mounted with set-ID bits honoured, or file capabilities.
+fn secure_execution(file: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(file).ok()?;
+    let c = std::ffi::CString::new(file.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain data; zeroed is a valid value to be overwritten.
+    let mut fs: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `fs` a valid out-parameter.
+    let nosuid =
+        unsafe { libc::statvfs(c.as_ptr(), &mut fs) } == 0 && fs.f_flag & libc::ST_NOSUID != 0;
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    if !nosuid && m.mode() & libc::S_ISUID != 0 && m.uid() != uid {
+        return Some(format!("set-user-ID (owner uid {})", m.uid()));
+    }
+    if !nosuid && m.mode() & libc::S_ISGID != 0 && m.mode() & libc::S_IXGRP != 0 && m.gid() != gid {
+        return Some(format!("set-group-ID (group gid {})", m.gid()));
+    }
+    // SAFETY: `c` and the attribute name are NUL-terminated; a null buffer of size 0 asks
+    // for the value's size only.
+    let caps = unsafe {
+        libc::getxattr(c.as_ptr(), c"security.capability".as_ptr(), std::ptr::null_mut(), 0)
+    };
+    (caps > 0).then(|| "given file capabilities (setcap)".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ordinary_programs_are_not_secure_execution() {
+        let sh = resolve(OsStr::new("sh")).expect("sh on PATH");
+        assert!(sh.is_absolute(), "{}", sh.display());
+        assert_eq!(secure_execution(&sh), None);
+        assert_eq!(resolve(OsStr::new("ukasan-no-such-program")), None);
+        assert_eq!(resolve(OsStr::new("./x")), Some("./x".into()));
+    }
 
     #[test]
     fn options_string_orders_flags_then_o() {

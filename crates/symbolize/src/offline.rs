@@ -39,6 +39,18 @@ pub fn symbolize_report(input: &str, lookup: &dyn Fn(&str) -> Option<PathBuf>) -
     symbolize_report_with(input, lookup, &[PathBuf::from(DEFAULT_DEBUG_DIR)])
 }
 
+/// For the fuzz target `offline` and its regression inputs (not an API): symbolizes `input`
+/// with no files to read and panics if a line with neither a raw frame nor a JSON object did
+/// not come back unchanged.
+#[doc(hidden)]
+pub fn check_for_fuzzing(input: &str) -> String {
+    let out = symbolize_report_with(input, &|_| None, &[]);
+    for line in input.lines().filter(|l| !l.contains("[<0x") && !l.trim_start().starts_with('{')) {
+        assert!(out.contains(line), "line {line:?} lost");
+    }
+    out
+}
+
 /// [`symbolize_report`] with explicit debug directories (may be empty).
 pub fn symbolize_report_with(
     input: &str,

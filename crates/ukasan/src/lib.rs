@@ -94,7 +94,10 @@
 //! | `redzone` | minimum gap after each object, 16..=4096 (16; its last 16 bytes at most are the next object's left redzone) |
 //! | `halt_on_error` | exit with `exitcode` after the first report (0) |
 //! | `exitcode` | status of a run that printed a report and would exit 0 (1) |
-//! | `log_path` | reports to `<path>.<pid>` instead of stderr |
+//! | `leak_exitcode` | the same when only leak reports were printed; 0 leaves the status alone (`exitcode`) |
+//! | `log_path` | reports to `<path>.<pid>` (a new file, never through a symbolic link) instead of stderr |
+//! | `suppressions` | a file of `kind:pattern` rules for reports not to print (see [`suppress`]) |
+//! | `options_file` | a file of more options, applied in place (see [`options`]) |
 //! | `report_format` | `text` (KASAN layout) or `json` (one object per line) |
 //! | `detect_leaks` | 1 for LD_PRELOAD, 0 for [`Ukasan`] |
 //! | `verbosity` | 1: configuration at start, statistics at exit (0) |
@@ -151,6 +154,8 @@ pub mod leak;
 pub mod options;
 pub mod report;
 pub mod runtime;
+mod sink;
+pub mod suppress;
 pub mod sys;
 
 pub use chunk::Family;

@@ -3,8 +3,14 @@
 //! The same syntax configures [`crate::Ukasan::with_options`]; the environment is applied
 //! after the constructor string, so it wins. An unknown key or a bad value prints one line
 //! naming it and the accepted values, and that key keeps its default.
+//!
+//! `options_file=PATH` applies the options written in a file at that point of the list
+//! (later items win over it): the same `key=value` items, separated by `:`, `,`, spaces or
+//! newlines, with `#` starting a comment to the end of the line; at most
+//! [`MAX_OPTIONS_FILE`] bytes, read once at start-up into a buffer on the stack. A file may
+//! name another, [`MAX_NESTING`] deep.
 
-use crate::sys::{write_all, FixedBuf};
+use crate::sys::{self, write_all, FixedBuf};
 use core::fmt::Write;
 
 /// Which stack-capture backend records alloc and free stacks.
@@ -63,8 +69,12 @@ pub enum Placement {
 /// Largest `guarded_slots` accepted.
 pub const MAX_GUARDED_SLOTS: usize = 1 << 16;
 
-/// Longest `log_path` accepted (bytes).
+/// Longest `log_path` or `suppressions` path accepted (bytes).
 pub const MAX_PATH: usize = 240;
+/// Largest `options_file` read (bytes).
+pub const MAX_OPTIONS_FILE: usize = 4096;
+/// How deep `options_file` may name another `options_file`.
+pub const MAX_NESTING: usize = 3;
 /// Deepest stack recorded.
 pub const MAX_DEPTH: usize = 256;
 
@@ -83,6 +93,9 @@ pub struct Options {
     pub halt_on_error: bool,
     /// `exitcode`: exit status when a report was printed and the program would exit 0.
     pub exitcode: i32,
+    /// `leak_exitcode`: exit status when only leak reports were printed and the program
+    /// would exit 0; 0 leaves the status alone (`None`: the same as `exitcode`).
+    pub leak_exitcode: Option<i32>,
     /// `log_path`: reports go to `<log_path>.<pid>` instead of stderr (empty: stderr).
     pub log_path: [u8; MAX_PATH],
     /// Length of `log_path`.
@@ -114,6 +127,11 @@ pub struct Options {
     /// (`MADV_GUARD_INSTALL`, Linux 6.13) where it has them (1, default), or always with
     /// `mprotect` (0).
     pub guarded_markers: bool,
+    /// `suppressions`: a file of `kind:pattern` lines naming reports not to print (see
+    /// [`crate::suppress`]; empty: none).
+    pub suppressions: [u8; MAX_PATH],
+    /// Length of `suppressions`.
+    pub suppressions_len: usize,
 }
 
 impl Default for Options {
@@ -142,6 +160,9 @@ pub const KEYS: &[&str] = &[
     "sample_rate",
     "guarded_placement",
     "guarded_markers",
+    "leak_exitcode",
+    "suppressions",
+    "options_file",
 ];
 
 /// [`KEYS`] as one comma-separated list.
@@ -181,6 +202,9 @@ impl Options {
         sample_rate: 1000,
         placement: Placement::Right,
         guarded_markers: true,
+        leak_exitcode: None,
+        suppressions: [0; MAX_PATH],
+        suppressions_len: 0,
     };
 
     /// `log_path` as bytes (empty: stderr).
@@ -188,11 +212,31 @@ impl Options {
         &self.log_path[..self.log_path_len]
     }
 
-    /// Applies `key=value:key=value` (also `,` or whitespace separated). Each problem is passed
-    /// to `err` as one finished line; the key keeps its previous value.
+    /// `suppressions` as bytes (empty: none).
+    pub fn suppressions(&self) -> &[u8] {
+        &self.suppressions[..self.suppressions_len]
+    }
+
+    /// The exit status leak reports ask for (`leak_exitcode`, else `exitcode`).
+    pub fn leak_exitcode(&self) -> i32 {
+        self.leak_exitcode.unwrap_or(self.exitcode)
+    }
+
+    /// Applies `key=value:key=value` (also `,` or whitespace separated; `options_file=PATH`
+    /// applies a file's items in place). Each problem is passed to `err` as one finished
+    /// line; the key keeps its previous value.
     pub fn apply(&mut self, spec: &[u8], err: &mut dyn FnMut(&str)) {
-        for item in spec.split(|&c| c == b':' || c == b',' || c == b' ' || c == b'\n') {
+        self.apply_nested(spec, err, 0);
+    }
+
+    fn apply_nested(&mut self, spec: &[u8], err: &mut dyn FnMut(&str), depth: usize) {
+        let sep = |c: &u8| matches!(c, b':' | b',' | b' ' | b'\n' | b'\t' | b'\r');
+        for item in spec.split(sep) {
             if item.is_empty() {
+                continue;
+            }
+            if let Some(path) = item.strip_prefix(b"options_file=") {
+                self.apply_file(path, err, depth);
                 continue;
             }
             let mut line = FixedBuf::<512>::new();
@@ -237,6 +281,45 @@ impl Options {
         }
     }
 
+    /// Applies the options in the file at `path` (see the module docs).
+    #[cold]
+    fn apply_file(&mut self, path: &[u8], err: &mut dyn FnMut(&str), depth: usize) {
+        let mut line = FixedBuf::<512>::new();
+        if path.is_empty() {
+            let _ = write!(line, "ukasan: option 'options_file' has no value (accepted: a path)");
+            err(line.as_str());
+            return;
+        }
+        if depth >= MAX_NESTING {
+            let _ = write!(
+                line,
+                "ukasan: options_file '{}' ignored: files name each other more than {MAX_NESTING} deep",
+                Lossy(path)
+            );
+            err(line.as_str());
+            return;
+        }
+        let mut buf = [0u8; MAX_OPTIONS_FILE];
+        match sys::read_file(path, &mut buf) {
+            Ok(n) => {
+                let text = &mut buf[..n];
+                strip_comments(text);
+                self.apply_nested(text, err, depth + 1);
+            }
+            Err(e) => {
+                let _ = match e {
+                    sys::ReadError::TooLarge => write!(
+                        line,
+                        "ukasan: options_file '{}' ignored: larger than {MAX_OPTIONS_FILE} bytes",
+                        Lossy(path)
+                    ),
+                    e => write!(line, "ukasan: cannot read options_file '{}': {e}", Lossy(path)),
+                };
+                err(line.as_str());
+            }
+        }
+    }
+
     /// Sets one key; `Err(accepted values)` for a bad value, `Err("")` for an unknown key.
     fn set(&mut self, key: &[u8], v: &[u8]) -> Result<(), &'static str> {
         const BOOL: &str = "0, 1, true, false";
@@ -273,6 +356,14 @@ impl Options {
                 self.exitcode =
                     parse_num(v).filter(|&c| c <= 255).ok_or("an integer 0..=255")? as i32
             }
+            b"leak_exitcode" => {
+                self.leak_exitcode = Some(
+                    parse_num(v)
+                        .filter(|&c| c <= 255)
+                        .ok_or("an integer 0..=255 (0: leaks leave the exit status alone)")?
+                        as i32,
+                )
+            }
             b"log_path" => {
                 if v.len() > MAX_PATH || v.contains(&0) {
                     return Err("a path of at most 240 bytes");
@@ -280,6 +371,14 @@ impl Options {
                 self.log_path[..v.len()].copy_from_slice(v);
                 self.log_path_len = v.len();
             }
+            b"suppressions" => {
+                if v.is_empty() || v.len() > MAX_PATH || v.contains(&0) {
+                    return Err("the path of a suppressions file, at most 240 bytes");
+                }
+                self.suppressions[..v.len()].copy_from_slice(v);
+                self.suppressions_len = v.len();
+            }
+            b"options_file" => return Err("a path (of a file of key=value items)"),
             b"report_format" => {
                 self.format = match v {
                     b"text" => Format::Text,
@@ -341,7 +440,52 @@ impl Options {
         if let Some(env) = getenv(b"UKASAN_OPTIONS\0") {
             o.apply(env, &mut err);
         }
+        crate::sink::at_start(&o);
         o
+    }
+}
+
+/// For the fuzz target `options` and its regression inputs (not an API): applies `spec` to
+/// the defaults and panics if a problem line is not one `ukasan: ` line or an option left its
+/// documented range.
+#[doc(hidden)]
+pub fn check_invariants_for_fuzzing(spec: &[u8]) -> Options {
+    let mut o = Options::DEFAULT;
+    o.apply(spec, &mut |line| {
+        assert!(line.starts_with("ukasan: ") && !line.contains('\n'), "{line:?}");
+    });
+    assert!((1..=MAX_DEPTH).contains(&o.depth), "depth {}", o.depth);
+    assert!(
+        o.redzone.is_multiple_of(16) && (16..=4096).contains(&o.redzone),
+        "redzone {}",
+        o.redzone
+    );
+    assert!(o.quarantine_bytes <= 1 << 40);
+    assert!(
+        (0..=255).contains(&o.exitcode) && o.leak_exitcode.is_none_or(|c| (0..=255).contains(&c))
+    );
+    assert!(o.log_path_len <= MAX_PATH && o.suppressions_len <= MAX_PATH);
+    assert!(!o.log_path().contains(&0) && !o.suppressions().contains(&0));
+    assert!(o.verbosity <= 9);
+    assert!((1..=MAX_GUARDED_SLOTS).contains(&o.guarded_slots));
+    assert!((1..=1_000_000).contains(&o.sample_rate));
+    assert!((1 << 20..=stackdepot::MAX_BUDGET).contains(&o.depot_bytes));
+    o
+}
+
+/// Blanks `#` comments (to the end of their line) so that only items remain.
+fn strip_comments(text: &mut [u8]) {
+    let mut in_comment = false;
+    for c in text.iter_mut() {
+        match *c {
+            b'\n' => in_comment = false,
+            b'#' => {
+                in_comment = true;
+                *c = b' ';
+            }
+            _ if in_comment => *c = b' ',
+            _ => {}
+        }
     }
 }
 
@@ -375,7 +519,7 @@ fn parse_bool(v: &[u8]) -> Option<bool> {
 }
 
 /// Displays bytes as text, replacing what is not UTF-8.
-struct Lossy<'a>(&'a [u8]);
+pub(crate) struct Lossy<'a>(pub(crate) &'a [u8]);
 
 impl core::fmt::Display for Lossy<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -452,7 +596,9 @@ mod tests {
 
     #[test]
     fn every_key_is_listed_and_depot_size_mb_is_bounded() {
-        for key in KEYS.iter().filter(|&&k| k != "log_path") {
+        for key in
+            KEYS.iter().filter(|&&k| !["log_path", "suppressions", "options_file"].contains(&k))
+        {
             let (_, errs) = parse(&format!("{key}=?"));
             assert!(
                 errs.len() == 1 && errs[0].contains("bad value"),
@@ -475,7 +621,7 @@ mod tests {
         assert!(
             errs[0].contains("unknown option 'stackz'")
                 && errs[0].contains("(accepted: stacks, depth, quarantine_size_mb, ")
-                && errs[0].contains(", sample_rate, guarded_placement, guarded_markers)")
+                && errs[0].contains(", sample_rate, guarded_placement, guarded_markers, leak_exitcode, suppressions, options_file)")
         );
         assert!(errs[1].contains("'0' for option 'depth'") && errs[1].contains("1..=256"));
         assert!(errs[2].contains("'frame'") && errs[2].contains("libgcc"));

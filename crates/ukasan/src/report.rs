@@ -215,13 +215,16 @@ pub(crate) struct ReportState {
     buf: FixedBuf<BUF>,
     seen: [u64; SEEN],
     nseen: usize,
-    fd: i32,
+    sink: crate::sink::Sink,
 }
 
 /// Serializes and deduplicates reports.
 pub(crate) struct Reporter {
     state: SpinLock<ReportState>,
     count: AtomicU32,
+    /// The process whose reports `count` counts: a child of `fork` starts from 0 (else a
+    /// child that finds nothing would exit with `exitcode` for its parent's reports).
+    count_pid: core::sync::atomic::AtomicI32,
 }
 
 impl Reporter {
@@ -231,15 +234,34 @@ impl Reporter {
                 buf: FixedBuf::new(),
                 seen: [0; SEEN],
                 nseen: 0,
-                fd: -1,
+                sink: crate::sink::Sink::new(),
             }),
             count: AtomicU32::new(0),
+            count_pid: core::sync::atomic::AtomicI32::new(0),
         }
     }
 
     pub(crate) fn count(&self) -> u32 {
-        // Relaxed: a counter read at exit or by tests, after the reports themselves.
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        // Relaxed: a counter read at exit or by tests, after the reports themselves; both
+        // words are written under the report lock by this process (see `bump`).
+        if self.count_pid.load(Ordering::Relaxed) != pid {
+            return 0;
+        }
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// Counts one report of this process (under the report lock).
+    fn bump(&self) {
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        // Relaxed: counters, serialized by the report lock the caller holds.
+        if self.count_pid.load(Ordering::Relaxed) != pid {
+            self.count.store(0, Ordering::Relaxed);
+            self.count_pid.store(pid, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn raw_lock(&self) {
@@ -265,6 +287,13 @@ impl Reporter {
             st.seen[n] = sig;
             st.nseen += 1;
         }
+        let mut hbuf = [0usize; stackdepot::MAX_DEPTH];
+        let site = header_site(r, &mut hbuf).0;
+        let late_site = || (!core::ptr::eq(site, r.stack)).then(|| suppressed_by(r.kind, site));
+        if let Some(rule) = suppressed_by(r.kind, r.stack).or_else(|| late_site().flatten()) {
+            crate::suppress::hit(rule, 0);
+            return;
+        }
         let st = &mut *st;
         st.buf.clear();
         match o.format {
@@ -272,8 +301,8 @@ impl Reporter {
             Format::Json => json(&mut st.buf, o, r),
         }
         self.flush(o, st);
-        // Relaxed: a counter; the report itself is already written.
-        self.count.fetch_add(1, Ordering::Relaxed);
+        // The report itself is already written.
+        self.bump();
         if o.halt_on_error {
             // SAFETY: leaving the process without running handlers, as KASAN's panic would.
             unsafe { libc::_exit(o.exitcode) };
@@ -291,8 +320,7 @@ impl Reporter {
         }
         self.flush(o, st);
         if counts {
-            // Relaxed: a counter.
-            self.count.fetch_add(1, Ordering::Relaxed);
+            self.bump();
         }
     }
 
@@ -300,35 +328,33 @@ impl Reporter {
         if st.buf.truncated() {
             st.buf.push_bytes(b"\n[report truncated]\n");
         }
-        if st.fd < 0 {
-            st.fd = open_log(o);
+        let fd = st.sink.fd(o);
+        if fd >= 0 {
+            sys::write_all(fd, st.buf.as_bytes());
         }
-        sys::write_all(st.fd, st.buf.as_bytes());
     }
 }
 
-fn open_log(o: &Options) -> i32 {
-    let path = o.log_path();
-    if path.is_empty() {
-        return 2;
+/// The suppression rule (see [`crate::suppress`]) of `kind` that matches a function, source
+/// file or module of `frames`. Symbolizes: under the re-entrancy guard only.
+fn suppressed_by(kind: Kind, frames: &[usize]) -> Option<usize> {
+    if !crate::suppress::active() {
+        return None;
     }
-    let mut p = FixedBuf::<300>::new();
-    p.push_bytes(path);
-    // SAFETY: getpid has no preconditions.
-    let _ = write!(p, ".{}\0", unsafe { libc::getpid() });
-    // SAFETY: `p` is NUL-terminated.
-    let fd = unsafe {
-        libc::open(
-            p.as_bytes().as_ptr().cast(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC,
-            0o644,
-        )
-    };
-    if fd < 0 {
-        2
-    } else {
-        fd
-    }
+    frames.iter().find_map(|&ra| {
+        let syms = symbolize::with_global(|s| s.symbolize(ra, true));
+        let by_symbols = syms.iter().find_map(|f| {
+            let function = f.function.as_deref().map(str::as_bytes);
+            function
+                .into_iter()
+                .chain(f.file.as_deref().map(str::as_bytes))
+                .find_map(|t| crate::suppress::find(kind, t))
+        });
+        by_symbols.or_else(|| {
+            let d = dl_symbol(ra.wrapping_sub(1))?;
+            [d.name, d.module].into_iter().find_map(|t| crate::suppress::find(kind, t))
+        })
+    })
 }
 
 fn signature(r: &Report<'_>) -> u64 {
@@ -905,10 +931,23 @@ pub(crate) fn leaks(
     }
     let groups = &mut groups[..n];
     groups.sort_unstable_by_key(|g| core::cmp::Reverse(g.bytes));
+    let counts = crate::sink::leaks_count_as_reports(o);
+    let mut shown = 0;
     for g in groups.iter() {
-        reporter.emit_with(o, true, |b| {
-            let mut buf = [0; stackdepot::MAX_DEPTH];
-            let frames = stackdepot::fetch(g.stack, &mut buf).filter(|_| !g.stack.is_none()).unwrap_or(&[]);
+        let mut buf = [0; stackdepot::MAX_DEPTH];
+        let frames =
+            stackdepot::fetch(g.stack, &mut buf).filter(|_| !g.stack.is_none()).unwrap_or(&[]);
+        if let Some(rule) = suppressed_by(Kind::MemoryLeak, frames) {
+            crate::suppress::hit(rule, g.bytes);
+            total_count -= g.count;
+            total_bytes -= g.bytes;
+            continue;
+        }
+        shown += 1;
+        if !counts {
+            crate::sink::leak_reported();
+        }
+        reporter.emit_with(o, counts, |b| {
             if o.format == Format::Json {
                 let _ = write!(
                     b,
@@ -937,13 +976,20 @@ pub(crate) fn leaks(
             let _ = b.write_str(RULE);
         });
     }
+    if other_count > 0 && !counts {
+        crate::sink::leak_reported();
+    }
     reporter.emit_with(o, false, |b| {
         if o.format == Format::Json {
             return;
         }
+        crate::suppress::used(b);
+        if total_count == 0 {
+            return;
+        }
         let _ = write!(
             b,
-            "SUMMARY: ukasan: {total_bytes} byte(s) leaked in {total_count} allocation(s) from {n} stack(s)"
+            "SUMMARY: ukasan: {total_bytes} byte(s) leaked in {total_count} allocation(s) from {shown} stack(s)"
         );
         let _ = if other_count > 0 {
             writeln!(b, " and {other_bytes} byte(s) in {other_count} allocation(s) from stacks not shown")
@@ -960,7 +1006,7 @@ pub(crate) fn stats(reporter: &Reporter, o: &Options) {
         let _ = writeln!(
             b,
             "ukasan: {} report(s); stack depot: {} unique traces, {} frames, {} bytes used, {} nodes",
-            reporter.count(),
+            reporter.count() + crate::sink::leak_reports(),
             d.unique_traces,
             d.frames_stored,
             d.bytes_used,

@@ -75,6 +75,10 @@ impl Drop for Guard {
     }
 }
 
+/// Busy checks of a held [`SpinLock`] before [`SpinLock::lock`] starts yielding: holders
+/// keep it for a few pointer writes (well under this many checks) unless preempted.
+pub const SPINS_BEFORE_YIELD: u32 = 200;
+
 /// A spin lock whose acquisition can be refused instead of waited for.
 ///
 /// Holders never allocate and never call out; a signal handler on the holding thread never
@@ -98,15 +102,25 @@ impl<T> SpinLock<T> {
         SpinLock { locked: AtomicBool::new(false), value: UnsafeCell::new(value) }
     }
 
-    /// Takes the lock, spinning.
+    /// Takes the lock, spinning; after [`SPINS_BEFORE_YIELD`] busy checks it yields the CPU
+    /// between checks, so that a holder preempted on an oversubscribed machine (more threads
+    /// than cores) gets to run and release it instead of every waiter burning its time slice.
     #[inline]
     pub fn lock(&self) -> SpinGuard<'_, T> {
+        let mut spins = 0u32;
         loop {
             if let Some(g) = self.try_lock() {
                 return g;
             }
             while self.locked.load(Ordering::Relaxed) {
-                core::hint::spin_loop();
+                if spins < SPINS_BEFORE_YIELD {
+                    spins += 1;
+                    core::hint::spin_loop();
+                } else {
+                    // SAFETY: sched_yield has no preconditions; it is async-signal-safe and
+                    // does not allocate.
+                    unsafe { libc::sched_yield() };
+                }
             }
         }
     }
@@ -197,6 +211,106 @@ pub fn write_all(fd: i32, mut bytes: &[u8]) {
         }
         bytes = &bytes[n as usize..];
     }
+}
+
+/// The calling thread's `errno`.
+pub fn errno() -> i32 {
+    // SAFETY: errno location is always valid for the calling thread.
+    unsafe { *libc::__errno_location() }
+}
+
+/// A short name for the `errno` values file operations meet (`strerror` may allocate for
+/// its locale); others print as `errno N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self.0 {
+            libc::ENOENT => "no such file or directory",
+            libc::EACCES => "permission denied",
+            libc::EPERM => "operation not permitted",
+            libc::EISDIR => "is a directory",
+            libc::ENOTDIR => "a component of the path is not a directory",
+            libc::ELOOP => "the path is a symbolic link",
+            libc::EEXIST => "the file exists",
+            libc::EROFS => "read-only file system",
+            libc::ENOSPC => "no space left on device",
+            libc::ENAMETOOLONG => "file name too long",
+            libc::EMFILE | libc::ENFILE => "too many open files",
+            _ => return write!(f, "errno {}", self.0),
+        };
+        f.write_str(name)
+    }
+}
+
+/// Why [`read_file`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// `open` or `read` failed with this errno.
+    Os(Errno),
+    /// The file is larger than the buffer (its size is not read further).
+    TooLarge,
+    /// The path is longer than [`PATH_CAP`] bytes or contains a NUL byte.
+    BadPath,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Os(e) => e.fmt(f),
+            ReadError::TooLarge => f.write_str("larger than the buffer for it"),
+            ReadError::BadPath => f.write_str("the path is too long or contains a NUL byte"),
+        }
+    }
+}
+
+/// Longest path [`read_file`] and [`cpath`] take (bytes, without the NUL).
+pub const PATH_CAP: usize = 255;
+
+/// `path` NUL-terminated in a fixed buffer (`None`: too long or contains a NUL).
+pub fn cpath(path: &[u8]) -> Option<[u8; PATH_CAP + 1]> {
+    if path.len() > PATH_CAP || path.contains(&0) {
+        return None;
+    }
+    let mut c = [0u8; PATH_CAP + 1];
+    c[..path.len()].copy_from_slice(path);
+    Some(c)
+}
+
+/// Reads the whole file at `path` into `buf` without allocating; returns its length.
+/// A file that does not fit is an error, never silently cut.
+pub fn read_file(path: &[u8], buf: &mut [u8]) -> Result<usize, ReadError> {
+    let c = cpath(path).ok_or(ReadError::BadPath)?;
+    // SAFETY: `c` is NUL-terminated.
+    let fd = unsafe { libc::open(c.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(ReadError::Os(Errno(errno())));
+    }
+    let mut len = 0;
+    let r = loop {
+        let mut probe = [0u8; 1];
+        let dst = if len < buf.len() { &mut buf[len..] } else { &mut probe[..] };
+        // SAFETY: `dst` is a live, writable slice.
+        let n = unsafe { libc::read(fd, dst.as_mut_ptr().cast(), dst.len()) };
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            break Err(ReadError::Os(Errno(errno())));
+        }
+        if n == 0 {
+            break Ok(len);
+        }
+        if len >= buf.len() {
+            break Err(ReadError::TooLarge);
+        }
+        len += n as usize;
+    };
+    // SAFETY: `fd` was opened above and is closed once.
+    unsafe { libc::close(fd) };
+    r
 }
 
 /// A text buffer of fixed capacity that truncates instead of allocating.
@@ -300,6 +414,25 @@ mod tests {
         drop(g);
         *l.try_lock().unwrap() += 1;
         assert_eq!(*l.lock(), 4);
+    }
+
+    #[test]
+    fn read_file_reads_whole_files_and_refuses_larger_ones() {
+        let p = std::env::temp_dir().join(format!("ukasan-sys-read-{}", std::process::id()));
+        std::fs::write(&p, b"0123456789").unwrap();
+        let path = p.to_str().unwrap().as_bytes();
+        let mut big = [0u8; 64];
+        assert_eq!(read_file(path, &mut big), Ok(10));
+        assert_eq!(&big[..10], b"0123456789");
+        let mut exact = [0u8; 10];
+        assert_eq!(read_file(path, &mut exact), Ok(10));
+        let mut small = [0u8; 9];
+        assert_eq!(read_file(path, &mut small), Err(ReadError::TooLarge));
+        std::fs::remove_file(&p).unwrap();
+        let e = read_file(path, &mut big).unwrap_err();
+        assert_eq!(e, ReadError::Os(Errno(libc::ENOENT)));
+        assert_eq!(e.to_string(), "no such file or directory");
+        assert_eq!(read_file(b"a\0b", &mut big), Err(ReadError::BadPath));
     }
 
     #[test]

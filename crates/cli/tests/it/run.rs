@@ -153,3 +153,34 @@ fn builds_the_library_when_it_is_missing() {
     assert!(!text(&o).1.contains("building"), "{}", text(&o).1);
     assert_eq!(std::fs::read_to_string(&log).unwrap(), logged);
 }
+
+#[test]
+fn setuid_program_is_named_as_running_without_the_detector() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("note: not root, cannot make a set-user-ID copy owned by another user: skipped");
+        return;
+    }
+    let dir = scratch("setuid");
+    let prog = dir.join("env-setuid");
+    std::fs::copy("/usr/bin/env", &prog).unwrap();
+    std::os::unix::fs::chown(&prog, Some(65534), None).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let o = run_dummy(&["--", prog.to_str().unwrap(), "sh", "-c", "echo \"[$LD_PRELOAD]\""]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "env-setuid is set-user-ID (owner uid 65534): the dynamic loader runs it in \
+             secure-execution mode and ignores LD_PRELOAD"
+        ),
+        "{err}"
+    );
+    // What the warning says is what happens: the loader dropped LD_PRELOAD (unless the file
+    // system ignores set-ID bits, and then the warning must not appear either).
+    assert_eq!(out.trim(), "[]", "{err}");
+
+    // An ordinary program: no warning.
+    let o = run_dummy(&["--", "true"]);
+    assert!(!text(&o).1.contains("secure-execution"));
+}

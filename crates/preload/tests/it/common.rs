@@ -93,6 +93,11 @@ impl Run {
         all.into_iter().next().unwrap()
     }
 
+    /// The pid the program printed as `pid=N`.
+    pub fn pid(&self) -> String {
+        self.printed("pid")
+    }
+
     /// A `key=value` the program printed on stdout.
     pub fn printed(&self, key: &str) -> String {
         self.stdout

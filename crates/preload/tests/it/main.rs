@@ -7,5 +7,7 @@ mod bugs;
 mod clean;
 mod common;
 mod guarded;
+mod hardening;
 mod options;
 mod shadow;
+mod stress;

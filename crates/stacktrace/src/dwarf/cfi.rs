@@ -12,8 +12,8 @@ use super::arch;
 use super::cache::Rule;
 use super::module::{self, Miss};
 use gimli::{
-    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, NativeEndian, Register, RegisterRule,
-    UnwindContext, UnwindContextStorage, UnwindSection, UnwindTableRow,
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EhFrameOffset, NativeEndian, Register,
+    RegisterRule, UnwindContext, UnwindContextStorage, UnwindSection, UnwindTableRow,
 };
 
 /// Fixed-size storage for gimli's unwind context: no heap, and small, since it lives on the
@@ -134,13 +134,49 @@ fn rule_parsed(lookup: usize, pc: usize, may_refresh: &mut bool) -> Result<Rule,
 }
 
 fn rule_in(m: &module::Module, lookup: usize, pc: usize) -> Option<Rule> {
-    let hdr_at = m.hdr.as_ptr() as u64;
+    decode(m.hdr, m.eh_frame, lookup, pc, &|pc| {
+        // SAFETY: `decode` asks only for `[pc, pc + len)` inside an FDE's code range of this
+        // loaded object: mapped, readable code.
+        let code = unsafe { core::slice::from_raw_parts(pc as *const u8, arch::SIGRETURN.len()) };
+        code == arch::SIGRETURN
+    })
+}
+
+/// The rule for `lookup` from an object's `.eh_frame_hdr` and `.eh_frame` (both read only
+/// through the slices, at the addresses the slices have). `sigreturn_at(pc)` says whether the
+/// signal trampoline's bytes are at `pc`; it is asked only when `[pc, pc + its length)` lies
+/// inside the code range of the FDE found. Any malformed input gives `None`, never a panic
+/// (the fuzz target `dwarf_rules` checks it).
+pub(crate) fn decode(
+    hdr: &[u8],
+    eh_frame: &[u8],
+    lookup: usize,
+    pc: usize,
+    sigreturn_at: &dyn Fn(usize) -> bool,
+) -> Option<Rule> {
+    let (hdr_at, hdr_len) = (hdr.as_ptr() as u64, hdr.len());
     let bases =
-        BaseAddresses::default().set_eh_frame_hdr(hdr_at).set_eh_frame(m.eh_frame.as_ptr() as u64);
-    let hdr = EhFrameHdr::new(m.hdr, NativeEndian).parse(&bases, 8).ok()?;
-    let eh = EhFrame::new(m.eh_frame, NativeEndian);
-    let fde =
-        hdr.table()?.fde_for_address(&eh, &bases, lookup as u64, EhFrame::cie_from_offset).ok()?;
+        BaseAddresses::default().set_eh_frame_hdr(hdr_at).set_eh_frame(eh_frame.as_ptr() as u64);
+    let hdr = EhFrameHdr::new(hdr, NativeEndian).parse(&bases, 8).ok()?;
+    let table = hdr.table()?;
+    // gimli's binary search computes `fde_count / 2 * row size` unchecked: a count that the
+    // table cannot hold (rows are at least 4 bytes) overflows. Found by the `dwarf_rules`
+    // fuzz target; see below for the other one.
+    if table.iter(&bases).size_hint().1? > hdr_len / 4 {
+        return None;
+    }
+    let eh = EhFrame::new(eh_frame, NativeEndian);
+    // gimli's `EhHdrTable::fde_for_address` would do these steps with an unchecked
+    // `fde pointer - eh_frame pointer` (gimli 0.34 `pointer_to_offset`): a table entry that
+    // points below `.eh_frame` overflows, which panics in a build with overflow checks (a
+    // user's debug build; inside malloc, an abort). Found by the `dwarf_rules` fuzz target.
+    let fde_ptr = table.lookup(lookup as u64, &bases).ok()?.direct().ok()?;
+    let offset = fde_ptr.checked_sub(hdr.eh_frame_ptr().direct().ok()?)?;
+    let offset = EhFrameOffset(usize::try_from(offset).ok()?);
+    let fde = eh.fde_from_offset(&bases, offset, EhFrame::cie_from_offset).ok()?;
+    if !fde.contains(lookup as u64) {
+        return None;
+    }
     // The signal trampoline: an 'S' FDE whose CFI (glibc: a CFA expression and 17 register
     // expressions) we do not evaluate. Recognise its bytes instead; `pc` is the trampoline's
     // first instruction (a handler returns to it).
@@ -148,9 +184,7 @@ fn rule_in(m: &module::Module, lookup: usize, pc: usize) -> Option<Rule> {
         let len = arch::SIGRETURN.len();
         let inside = pc >= fde.initial_address() as usize
             && pc.checked_add(len).is_some_and(|e| e <= fde.end_address() as usize);
-        // SAFETY: `[pc, pc + len)` lies inside the FDE's code range: mapped, readable code of
-        // a loaded object.
-        inside && unsafe { core::slice::from_raw_parts(pc as *const u8, len) } == arch::SIGRETURN
+        inside && sigreturn_at(pc)
     };
     if fde.is_signal_trampoline() && is_sigreturn() {
         return Some(Rule::Signal);

@@ -125,3 +125,49 @@ pub fn flush_cache() {
     #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
     cache::clear();
 }
+
+/// For the fuzz target `dwarf_rules` (not an API): decodes the rule for `lookup` from an
+/// `.eh_frame_hdr` and `.eh_frame` given as bytes, checks that the compact form round-trips,
+/// and returns it as `[tag, cfa_fp, cfa_off, ra_off, fp_off]` (tag 0: none, 1: frame,
+/// 2: signal, 3: stop; fp_off `i64::MIN` when the caller's fp is unchanged).
+#[doc(hidden)]
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub fn decode_rule_for_fuzzing(hdr: &[u8], eh_frame: &[u8], lookup: usize) -> [i64; 5] {
+    // No signal trampoline in fuzzed bytes: never read code at a fuzzed address.
+    let rule = cfi::decode(hdr, eh_frame, lookup, lookup.wrapping_add(1), &|_| false);
+    if let Some(r) = rule {
+        if let Some(w) = r.pack() {
+            assert_eq!(cache::Rule::unpack(w), Some(r), "packed rule does not round-trip");
+        }
+    }
+    match rule {
+        None => [0; 5],
+        Some(cache::Rule::Frame { cfa_fp, cfa_off, ra_off, fp_off }) => [
+            1,
+            i64::from(cfa_fp),
+            i64::from(cfa_off),
+            i64::from(ra_off),
+            fp_off.map_or(i64::MIN, i64::from),
+        ],
+        Some(cache::Rule::Signal) => [2, 0, 0, 0, 0],
+        Some(cache::Rule::Stop) => [3, 0, 0, 0, 0],
+    }
+}
+
+/// For the fuzz target `dwarf_rules` and its regression inputs (not an API): `data` is
+/// `[split: u16 LE][lookup: i64 LE][bytes]`; decodes the rule for `bytes + lookup` with
+/// `bytes[..split]` as `.eh_frame_hdr` and `bytes[split..]` as `.eh_frame` (see
+/// [`decode_rule_for_fuzzing`]).
+#[doc(hidden)]
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub fn fuzz_input(data: &[u8]) -> [i64; 5] {
+    let Some((head, bytes)) = data.split_at_checked(10) else {
+        return [0; 5];
+    };
+    let split = usize::from(u16::from_le_bytes([head[0], head[1]])).min(bytes.len());
+    let mut off = [0u8; 8];
+    off.copy_from_slice(&head[2..10]);
+    let lookup = (bytes.as_ptr() as usize).wrapping_add(i64::from_le_bytes(off) as usize);
+    let (hdr, eh) = bytes.split_at(split);
+    decode_rule_for_fuzzing(hdr, eh, lookup)
+}

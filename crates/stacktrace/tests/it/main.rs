@@ -3,5 +3,6 @@
 mod alloc_count;
 mod api;
 mod dwarf;
+mod fuzz;
 mod shadow;
 mod softshadow;

@@ -46,3 +46,24 @@ proptest! {
         }
     }
 }
+
+/// Inputs of the `offline` cargo-fuzz target, kept as regression tests
+/// (`fuzz/regressions/offline`).
+#[test]
+fn fuzz_regressions() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/offline");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let p = e.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            let out = symbolize::offline::check_for_fuzzing(text);
+            if p.file_name().is_some_and(|f| f == "seed-report") {
+                assert!(out.contains("BUG: KASAN: double-free in f+0x1\n"), "{out}");
+            }
+        }
+        n += 1;
+    }
+    assert!(n > 0, "no inputs in {}", dir.display());
+}

@@ -6,6 +6,7 @@
 static GLOBAL: ukasan::Ukasan<std::alloc::System> = ukasan::Ukasan::new(std::alloc::System);
 
 mod child;
+mod fuzz;
 mod heap;
 mod hotpath;
 mod stress;
