@@ -459,39 +459,11 @@ struct Direct;
 
 const PAGE: usize = 4096;
 
-// SAFETY: `alloc` returns a fresh mapping of at least `size` bytes aligned to `align` (pages
-// are; larger alignments are cut out of a larger mapping), valid until `dealloc` unmaps it.
+// SAFETY: `alloc` returns a fresh mapping of `size` bytes rounded up to pages, aligned to
+// `align` (`sys::map`), valid until `dealloc` unmaps that rounded size.
 unsafe impl Backing for Direct {
     fn alloc(&self, size: usize, align: usize) -> *mut u8 {
-        let Some(len) = size.checked_next_multiple_of(PAGE) else { return null_mut() };
-        let extra = if align > PAGE { align } else { 0 };
-        let Some(map) = len.checked_add(extra) else { return null_mut() };
-        // SAFETY: anonymous private mapping; no hint.
-        let p = unsafe {
-            libc::mmap(
-                null_mut(),
-                map,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return null_mut();
-        }
-        let start = p as usize;
-        let base = start.next_multiple_of(align.max(PAGE));
-        // SAFETY: trims the parts of the mapping made above outside [base, base + len).
-        unsafe {
-            if base > start {
-                libc::munmap(p, base - start);
-            }
-            if start + map > base + len {
-                libc::munmap((base + len) as *mut libc::c_void, start + map - base - len);
-            }
-        }
-        base as *mut u8
+        crate::sys::map(size, align, false).unwrap_or(null_mut())
     }
 
     unsafe fn dealloc(&self, p: *mut u8, size: usize, _align: usize) {

@@ -13,7 +13,6 @@
 //! Works in `mmap`-ed scratch arrays (no allocation) while every registry shard is locked.
 
 use crate::chunk::{Header, Track, F_LOADER, F_RAW};
-use core::ptr::null_mut;
 
 #[derive(Clone, Copy)]
 pub(crate) struct Entry {
@@ -34,18 +33,8 @@ pub(crate) struct Scratch<T> {
 impl<T: Copy> Scratch<T> {
     pub(crate) fn new(cap: usize) -> Option<Scratch<T>> {
         let bytes = cap.max(1).checked_mul(core::mem::size_of::<T>())?;
-        // SAFETY: anonymous private mapping; no address hint.
-        let p = unsafe {
-            libc::mmap(
-                null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        (p != libc::MAP_FAILED).then_some(Scratch { ptr: p.cast(), cap })
+        let p = crate::sys::map(bytes, 1, false)?;
+        Some(Scratch { ptr: p.cast(), cap })
     }
 
     pub(crate) fn slice(&mut self, len: usize) -> &mut [T] {

@@ -194,6 +194,38 @@ impl<T> Drop for SpinGuard<'_, T> {
     }
 }
 
+/// `bytes` of anonymous private memory, readable, writable and zeroed, aligned to `align` (a
+/// power of two; a page or less costs nothing, more is cut out of a larger mapping), from
+/// `mmap` (never from malloc); `noreserve` charges it only when touched. `None` when the
+/// system refuses.
+pub fn map(bytes: usize, align: usize, noreserve: bool) -> Option<*mut u8> {
+    const PAGE: usize = 4096;
+    let extra = if align > PAGE { align } else { 0 };
+    let len = bytes.checked_next_multiple_of(PAGE)?;
+    let total = len.checked_add(extra)?;
+    let flags =
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if noreserve { libc::MAP_NORESERVE } else { 0 };
+    // SAFETY: an anonymous private mapping at an address of the kernel's choice.
+    let p = unsafe {
+        libc::mmap(core::ptr::null_mut(), total, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0)
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    let start = p as usize;
+    let base = start.next_multiple_of(align.max(PAGE));
+    // SAFETY: trims the parts of the mapping made above outside [base, base + len).
+    unsafe {
+        if base > start {
+            libc::munmap(p, base - start);
+        }
+        if start + total > base + len {
+            libc::munmap((base + len) as *mut libc::c_void, start + total - base - len);
+        }
+    }
+    Some(base as *mut u8)
+}
+
 /// Writes all of `bytes` to `fd` with `write(2)`, retrying on `EINTR` and short writes.
 pub fn write_all(fd: i32, mut bytes: &[u8]) {
     while !bytes.is_empty() {

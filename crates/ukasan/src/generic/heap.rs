@@ -227,9 +227,8 @@ pub struct Heap {
     key: AtomicU32,
     /// Caches of exited threads, for reuse.
     pool: SpinLock<*mut Cache>,
-    /// The cache of threads whose own cache was returned at exit.
-    orphan: SpinLock<usize>,
-    orphan_cache: AtomicUsize,
+    /// The cache of threads whose own cache was returned at exit (null until needed).
+    orphan: SpinLock<*mut Cache>,
     /// Thread caches mapped so far (statistics).
     caches_mapped: AtomicUsize,
 }
@@ -280,8 +279,7 @@ impl Heap {
             classes: [CLASS; CLASSES],
             key: AtomicU32::new(0),
             pool: SpinLock::new(null_mut()),
-            orphan: SpinLock::new(0),
-            orphan_cache: AtomicUsize::new(0),
+            orphan: SpinLock::new(null_mut()),
             caches_mapped: AtomicUsize::new(0),
         }
     }
@@ -306,8 +304,9 @@ impl Heap {
         let key_ok = unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0;
         let mut shift = 32;
         let base = loop {
-            if let Some(b) = reserve(CLASSES << shift, 1 << shift) {
-                break Some(b);
+            // Readable and writable, committed on first touch.
+            if let Some(b) = crate::sys::map(CLASSES << shift, 1 << shift, true) {
+                break Some(b as usize);
             }
             if shift == 24 {
                 break None;
@@ -487,16 +486,11 @@ impl Heap {
                 return Some(f(unsafe { &mut *k }));
             }
         }
-        let _g = self.orphan.lock();
-        // Relaxed: under the orphan lock.
-        let mut k = self.orphan_cache.load(Ordering::Relaxed) as *mut Cache;
-        if k.is_null() {
-            k = self.new_cache().unwrap_or(null_mut());
-            self.orphan_cache.store(k as usize, Ordering::Relaxed);
+        let mut orphan = self.orphan.lock();
+        if orphan.is_null() {
+            *orphan = self.new_cache()?;
         }
-        if k.is_null() {
-            return None;
-        }
+        let k = *orphan;
         // SAFETY: the shared cache, serialized by the orphan lock.
         Some(f(unsafe { &mut *k }))
     }
@@ -514,7 +508,7 @@ impl Heap {
             }
         }
         let bytes = core::mem::size_of::<Cache>();
-        let p = map(bytes)?;
+        let p = crate::sys::map(bytes, 1, false)?;
         // Relaxed: a statistic.
         self.caches_mapped.fetch_add(1, Ordering::Relaxed);
         // The all-zero cache is empty (no slots, no batches).
@@ -679,54 +673,6 @@ pub fn index(roff: usize, c: usize) -> usize {
 pub unsafe fn tail_fill(s: usize, size: usize) {
     // SAFETY: forwarded; the tail lies inside the slot.
     unsafe { core::ptr::write_bytes((s + size - TAIL) as *mut u8, crate::chunk::REDZONE, TAIL) };
-}
-
-/// Anonymous private memory, zeroed, or `None`.
-fn map(bytes: usize) -> Option<*mut u8> {
-    // SAFETY: anonymous private mapping; no address hint.
-    let p = unsafe {
-        libc::mmap(
-            null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    (p != libc::MAP_FAILED).then_some(p.cast())
-}
-
-/// Reserves `bytes` aligned to `align` (readable and writable, committed on first touch).
-fn reserve(bytes: usize, align: usize) -> Option<usize> {
-    let len = bytes.checked_add(align)?;
-    // SAFETY: anonymous private mapping, no hint; MAP_NORESERVE: not charged until touched.
-    let p = unsafe {
-        libc::mmap(
-            null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return None;
-    }
-    let start = p as usize;
-    let base = start.next_multiple_of(align);
-    // SAFETY: trims the unaligned head and the tail of the mapping made above.
-    unsafe {
-        if base > start {
-            libc::munmap(p, base - start);
-        }
-        let end = start + len;
-        if end > base + bytes {
-            libc::munmap((base + bytes) as *mut libc::c_void, end - base - bytes);
-        }
-    }
-    Some(base)
 }
 
 #[cfg(test)]

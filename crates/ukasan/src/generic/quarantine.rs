@@ -236,21 +236,7 @@ fn alloc_batch() -> Option<*mut Batch> {
         }
     }
     let bytes = CHUNK * core::mem::size_of::<Batch>();
-    // SAFETY: anonymous private mapping; no hint.
-    let m = unsafe {
-        libc::mmap(
-            null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if m == libc::MAP_FAILED {
-        return None;
-    }
-    let first = m as *mut Batch;
+    let first = crate::sys::map(bytes, 1, false)? as *mut Batch;
     let mut p = POOL.lock();
     for i in 1..CHUNK {
         // SAFETY: records 1.. of the fresh mapping (zeroed, valid Batch values).
