@@ -37,6 +37,19 @@ impl<T: Copy> Scratch<T> {
         Some(Scratch { ptr: p.cast(), cap })
     }
 
+    /// Where the mapping starts.
+    pub(crate) fn addr(&self) -> usize {
+        self.ptr as usize
+    }
+
+    /// Element `i` (`i < cap`).
+    #[inline]
+    pub(crate) fn get(&self, i: usize) -> T {
+        assert!(i < self.cap);
+        // SAFETY: in bounds of the zero-initialized mapping (as `slice`).
+        unsafe { self.ptr.add(i).read() }
+    }
+
     pub(crate) fn slice(&mut self, len: usize) -> &mut [T] {
         // SAFETY: the mapping holds `cap` zero-initialized T (callers only use T for which
         // all-zero is valid); len is clamped.
@@ -58,6 +71,7 @@ impl<T> Drop for Scratch<T> {
 /// not taken for roots.
 pub(crate) fn mark(entries: &mut [Entry], work: &mut [u32], stack_from: usize) {
     let mut top = 0usize;
+    let filter = Granules::of(entries);
     let scan = |entries: &mut [Entry], work: &mut [u32], top: &mut usize, lo: usize, hi: usize| {
         let mut a = lo.next_multiple_of(8);
         while a + 8 <= hi {
@@ -65,6 +79,9 @@ pub(crate) fn mark(entries: &mut [Entry], work: &mut [u32], stack_from: usize) {
             // live stack, chunk objects owned by the runtime).
             let w = unsafe { core::ptr::read_volatile(a as *const usize) };
             a += 8;
+            if !filter.may_hold(w) {
+                continue;
+            }
             if let Some(i) = find(entries, w) {
                 if entries[i].mark == 0 {
                     entries[i].mark = 1;
@@ -83,6 +100,7 @@ pub(crate) fn mark(entries: &mut [Entry], work: &mut [u32], stack_from: usize) {
     let skip = [
         (entries.as_ptr() as usize, entries.as_ptr() as usize + core::mem::size_of_val(entries)),
         (work.as_ptr() as usize, work.as_ptr() as usize + core::mem::size_of_val(work)),
+        filter.range(),
     ];
     for r in roots(stack_from) {
         for (lo, hi) in without(r, skip) {
@@ -103,10 +121,51 @@ pub(crate) fn mark(entries: &mut [Entry], work: &mut [u32], stack_from: usize) {
     }
 }
 
-/// `r` minus the ranges of `skip` (at most three pieces, empty ones `(0, 0)`).
-fn without(r: (usize, usize), mut skip: [(usize, usize); 2]) -> [(usize, usize); 3] {
+/// Which 1 MiB granules of the address space may hold an entry, as a bitmap indexed by the
+/// granule number modulo 2^16 (aliases only let a word through to the search): most words
+/// the scan reads (small numbers, code and data pointers, zeros) are dismissed by one bit
+/// test instead of a binary search over every live object.
+struct Granules {
+    bits: Option<Scratch<u64>>,
+}
+
+impl Granules {
+    const SHIFT: u32 = 20;
+    const COUNT: usize = 1 << 16;
+
+    fn of(entries: &[Entry]) -> Granules {
+        let Some(mut map) = Scratch::<u64>::new(Self::COUNT / 64) else {
+            return Granules { bits: None };
+        };
+        let bits = map.slice(Self::COUNT / 64);
+        for e in entries {
+            let first = e.start >> Self::SHIFT;
+            let last = e.end.max(e.start + 1).saturating_sub(1) >> Self::SHIFT;
+            for k in first..=last.min(first + Self::COUNT) {
+                let k = k % Self::COUNT;
+                bits[k / 64] |= 1 << (k % 64);
+            }
+        }
+        Granules { bits: Some(map) }
+    }
+
+    /// The bitmap's own bytes (not a root).
+    fn range(&self) -> (usize, usize) {
+        self.bits.as_ref().map_or((0, 0), |m| (m.addr(), m.addr() + Self::COUNT / 8))
+    }
+
+    #[inline]
+    fn may_hold(&self, w: usize) -> bool {
+        let Some(map) = &self.bits else { return true };
+        let k = (w >> Self::SHIFT) % Self::COUNT;
+        map.get(k / 64) & (1 << (k % 64)) != 0
+    }
+}
+
+/// `r` minus the ranges of `skip` (at most four pieces, empty ones `(0, 0)`).
+fn without(r: (usize, usize), mut skip: [(usize, usize); 3]) -> [(usize, usize); 4] {
     skip.sort_unstable();
-    let mut out = [(0, 0); 3];
+    let mut out = [(0, 0); 4];
     let mut lo = r.0;
     for (i, &(s, e)) in skip.iter().enumerate() {
         let (s, e) = (s.clamp(lo, r.1.max(lo)), e.clamp(lo, r.1.max(lo)));
@@ -116,7 +175,7 @@ fn without(r: (usize, usize), mut skip: [(usize, usize); 2]) -> [(usize, usize);
         lo = lo.max(e);
     }
     if lo < r.1 {
-        out[2] = (lo, r.1);
+        out[3] = (lo, r.1);
     }
     out
 }
@@ -253,14 +312,47 @@ mod tests {
     }
 
     #[test]
+    fn granules_dismiss_only_words_far_from_every_entry() {
+        let mk = |start, end| Entry { start, end, alloc: Track::default(), mark: 0 };
+        let g = 1usize << Granules::SHIFT;
+        let base = 0x7f00_0000_0000usize;
+        // One object in granule 3, one zero-size at the start of 7, one spanning 9 and 10.
+        let e = [
+            mk(base + 3 * g + 64, base + 3 * g + 96),
+            mk(base + 7 * g, base + 7 * g),
+            mk(base + 10 * g - 8, base + 10 * g + 8),
+        ];
+        let f = Granules::of(&e);
+        for k in [3, 7, 9, 10] {
+            assert!(f.may_hold(base + k * g + 12345), "granule {k}");
+        }
+        for k in [0, 2, 4, 8, 11, 1000] {
+            assert!(!f.may_hold(base + k * g + 12345), "granule {k}");
+        }
+        assert!(!f.may_hold(0) && !f.may_hold(42), "small numbers");
+        // Whatever the filter says, a word inside an entry is never dismissed.
+        for x in &e {
+            assert!(f.may_hold(x.start) && f.may_hold(x.end.max(x.start + 1) - 1));
+        }
+        // Aliases pass (they go to the search), and a huge entry marks every granule.
+        assert!(f.may_hold(base + (3 + Granules::COUNT) * g));
+        let huge = Granules::of(&[mk(base, base + (Granules::COUNT + 5) * g)]);
+        assert!((0..Granules::COUNT).all(|k| huge.may_hold(k * g)));
+    }
+
+    #[test]
     fn roots_skip_the_scratch_arrays() {
         let pieces =
             |r, skip| without(r, skip).into_iter().filter(|&(lo, hi)| lo < hi).collect::<Vec<_>>();
-        assert_eq!(pieces((0, 100), [(10, 20), (50, 60)]), [(0, 10), (20, 50), (60, 100)]);
-        assert_eq!(pieces((0, 100), [(50, 60), (10, 20)]), [(0, 10), (20, 50), (60, 100)]);
-        assert_eq!(pieces((30, 40), [(10, 20), (50, 60)]), [(30, 40)]);
-        assert_eq!(pieces((0, 100), [(0, 100), (0, 0)]), []);
-        assert_eq!(pieces((15, 55), [(10, 20), (50, 60)]), [(20, 50)]);
+        assert_eq!(pieces((0, 100), [(10, 20), (50, 60), (0, 0)]), [(0, 10), (20, 50), (60, 100)]);
+        assert_eq!(pieces((0, 100), [(50, 60), (10, 20), (0, 0)]), [(0, 10), (20, 50), (60, 100)]);
+        assert_eq!(pieces((30, 40), [(10, 20), (50, 60), (0, 0)]), [(30, 40)]);
+        assert_eq!(pieces((0, 100), [(0, 100), (0, 0), (0, 0)]), []);
+        assert_eq!(pieces((15, 55), [(10, 20), (50, 60), (0, 0)]), [(20, 50)]);
+        assert_eq!(
+            pieces((0, 100), [(70, 80), (10, 20), (40, 50)]),
+            [(0, 10), (20, 40), (50, 70), (80, 100)]
+        );
     }
 
     #[test]

@@ -146,6 +146,7 @@
 
 #![warn(missing_docs)]
 
+mod bytes;
 pub mod chunk;
 pub mod chunks;
 pub mod generic;

@@ -56,7 +56,7 @@ macro_rules! __own_regs {
 /// user's crate) gets its caller right; every read is checked to lie in the function's own
 /// frame (at most 64 KiB above its stack pointer). `Regs::default()` (no frames) when the CFI cannot be had (no unwind tables, or a
 /// cold rule with too little stack left to parse it).
-#[inline]
+#[inline(always)]
 pub fn caller_of(site: &Site, pc: usize, sp: usize, fp: usize) -> Regs {
     #[cfg(target_os = "linux")]
     {

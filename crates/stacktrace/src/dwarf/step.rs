@@ -50,7 +50,7 @@ pub(crate) fn unwind(pc: usize, sp: usize, fp: usize) -> Unwind {
 /// As [`unwind`], for a frame whose `pc` is the exact instruction (looked up as is): the
 /// registers an entry point reads of itself ([`crate::caller_regs!`]). `site` remembers the
 /// rule of the one instruction it is consulted for, in front of the process-wide cache.
-#[inline]
+#[inline(always)]
 pub(crate) fn unwind_exact(site: &Site, pc: usize, sp: usize, fp: usize) -> Unwind {
     if pc < 4096 {
         return Unwind::Stop;
@@ -60,6 +60,13 @@ pub(crate) fn unwind_exact(site: &Site, pc: usize, sp: usize, fp: usize) -> Unwi
     if site.key_xor_word.load(Ordering::Relaxed) ^ w == pc as u64 && w != 0 {
         return decode(w, sp, fp);
     }
+    site_miss(site, pc, sp, fp)
+}
+
+/// [`unwind_exact`] when the site does not know its rule yet: the cache, or the CFI.
+#[cold]
+#[inline(never)]
+fn site_miss(site: &Site, pc: usize, sp: usize, fp: usize) -> Unwind {
     match word_at(pc, pc) {
         Ok(w) => {
             // Relaxed: see above.

@@ -22,6 +22,7 @@
 pub mod heap;
 pub mod quarantine;
 
+use crate::bytes::{all, fill};
 use crate::chunk::{find_not, Damage, Family, Track, POISON, REDZONE};
 use crate::leak::Entry;
 use crate::options::Options;
@@ -98,7 +99,7 @@ pub(crate) fn alloc(
     let m = HEAP.meta(c, index_of(c, slot));
     // SAFETY: a free slot handed to us by the heap: `cs` bytes we own; the gap (at least the
     // redzone) follows the object inside the slot.
-    unsafe { core::ptr::write_bytes((slot + size) as *mut u8, REDZONE, cs - size) };
+    unsafe { fill(slot + size, cs - size, REDZONE) };
     let t = rt.track(o, regs);
     let bits = family as u8 | if loader { M_LOADER } else { 0 };
     // Relaxed: published by the Release store of LIVE below.
@@ -240,34 +241,6 @@ unsafe fn damage(lo: usize, hi: usize, v: u8) -> Option<Damage> {
     unsafe { locate_damage(lo, hi, v) }
 }
 
-/// Whether every byte of `[lo, hi)` is `v`: a word at a time, the last word overlapping
-/// (unaligned loads, no byte loop for ranges of 8 bytes or more).
-///
-/// # Safety
-/// The range is mapped and readable.
-#[inline]
-unsafe fn all(lo: usize, hi: usize, v: u8) -> bool {
-    let n = hi.saturating_sub(lo);
-    if n < 8 {
-        // SAFETY: forwarded.
-        return (lo..hi).all(|a| unsafe { *(a as *const u8) } == v);
-    }
-    let pat = u64::from_ne_bytes([v; 8]);
-    // SAFETY: every load lies in the range.
-    let word = |a: usize| unsafe { (a as *const u64).read_unaligned() } ^ pat;
-    let mut acc = word(hi - 8);
-    let mut a = lo;
-    while a + 32 <= hi {
-        acc |= word(a) | word(a + 8) | word(a + 16) | word(a + 24);
-        a += 32;
-    }
-    while a + 8 <= hi {
-        acc |= word(a);
-        a += 8;
-    }
-    acc == 0
-}
-
 #[cold]
 #[inline(never)]
 unsafe fn locate_damage(lo: usize, hi: usize, v: u8) -> Option<Damage> {
@@ -313,6 +286,12 @@ fn family_of(m: &Meta) -> Family {
 }
 
 /// Reports damage in the redzones of the busy slot `loc` and repairs them.
+///
+/// The fast test reads the whole gap after the object and the always-redzone tail of the
+/// previous slot: every byte there is redzone whatever the neighbours' state, so an intact
+/// pair settles it in a few loads. Only damage sends it to [`redzone_damage`], which splits
+/// the gaps between neighbours as the report must.
+#[inline]
 fn check_redzones(
     rt: &Runtime,
     o: &Options,
@@ -324,31 +303,78 @@ fn check_redzones(
 ) {
     let size = m.size();
     let cs = class_size(loc.class);
-    let lz = left_len(loc);
     // A freed object smaller than 16 bytes keeps its free track in the gap.
+    let from = if quarantined { size.max(16) } else { size };
+    // SAFETY: the tail of the previous slot (slot 0 is a pad) and this slot's gap lie in the
+    // heap's space, which stays mapped.
+    if unsafe {
+        all(loc.slot - TAIL, loc.slot, REDZONE) && all(loc.slot + from, loc.slot + cs, REDZONE)
+    } {
+        return;
+    }
+    redzone_damage(rt, o, loc, m, quarantined, when, regs);
+}
+
+#[cold]
+#[inline(never)]
+fn redzone_damage(
+    rt: &Runtime,
+    o: &Options,
+    loc: Loc,
+    m: &Meta,
+    quarantined: bool,
+    when: Found,
+    regs: &Regs,
+) {
+    let size = m.size();
+    let cs = class_size(loc.class);
+    let lz = left_len(loc);
     let from = if quarantined { size.max(16) } else { size };
     let (l, r) = (loc.slot - lz, loc.slot + right_end(size, cs));
     // SAFETY: the left zone ends the previous slot, the right one is this slot's gap: both
-    // in the heap's space, which stays mapped.
+    // in the heap's space, which stays mapped. Damage outside them belongs to a neighbour
+    // and is found (and repaired) with it.
     let d = unsafe { damage(l, loc.slot, REDZONE).or_else(|| damage(loc.slot + from, r, REDZONE)) };
     if let Some(d) = d {
         let access = Access::Corrupt { damage: d, when };
         rt.report_object(o, Kind::OutOfBounds, access, Some(object(loc, m, quarantined)), regs);
         // SAFETY: as above; the bytes are redzone again.
         unsafe {
-            core::ptr::write_bytes(l as *mut u8, REDZONE, lz);
-            core::ptr::write_bytes((loc.slot + from) as *mut u8, REDZONE, r - loc.slot - from);
+            fill(l, lz, REDZONE);
+            fill(loc.slot + from, r - loc.slot - from, REDZONE);
         }
     }
 }
 
 /// Verifies a busy quarantined slot: redzones, free track, poison.
+#[inline]
 fn verify(rt: &Runtime, o: &Options, loc: Loc, m: &Meta, when: Found, regs: &Regs) {
     check_redzones(rt, o, loc, m, true, when, regs);
     let size = m.size();
     let s = loc.slot;
     let (off, n) = fm_span(size);
     // The poisoned body: everything but the free track records.
+    let (body, body2) = ((s, s + off), (s + off + 16 * n, s + size));
+    // SAFETY: the object lies in the slot, owned by the quarantine; the records lie in it.
+    let intact = unsafe {
+        all(body.0, body.1, POISON) && all(body2.0, body2.1, POISON) && {
+            let first = ((s + off) as *const [u64; 2]).read();
+            first[1] == fm_check(first[0], s)
+                && (n == 1 || ((s + off + 16) as *const [u64; 2]).read() == first)
+        }
+    };
+    if !intact {
+        poison_damage(rt, o, loc, m, when, regs);
+    }
+}
+
+/// The slow part of [`verify`]: locates, reports and repairs damage to poison or records.
+#[cold]
+#[inline(never)]
+fn poison_damage(rt: &Runtime, o: &Options, loc: Loc, m: &Meta, when: Found, regs: &Regs) {
+    let size = m.size();
+    let s = loc.slot;
+    let (off, n) = fm_span(size);
     let (body, body2) = ((s, s + off), (s + off + 16 * n, s + size));
     // SAFETY: the object lies in the slot, owned by the quarantine.
     let mut d = unsafe { join(damage(body.0, body.1, POISON), damage(body2.0, body2.1, POISON)) };
@@ -371,8 +397,8 @@ fn verify(rt: &Runtime, o: &Options, loc: Loc, m: &Meta, when: Found, regs: &Reg
         rt.report_object(o, Kind::UseAfterFree, access, Some(object(loc, m, true)), regs);
         // SAFETY: as above; poison and records again (the free track stays lost if it was).
         unsafe {
-            core::ptr::write_bytes(body.0 as *mut u8, POISON, body.1.saturating_sub(body.0));
-            core::ptr::write_bytes(body2.0 as *mut u8, POISON, body2.1.saturating_sub(body2.0));
+            fill(body.0, body.1.saturating_sub(body.0), POISON);
+            fill(body2.0, body2.1.saturating_sub(body2.0), POISON);
             if let Some(t) = track {
                 fm_write(s, size, t);
             }
@@ -434,7 +460,7 @@ pub(crate) unsafe fn free(
     let size = m.size();
     // SAFETY: the slot is busy, ours; object and free track lie in it.
     unsafe {
-        core::ptr::write_bytes(p as *mut u8, POISON, size);
+        fill(p, size, POISON);
         fm_write(p, size, t);
     }
     m.set(state::QUARANTINED);
@@ -557,7 +583,7 @@ pub(crate) fn realloc_in_place(
     let old = m.size();
     if new_size < old {
         // SAFETY: the slot is busy, ours; the old object's tail becomes redzone.
-        unsafe { core::ptr::write_bytes((p + new_size) as *mut u8, REDZONE, old - new_size) };
+        unsafe { fill(p + new_size, old - new_size, REDZONE) };
     }
     let t = rt.track(o, regs);
     // Relaxed: published by the Release store of LIVE.
