@@ -7,7 +7,8 @@
 
 use super::arch::{self, SHADOW_OFFSET};
 use super::state::{
-    self, ThreadState, ACTIVE, CAPACITY, FAILED, ORPHAN_SEEN, STACK_SWITCHED, THREAD_OFF, UNINIT,
+    self, ThreadState, ACTIVE, CAPACITY, FAILED, MEMO_ENTRIES, MEMO_FRAMES, MEMO_WORDS,
+    ORPHAN_SEEN, STACK_SWITCHED, THREAD_OFF, UNINIT,
 };
 use super::walk::{self, Entry, Machine, Policy};
 use super::{policy, CROSS_CHECK, CROSS_CHECKS, CROSS_CHECK_FAILURES, ENABLED};
@@ -469,7 +470,7 @@ fn steady_save(
     let (base, below) = (known as u32, (known >> 32) as usize);
     let cap = buf.len().min(stackdepot::MAX_DEPTH);
     if base != 0 && below + k <= cap {
-        let handle = stackdepot::save_on(Handle::from_raw(base), below, &buf[..k]);
+        let handle = Memo::of(nodes).save_on(base, below, &buf[..k]);
         count(st, k, 0);
         bump(&st.incremental, 1);
         return Some(Ok(super::Saved { handle, frames: below + k, incremental: true }));
@@ -502,6 +503,70 @@ fn steady_save(
         j -= 1;
     }
     Some(Ok(super::Saved { handle, frames: n, incremental: false }))
+}
+
+/// The thread's save memo: the handles of its latest incremental saves, keyed by the base
+/// handle and the new frames, which it keeps whole (direct-mapped by their hash, checked
+/// word for word). A thread that allocates in a loop saves the same few new frames on the
+/// same base again and again; the memo answers those from a line it just used, where the
+/// depot's lookup pays a cache miss per frame on its bucket table. A depot handle never
+/// changes meaning (the depot is never cleared), so an entry stays true. Sized by the bench's
+/// Rust workload: 256 entries answered 63% of the runs, 1024 71%, 4096 85%; 1024 entries of
+/// 112 bytes (touched as used) per thread.
+struct Memo(*const AtomicU64);
+
+impl Memo {
+    /// The memo that follows the handle words at `nodes` (non-null, from set-up).
+    #[inline(always)]
+    fn of(nodes: *const AtomicU64) -> Memo {
+        // SAFETY: the mapping holds CAPACITY handle words and then the memo (`NODES_BYTES`).
+        Memo(unsafe { nodes.add(CAPACITY) })
+    }
+
+    /// `stackdepot::save_on(base, below, frames)`, through the memo: the new frames in runs
+    /// of at most `MEMO_FRAMES`, oldest run first, each saved on the handle of the one below
+    /// (the same trie path, so the same handle, as one save of them all).
+    #[inline(always)]
+    fn save_on(&self, base: u32, below: usize, frames: &[usize]) -> Handle {
+        let mut h = Handle::from_raw(base);
+        let mut below = below;
+        for run in frames.rchunks(MEMO_FRAMES) {
+            h = self.save_run(h, below, run);
+            if h.is_none() {
+                return h;
+            }
+            below += run.len();
+        }
+        h
+    }
+
+    #[inline(always)]
+    fn save_run(&self, base: Handle, below: usize, frames: &[usize]) -> Handle {
+        let k = frames.len();
+        let key = u64::from(base.to_raw()) | (k as u64) << 32 | 1 << 63;
+        let mut h = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for &f in frames {
+            h = (h ^ f as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+        let i = (h >> 48) as usize % MEMO_ENTRIES;
+        // SAFETY: entry `i < MEMO_ENTRIES` of the memo, `MEMO_WORDS` words each.
+        let e = unsafe { core::slice::from_raw_parts(self.0.add(i * MEMO_WORDS), MEMO_WORDS) };
+        // Relaxed (all words): this thread's own memory, read and written with `busy` held.
+        if e[0].load(Relaxed) == key
+            && frames.iter().zip(&e[2..]).all(|(&f, w)| w.load(Relaxed) == f as u64)
+        {
+            return Handle::from_raw(e[1].load(Relaxed) as u32);
+        }
+        let handle = stackdepot::save_on(base, below, frames);
+        if !handle.is_none() {
+            e[0].store(key, Relaxed);
+            e[1].store(u64::from(handle.to_raw()), Relaxed);
+            for (&f, w) in frames.iter().zip(&e[2..]) {
+                w.store(f as u64, Relaxed);
+            }
+        }
+        handle
+    }
 }
 
 /// See [`super::thread_counters`].

@@ -70,7 +70,8 @@ pub(crate) struct ThreadState {
     /// `*mut AtomicU64`: per array entry, the depot handle of the trace from that entry's
     /// frame down (`handle | frames << 32`; 0 = not known), 0 before set-up. Valid while the
     /// entry is: a live frame's callers do not change, and every commit of new entries clears
-    /// their words. Read and written by [`super::live`] with `busy` held.
+    /// their words. Read and written by [`super::live`] with `busy` held. The save memo's
+    /// [`MEMO_ENTRIES`] entries of [`MEMO_WORDS`] words follow the `CAPACITY` handle words.
     pub nodes: AtomicUsize,
     /// Counters of this thread ([`super::Counters`]); `returns` is counted by the trampoline
     /// (`arch`).
@@ -104,8 +105,16 @@ impl ThreadState {
     }
 }
 
-/// Bytes of the [`ThreadState::nodes`] mapping.
-const NODES_BYTES: usize = CAPACITY * 8;
+/// Bytes of the [`ThreadState::nodes`] mapping: the handle words of the entries, then the
+/// save memo (`super::live::Memo`).
+const NODES_BYTES: usize = CAPACITY * 8 + MEMO_ENTRIES * MEMO_WORDS * 8;
+
+/// Entries of the per-thread save memo (a power of two).
+pub(super) const MEMO_ENTRIES: usize = 1024;
+/// New frames a memo entry holds.
+pub(super) const MEMO_FRAMES: usize = 12;
+/// Words of one memo entry: key, handle, frames.
+pub(super) const MEMO_WORDS: usize = 2 + MEMO_FRAMES;
 
 /// Process-wide key whose destructor releases a thread's mappings at exit; 0 = not created.
 static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
