@@ -521,6 +521,13 @@ impl Depot {
         (id == ROOT).then_some(w0.w0)
     }
 
+    /// Whether `id` is a published node, the child `ra` of `parent` (any id is safe to ask
+    /// about: it is checked as a caller's handle).
+    #[inline(always)]
+    fn is_child(&self, id: u32, parent: u32, ra: usize) -> bool {
+        self.checked(id).is_some_and(|n| n.parent == parent && n.ra == ra)
+    }
+
     /// Lock-free lookup of the child `ra` of node `parent`.
     #[inline(always)]
     fn child(&self, t: Table, parent: u32, ra: usize) -> Option<u32> {
@@ -542,13 +549,24 @@ impl Depot {
     /// The node of `frames ++ trace(base)`: lock-free down the stored part, then the insert
     /// lock for the rest. Writes `out[i]` = the node of `frames[i..] ++ trace(base)` where
     /// `out` has room. Returns 0 when refused (full, busy).
+    ///
+    /// A run of frames inserted in one go is a run of adjacent nodes, each the parent of the
+    /// next: once one child is found, the next is first looked for in the node right after
+    /// it (a load next to the one just made) before its hash bucket (a cache miss per frame
+    /// on a table sized for the budget).
     #[inline]
     fn extend(&self, t: Table, base: u32, frames: &[usize], out: &mut [Handle]) -> u32 {
         let mut p = base;
         let mut rest = frames.len();
+        let mut after = None;
         while rest > 0 {
-            match self.child(t, p, frames[rest - 1]) {
-                Some(c) => p = c,
+            let ra = frames[rest - 1];
+            let next = after.filter(|&g| self.is_child(g, p, ra)).or_else(|| self.child(t, p, ra));
+            match next {
+                Some(c) => {
+                    p = c;
+                    after = Some(c.wrapping_add(NODE_WORDS));
+                }
                 None => break,
             }
             rest -= 1;

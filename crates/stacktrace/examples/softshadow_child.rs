@@ -446,6 +446,8 @@ mod imp {
                 }
                 let c = softshadow::thread_counters();
                 check!(c.incremental_saves > 10_000, "incremental saves happen: {c:?}");
+                // The memo answers some of them (each checked against a whole save above).
+                check!(c.memo_hits > 1_000, "memo hits happen: {c:?}");
                 check!(c.trampoline_returns > 0 && c.frames_patched > 0, "{c:?}");
                 check!(c.captures >= 400_000, "{c:?}");
             })

@@ -1036,13 +1036,14 @@ pub(crate) fn stats(reporter: &Reporter, o: &Options) {
             let _ = writeln!(
                 b,
                 "ukasan: stats: shadow_captures={} frames_walked={} frames_copied={} \
-                 frames_patched={} trampoline_returns={} incremental_saves={}",
+                 frames_patched={} trampoline_returns={} incremental_saves={} memo_hits={}",
                 c.captures,
                 c.frames_walked,
                 c.frames_copied,
                 c.frames_patched,
                 c.trampoline_returns,
-                c.incremental_saves
+                c.incremental_saves,
+                c.memo_hits
             );
         }
     });

@@ -140,13 +140,14 @@ fn counters(cell: &Cell, median: f64) -> String {
         let per = |k: &str| s.get(k).map_or(0.0, |v| v / sc);
         parts.push(format!(
             "shadow: {} captures, {:.1} walked + {:.1} copied/capture, {} patched, {} returns, \
-             {:.0}% incremental",
+             {:.0}% incremental, {:.0}% from the memo",
             human(sc),
             per("frames_walked"),
             per("frames_copied"),
             human(s.get("frames_patched").copied().unwrap_or(0.0)),
             human(s.get("trampoline_returns").copied().unwrap_or(0.0)),
-            100.0 * per("incremental_saves")
+            100.0 * per("incremental_saves"),
+            100.0 * per("memo_hits")
         ));
     }
     if run.reports > 0 {
@@ -388,6 +389,7 @@ mod tests {
                 ("frames_patched", 40.0),
                 ("trampoline_returns", 30.0),
                 ("incremental_saves", 900.0),
+                ("memo_hits", 600.0),
             ],
         );
         let s = counters(&c, 2.0);
@@ -395,7 +397,7 @@ mod tests {
         assert!(
             s.contains(
                 "shadow: 1000 captures, 3.0 walked + 1.0 copied/capture, 40 patched, 30 returns, \
-                 90% incremental"
+                 90% incremental, 60% from the memo"
             ),
             "{s}"
         );

@@ -470,7 +470,7 @@ fn steady_save(
     let (base, below) = (known as u32, (known >> 32) as usize);
     let cap = buf.len().min(stackdepot::MAX_DEPTH);
     if base != 0 && below + k <= cap {
-        let handle = Memo::of(nodes).save_on(base, below, &buf[..k]);
+        let handle = Memo::of(nodes).save_on(st, base, below, &buf[..k]);
         count(st, k, 0);
         bump(&st.incremental, 1);
         return Some(Ok(super::Saved { handle, frames: below + k, incremental: true }));
@@ -527,21 +527,28 @@ impl Memo {
     /// of at most `MEMO_FRAMES`, oldest run first, each saved on the handle of the one below
     /// (the same trie path, so the same handle, as one save of them all).
     #[inline(always)]
-    fn save_on(&self, base: u32, below: usize, frames: &[usize]) -> Handle {
+    fn save_on(&self, st: &ThreadState, base: u32, below: usize, frames: &[usize]) -> Handle {
         let mut h = Handle::from_raw(base);
         let mut below = below;
+        let mut all_hit = true;
         for run in frames.rchunks(MEMO_FRAMES) {
-            h = self.save_run(h, below, run);
+            let hit;
+            (h, hit) = self.save_run(h, below, run);
             if h.is_none() {
                 return h;
             }
+            all_hit &= hit;
             below += run.len();
+        }
+        if all_hit {
+            bump(&st.memo_hits, 1);
         }
         h
     }
 
+    /// One run: its handle, and whether the memo knew it.
     #[inline(always)]
-    fn save_run(&self, base: Handle, below: usize, frames: &[usize]) -> Handle {
+    fn save_run(&self, base: Handle, below: usize, frames: &[usize]) -> (Handle, bool) {
         let k = frames.len();
         let key = u64::from(base.to_raw()) | (k as u64) << 32 | 1 << 63;
         let mut h = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -555,7 +562,7 @@ impl Memo {
         if e[0].load(Relaxed) == key
             && frames.iter().zip(&e[2..]).all(|(&f, w)| w.load(Relaxed) == f as u64)
         {
-            return Handle::from_raw(e[1].load(Relaxed) as u32);
+            return (Handle::from_raw(e[1].load(Relaxed) as u32), true);
         }
         let handle = stackdepot::save_on(base, below, frames);
         if !handle.is_none() {
@@ -565,7 +572,7 @@ impl Memo {
                 w.store(f as u64, Relaxed);
             }
         }
-        handle
+        (handle, false)
     }
 }
 
@@ -581,6 +588,7 @@ pub(super) fn thread_counters() -> super::Counters {
         frames_patched: g(&st.patched),
         trampoline_returns: g(&st.returns),
         incremental_saves: g(&st.incremental),
+        memo_hits: g(&st.memo_hits),
     }
 }
 

@@ -218,6 +218,8 @@ pub struct Counters {
     pub trampoline_returns: u64,
     /// Captures saved incrementally ([`capture_and_save_from`]: only the changed frames).
     pub incremental_saves: u64,
+    /// Incremental saves answered whole by the thread's memo (no depot lookup).
+    pub memo_hits: u64,
 }
 
 impl Counters {
@@ -228,11 +230,12 @@ impl Counters {
         self.frames_patched += o.frames_patched;
         self.trampoline_returns += o.trampoline_returns;
         self.incremental_saves += o.incremental_saves;
+        self.memo_hits += o.memo_hits;
     }
 }
 
 /// Counters of threads that have exited.
-static RETIRED: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+static RETIRED: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
 
 /// The calling thread's counters. Async-signal-safe.
 pub fn thread_counters() -> Counters {
@@ -246,7 +249,7 @@ pub fn thread_counters() -> Counters {
 /// from the main thread: the whole run, minus threads still running). Async-signal-safe.
 pub fn counters() -> Counters {
     // Relaxed: statistics.
-    let r: [u64; 6] = core::array::from_fn(|i| RETIRED[i].load(Relaxed));
+    let r: [u64; 7] = core::array::from_fn(|i| RETIRED[i].load(Relaxed));
     let mut c = Counters {
         captures: r[0],
         frames_walked: r[1],
@@ -254,6 +257,7 @@ pub fn counters() -> Counters {
         frames_patched: r[3],
         trampoline_returns: r[4],
         incremental_saves: r[5],
+        memo_hits: r[6],
     };
     c.add(thread_counters());
     c
@@ -262,7 +266,15 @@ pub fn counters() -> Counters {
 /// Adds an exiting thread's counters to [`RETIRED`] and zeroes them.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn retire_counters(st: &state::ThreadState) {
-    let fields = [&st.captures, &st.walked, &st.copied, &st.patched, &st.returns, &st.incremental];
+    let fields = [
+        &st.captures,
+        &st.walked,
+        &st.copied,
+        &st.patched,
+        &st.returns,
+        &st.incremental,
+        &st.memo_hits,
+    ];
     for (sum, f) in RETIRED.iter().zip(fields) {
         // Relaxed: statistics.
         sum.fetch_add(f.swap(0, Relaxed) as u64, Relaxed);

@@ -86,6 +86,8 @@ pub(crate) struct ThreadState {
     pub returns: AtomicUsize,
     /// See `captures`.
     pub incremental: AtomicUsize,
+    /// See `captures`.
+    pub memo_hits: AtomicUsize,
 }
 
 /// Entries of [`ThreadState::record_pcs`] (a power of two).
