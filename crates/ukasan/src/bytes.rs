@@ -16,7 +16,7 @@ pub(crate) unsafe fn all(lo: usize, hi: usize, v: u8) -> bool {
         return true;
     }
     let n = hi - lo;
-    // SAFETY (every load below): each lies in `[lo, hi)`, by the length test before it.
+    // SAFETY: every load below lies in `[lo, hi)`, by the length test before it.
     unsafe {
         if n >= 8 {
             let pat = u64::from_ne_bytes([v; 8]);
@@ -97,7 +97,7 @@ unsafe fn all_long(lo: usize, hi: usize, v: u8) -> bool {
 #[inline(always)]
 pub(crate) unsafe fn fill(lo: usize, n: usize, v: u8) {
     let hi = lo + n;
-    // SAFETY (every store below): each lies in `[lo, hi)`, by the length test before it.
+    // SAFETY: every store below lies in `[lo, hi)`, by the length test before it.
     unsafe {
         if n > 32 {
             core::ptr::write_bytes(lo as *mut u8, v, n);
@@ -132,13 +132,14 @@ mod tests {
         let base = buf.as_ptr() as usize;
         for lo in 0..20 {
             for hi in lo..280 {
-                // SAFETY (all below): inside `buf`.
+                // SAFETY: inside `buf` (as every check below).
                 assert!(unsafe { all(base + lo, base + hi, 0xab) }, "{lo}..{hi}");
                 for at in [lo, lo + 1, (lo + hi) / 2, hi.saturating_sub(2), hi.saturating_sub(1)] {
                     if !(lo..hi).contains(&at) {
                         continue;
                     }
                     buf[at] = 0xaa;
+                    // SAFETY: as above.
                     assert!(!unsafe { all(base + lo, base + hi, 0xab) }, "{lo}..{hi} at {at}");
                     buf[at] = 0xab;
                 }
@@ -147,6 +148,7 @@ mod tests {
                     buf[lo - 1] = 0;
                 }
                 buf[hi] = 0;
+                // SAFETY: as above.
                 assert!(unsafe { all(base + lo, base + hi, 0xab) }, "{lo}..{hi} edges");
                 if lo > 0 {
                     buf[lo - 1] = 0xab;
