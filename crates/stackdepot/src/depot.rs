@@ -238,6 +238,22 @@ impl Depot {
         self.finish(id, len)
     }
 
+    /// As [`save_on`](Self::save_on), without counting the result as a saved trace in
+    /// [`stats`](Self::stats): a step of a longer save (the older part of the new frames,
+    /// saved on in turn), whose handle is the same as `save_on`'s.
+    #[inline]
+    pub fn extend_on(&self, base: Handle, base_len: usize, frames: &[usize]) -> Handle {
+        let len = base_len.saturating_add(frames.len());
+        let Some(t) = self.table() else { return Handle::NONE };
+        if len > MAX_DEPTH || !self.is_node(base.id()) {
+            return Handle::NONE;
+        }
+        match self.extend(t, base.id(), frames, &mut []) {
+            0 => Handle::NONE,
+            id => Handle::from_id(id),
+        }
+    }
+
     /// As [`save`](Self::save), and also writes to `suffixes[i]` the handle of
     /// `frames[i..]`, for every `i < suffixes.len()` (the handles of the old parts of the
     /// trace, for later [`save_on`](Self::save_on) calls; `NONE` where not stored).
@@ -1161,6 +1177,25 @@ mod tests {
         assert_eq!(d.save_on(Handle::NONE, 0, &t), Handle::NONE);
         assert_eq!(d.save_on(Handle::from_id(h.id() + 50), 0, &t), Handle::NONE);
         assert_eq!(d.save_on(h, MAX_DEPTH, &[1]), Handle::NONE, "too deep");
+    }
+
+    #[test]
+    fn extend_on_gives_save_ons_handle_without_counting_a_trace() {
+        let d = Depot::new(1 << 20);
+        let t: Vec<usize> = (0..20).map(|i| 0x50_0000 + 8 * i).collect();
+        let base = d.save(&t[12..]);
+        let before = d.stats();
+        // The older run of the new frames, then the newer one on it: a save in two steps.
+        let mid = d.extend_on(base, 8, &t[6..12]);
+        assert_eq!(d.stats().unique_traces, before.unique_traces, "a step is not a trace");
+        let h = d.save_on(mid, 14, &t[..6]);
+        assert_eq!(h, d.save(&t));
+        assert_eq!(mid, d.extend_on(base, 8, &t[6..12]), "the same node again");
+        let after = d.stats();
+        assert_eq!(after.unique_traces, before.unique_traces + 1);
+        assert_eq!(after.frames_stored, before.frames_stored + 20);
+        assert_eq!(d.extend_on(Handle::NONE, 0, &t), Handle::NONE);
+        assert_eq!(d.extend_on(base, MAX_DEPTH, &[1]), Handle::NONE, "too deep");
     }
 
     #[cfg(not(miri))]

@@ -173,6 +173,12 @@ pub fn save_on(base: Handle, base_len: usize, frames: &[usize]) -> Handle {
     GLOBAL.save_on(base, base_len, frames)
 }
 
+/// [`Depot::extend_on`] on the process-global depot.
+#[inline]
+pub fn extend_on(base: Handle, base_len: usize, frames: &[usize]) -> Handle {
+    GLOBAL.extend_on(base, base_len, frames)
+}
+
 /// [`Depot::save_with_suffixes`] on the process-global depot.
 pub fn save_with_suffixes(frames: &[usize], suffixes: &mut [Handle]) -> Handle {
     GLOBAL.save_with_suffixes(frames, suffixes)

@@ -29,7 +29,7 @@ mod imp {
         let mut buf = [0usize; 128];
         match softshadow::capture(&mut buf) {
             Ok(n) => n,
-            Err(e) => fail(&format!("capture: {e}")),
+            Err(e) => fail(&format!("capture: {e} {:?}", softshadow::thread_stats())),
         }
     }
 

@@ -143,6 +143,16 @@ impl Machine for Live<'_> {
     }
 
     #[inline(always)]
+    fn stage(&mut self, slot: usize, caller_fp: usize) {
+        // SAFETY: as in `patch`, `slot - 8` lies in the frame of the function that `slot`
+        // returns from (at or above the caller's sp), whose shadow word is mapped and holds
+        // no return address (see `walk`).
+        unsafe {
+            ((slot - 8).wrapping_add_signed(SHADOW_OFFSET) as *mut usize).write_volatile(caller_fp)
+        };
+    }
+
+    #[inline(always)]
     fn trampoline(&self) -> usize {
         self.tramp
     }
@@ -531,9 +541,10 @@ impl Memo {
         let mut h = Handle::from_raw(base);
         let mut below = below;
         let mut all_hit = true;
-        for run in frames.rchunks(MEMO_FRAMES) {
+        let last = frames.len().div_ceil(MEMO_FRAMES);
+        for (i, run) in frames.rchunks(MEMO_FRAMES).enumerate() {
             let hit;
-            (h, hit) = self.save_run(h, below, run);
+            (h, hit) = self.save_run(h, below, run, i + 1 == last);
             if h.is_none() {
                 return h;
             }
@@ -546,11 +557,18 @@ impl Memo {
         h
     }
 
-    /// One run: its handle, and whether the memo knew it.
+    /// One run: its handle, and whether the memo knew it. Only the newest run of a save
+    /// counts as a saved trace in the depot's statistics (`whole`).
     #[inline(always)]
-    fn save_run(&self, base: Handle, below: usize, frames: &[usize]) -> (Handle, bool) {
+    fn save_run(
+        &self,
+        base: Handle,
+        below: usize,
+        frames: &[usize],
+        whole: bool,
+    ) -> (Handle, bool) {
         let k = frames.len();
-        let key = u64::from(base.to_raw()) | (k as u64) << 32 | 1 << 63;
+        let key = u64::from(base.to_raw()) | (k as u64) << 32 | u64::from(whole) << 62 | 1 << 63;
         let mut h = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         for &f in frames {
             h = (h ^ f as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -564,7 +582,11 @@ impl Memo {
         {
             return (Handle::from_raw(e[1].load(Relaxed) as u32), true);
         }
-        let handle = stackdepot::save_on(base, below, frames);
+        let handle = if whole {
+            stackdepot::save_on(base, below, frames)
+        } else {
+            stackdepot::extend_on(base, below, frames)
+        };
         if !handle.is_none() {
             e[0].store(key, Relaxed);
             e[1].store(u64::from(handle.to_raw()), Relaxed);

@@ -240,10 +240,10 @@ fn register_exit_hook(st: &ThreadState) {
     };
 }
 
-/// Thread exit: release the array and the stack shadow, unless a patched frame may still be
-/// live above (a thread calling `exit()`: atexit handlers and unwinders still need the
-/// shadow), in which case both are kept. Runs after the thread's start routine has returned
-/// or been unwound, so normally no patched frame is left.
+/// Thread exit: release the array and the stack shadow. Runs after the thread's start
+/// routine has returned or been unwound, so the patched frames left are those that never
+/// return (glibc's `start_thread`, which ends in `exit`): each gets its real return address
+/// back first, so that nothing on the stack needs the shadow any more.
 extern "C" fn on_thread_exit(p: *mut libc::c_void) {
     // SAFETY: `p` is the value set by `register_exit_hook`: this thread's state block.
     let st = unsafe { &*(p as *const ThreadState) };
@@ -261,12 +261,21 @@ extern "C" fn on_thread_exit(p: *mut libc::c_void) {
         let e = unsafe { entries.add(i).read() };
         let slot = e.ret_sp.wrapping_sub(8);
         if slot > here && slot >= lo && slot + 8 <= hi {
-            // SAFETY: the slot lies in the live part of this thread's stack (above us).
-            if unsafe { (slot as *const usize).read_volatile() } == tramp {
-                return;
+            // SAFETY: the slot lies in the live part of this thread's stack (above us), and a
+            // patched slot's shadow word (mapped until below) holds its real return address.
+            // The slot is written before the shadow goes: an unwinder interrupting us (a
+            // signal handler) reads one or the other, both right.
+            unsafe {
+                let at = slot as *mut usize;
+                if at.read_volatile() == tramp {
+                    let real =
+                        (slot.wrapping_add_signed(SHADOW_OFFSET) as *const usize).read_volatile();
+                    at.write_volatile(real);
+                }
             }
         }
     }
+    compiler_fence(SeqCst);
     st.entries.store(0, Relaxed);
     st.len.store(0, Relaxed);
     let nodes = st.nodes.swap(0, Relaxed);

@@ -8,7 +8,7 @@
 //! has its entry, the rest of the stack is known: the walk copies the array from there
 //! (newest first) and, if the buffer still has room below the oldest entry, walks on from
 //! that entry's record. Otherwise the frame is new: its return address is written out, and,
-//! if every frame from the top down to it is proven to keep a frame record (`trusted`) and
+//! if every frame from the top down to it was reached by exact steps (`trusted`) and
 //! the policy does not skip it, it is staged for patching in the free part of the array.
 //!
 //! Staged frames are committed (array order oldest -> newest, slots patched, length published
@@ -18,6 +18,13 @@
 //! the array full) they form a *segment* whose oldest entry carries [`GAP`]: a later copy
 //! that reaches it walks the frames below until the next patched slot. Top entries whose
 //! slot lies below the caller's stack pointer or no longer holds the trampoline are dropped.
+//!
+//! A walk that goes on below an entry needs the caller's frame pointer there: staging a
+//! frame records it in the stack shadow of the word below the slot ([`Machine::stage`]),
+//! which no return address ever occupies (a call pushes its return address at least 16
+//! bytes below the caller's own, by the ABI's stack alignment). So frames reached through
+//! the CFI are patched as well as frame records: code built without frame pointers (the
+//! Debian builds of python3 and sqlite3) is copied from the array like any other.
 
 use crate::Regs;
 
@@ -60,6 +67,9 @@ pub(super) trait Machine {
     fn walk_from(&self, pc: usize, sp: usize, fp: usize, buf: &mut [usize]) -> usize;
     /// Records `ra` in the stack shadow of `slot`, then writes the trampoline into `slot`.
     fn patch(&mut self, slot: usize, ra: usize);
+    /// Records `caller_fp` (the frame pointer of the caller that `slot` returns to) in the
+    /// stack shadow of `slot - 8`, for walks that go on below the entry once it is patched.
+    fn stage(&mut self, slot: usize, caller_fp: usize);
     /// The trampoline's address.
     fn trampoline(&self) -> usize;
 }
@@ -80,9 +90,8 @@ pub(super) enum Unwind {
 
 /// One exact step of a walk: the frame-pointer step where the CFI proves it, else the CFI's.
 enum Next {
-    /// The caller: its pc `ra` (read from `slot`), sp and fp; `record`: reached through a
-    /// frame record at the callee's fp (`slot = fp + 8`, its saved fp at `slot - 8`).
-    Caller { ra: usize, slot: usize, sp: usize, fp: usize, record: bool },
+    /// The caller: its pc `ra` (read from `slot`), sp and fp.
+    Caller { ra: usize, slot: usize, sp: usize, fp: usize },
     /// The walk ends here.
     End,
     /// The full DWARF walker must continue from this frame.
@@ -100,9 +109,7 @@ fn next<M: Machine>(m: &M, pc: usize, sp: usize, fp: usize) -> Next {
                 return Next::End;
             }
             match m.read_pair(fp) {
-                Some((up, ra)) => {
-                    Next::Caller { ra, slot: fp + 8, sp: fp + 16, fp: up, record: true }
-                }
+                Some((up, ra)) => Next::Caller { ra, slot: fp + 8, sp: fp + 16, fp: up },
                 None => Next::End,
             }
         }
@@ -119,7 +126,7 @@ fn next<M: Machine>(m: &M, pc: usize, sp: usize, fp: usize) -> Next {
                     None => return Next::End,
                 },
             };
-            Next::Caller { ra, slot, sp: cfa, fp: up, record: false }
+            Next::Caller { ra, slot, sp: cfa, fp: up }
         }
         Unwind::Stop => Next::End,
         Unwind::Dwarf => Next::Dwarf,
@@ -172,8 +179,8 @@ pub(super) fn capture<M: Machine>(
     let mut n = 1;
     let free = arr.len().saturating_sub(len);
     // The walk is exact (`next`): frame k runs at pc_k with registers (floor, fp), so every
-    // frame that keeps its frame record may be patched (a later copy finds its caller's fp
-    // below the slot), also below code without frame pointers: a run of frames that is not
+    // frame may be patched (a later copy finds its caller's fp in the stack shadow below the
+    // slot, `Machine::stage`), with or without a frame record: a run of frames that is not
     // patched between two that are ends a segment (`GAP` on the newer). `trusted` turns off
     // for good at an orphan patched slot (nothing beyond it connects) or a signal frame.
     let mut trusted = policy.patch;
@@ -187,8 +194,8 @@ pub(super) fn capture<M: Machine>(
         if n >= buf.len() && !(staging && extra < policy.extra) {
             break;
         }
-        let (raw, slot, up_sp, up, record) = match next(m, pc_k, floor, fp) {
-            Next::Caller { ra, slot, sp, fp, record } => (ra, slot, sp, fp, record),
+        let (raw, slot, up_sp, up) = match next(m, pc_k, floor, fp) {
+            Next::Caller { ra, slot, sp, fp, .. } => (ra, slot, sp, fp),
             Next::End => break,
             Next::Dwarf => {
                 trusted = false;
@@ -217,8 +224,9 @@ pub(super) fn capture<M: Machine>(
         if ra < MIN_PC {
             break;
         }
-        if trusted && record && !overflow && k >= policy.skip {
+        if trusted && !overflow && k >= policy.skip {
             if staged < free {
+                m.stage(slot, up);
                 if staged > 0 && last + 1 != k {
                     // Unpatched frames between this one and the newer staged one.
                     arr[len + staged - 1].ra |= GAP;
@@ -429,9 +437,9 @@ fn copy_segments<M: Machine>(
         }
         let e = arr[at];
         j = at;
-        // Patched frames kept their frame record: the caller's fp is saved below the slot.
-        // The caller (pc buf[n - 1]) and those below may have none: exact steps.
-        let (Some(mut fp), mut floor) = (m.read(e.ret_sp - 16), e.ret_sp) else { break };
+        // The caller's fp, recorded when the entry was staged. The caller (pc buf[n - 1])
+        // and those below may have no frame record: exact steps.
+        let (Some(mut fp), mut floor) = (m.shadow(e.ret_sp - 16), e.ret_sp) else { break };
         let mut pc = e.ra & !GAP;
         let mut resume = None;
         while n < buf.len() {
@@ -632,6 +640,9 @@ mod tests {
             self.words.insert(slot, TRAMP);
             self.patches += 1;
         }
+        fn stage(&mut self, slot: usize, caller_fp: usize) {
+            self.shadow.insert(slot - 8, caller_fp);
+        }
         fn trampoline(&self) -> usize {
             TRAMP
         }
@@ -770,17 +781,33 @@ mod tests {
         let regs = Regs { pc: 0x9000, sp: cb - 16, fp: cb, pc_is_exact: false };
         let want = [0x9000, 0x2000, 0x1004, 0x1003, 0x1002, 0x1001, 0x1000];
         assert_eq!(run(&mut img, &mut arr, &mut len, &regs, 32, ALL), want);
-        // The frame records are patched, above and below the C frame, which the callback's
-        // entry marks as a gap.
-        assert_eq!((len, img.patches), (5, 5));
-        assert_eq!(arr[4], Entry { ra: 0x2000 | GAP, ret_sp: cb + 16 });
+        // Every frame is patched, the C frame (reached through its CFI) too: one run, no gap.
+        assert_eq!((len, img.patches), (6, 6));
+        assert_eq!(arr[5], Entry { ra: 0x2000, ret_sp: cb + 16 });
+        assert_eq!(arr[4], Entry { ra: 0x1004, ret_sp: c_cfa });
         assert_eq!(arr[3], Entry { ra: 0x1003, ret_sp: rec(3) + 16 });
-        // Steady state: the copy walks on through the C frame with its CFI.
+        // Its caller's fp (the stale `rbp` it kept) is in the shadow below its slot.
+        assert_eq!(img.shadow[&(c_cfa - 16)], rec(3));
+        // Steady state: all copied.
         let mut buf = [0; 32];
         let n = steady(&img, &arr[..len], &regs, &mut buf, 0).expect("steady path");
         assert_eq!(buf[..n], want);
         assert_eq!(run(&mut img, &mut arr, &mut len, &regs, 32, ALL), want);
-        assert_eq!(img.patches, 5);
+        assert_eq!(img.patches, 6);
+        // With room for two entries only, the C frame's is the oldest: the copy walks on
+        // below it from the fp recorded at staging (its stack holds no frame record there).
+        let mut small = Image::default();
+        push_frames(&mut small, 0, 4);
+        small.words.insert(c_cfa - 8, 0x1004);
+        small.sp_based.insert(0x2000, 32);
+        small.words.insert(cb, rec(3));
+        small.words.insert(cb + 8, 0x2000);
+        let (mut arr_s, mut len_s) = (vec![Entry { ra: 0, ret_sp: 0 }; 2], 0);
+        assert_eq!(run(&mut small, &mut arr_s, &mut len_s, &regs, 32, ALL), want);
+        assert_eq!(len_s, 2);
+        assert_eq!(arr_s[0].ret_sp, c_cfa);
+        let n = steady(&small, &arr_s[..len_s], &regs, &mut buf, 0).expect("steady path");
+        assert_eq!(buf[..n], want, "walked on below the oldest entry");
         // A C frame on top: the steady path must not follow the stale `rbp` to the anchor.
         let c_regs = Regs { pc: 0x2000, sp: c_cfa - 32, fp: rec(3), pc_is_exact: false };
         let mut img2 = Image::default();
@@ -790,12 +817,11 @@ mod tests {
         let (mut arr2, mut len2) = (vec![Entry { ra: 0, ret_sp: 0 }; 64], 0);
         let want2 = [0x2000, 0x1004, 0x1003, 0x1002, 0x1001, 0x1000];
         assert_eq!(run(&mut img2, &mut arr2, &mut len2, &c_regs, 32, ALL), want2);
-        assert_eq!(len2, 4, "the records below the C frame are patched");
+        assert_eq!(len2, 5, "the C frame and the records below it are patched");
         assert_eq!(run(&mut img2, &mut arr2, &mut len2, &c_regs, 32, ALL), want2);
-        assert_eq!((len2, img2.patches), (4, 4), "and copied");
+        assert_eq!((len2, img2.patches), (5, 5), "and copied");
         // Rust frames patched first, then the C frame and the callback pushed on them: the
-        // CFI step through the C frame meets the anchor, and the callback's record forms a
-        // segment above it.
+        // CFI step through the C frame meets the anchor, and both connect to it.
         let mut img3 = Image::default();
         let (mut arr3, mut len3) = (vec![Entry { ra: 0, ret_sp: 0 }; 64], 0);
         push_frames(&mut img3, 0, 4);
@@ -807,8 +833,9 @@ mod tests {
         img3.words.insert(cb, rec(3));
         img3.words.insert(cb + 8, 0x2000);
         assert_eq!(run(&mut img3, &mut arr3, &mut len3, &regs, 32, ALL), want);
-        assert_eq!(len3, 5);
-        assert_eq!(arr3[4], Entry { ra: 0x2000 | GAP, ret_sp: cb + 16 });
+        assert_eq!(len3, 6);
+        assert_eq!(arr3[5], Entry { ra: 0x2000, ret_sp: cb + 16 });
+        assert_eq!(arr3[4], Entry { ra: 0x1004, ret_sp: c_cfa });
         let n = steady(&img3, &arr3[..len3], &regs, &mut buf, 0).expect("steady path");
         assert_eq!(buf[..n], want);
     }
