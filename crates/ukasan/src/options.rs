@@ -440,7 +440,6 @@ impl Options {
         if let Some(env) = getenv(b"UKASAN_OPTIONS\0") {
             o.apply(env, &mut err);
         }
-        crate::sink::at_start(&o);
         o
     }
 }

@@ -166,6 +166,7 @@ impl Runtime {
         if o.detect_leaks.is_none() {
             o.detect_leaks = Some(self.leaks_default);
         }
+        crate::sink::at_start(&o);
         Self::size_depot(&o);
         let (lo, hi) = leak::loader_range();
         // Relaxed: published by the Release store of READY below.

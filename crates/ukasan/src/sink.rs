@@ -34,7 +34,7 @@ static LEAK_REPORTS: AtomicU32 = AtomicU32::new(0);
 static LEAK_EXITCODE: AtomicI32 = AtomicI32::new(0);
 
 /// The runtime's start-up steps besides parsing options (called once per process, from
-/// [`Options::load`]): note stderr's identity, read the suppressions file, register the
+/// [`crate::runtime::Runtime::init`]): note stderr's identity, read the suppressions file, register the
 /// leak exit handler when `leak_exitcode` asks for one.
 #[cold]
 pub(crate) fn at_start(o: &Options) {
