@@ -1015,9 +1015,11 @@ pub(crate) fn stats(reporter: &Reporter, o: &Options) {
         let h = &crate::generic::heap::HEAP;
         let _ = writeln!(
             b,
-            "ukasan: heap: {} KiB of slots and metadata carved, {} thread caches mapped",
+            "ukasan: heap: {} KiB of slots and metadata carved, {} thread caches mapped, \
+             {} KiB of free slots given back",
             h.bytes_carved() >> 10,
-            h.caches_mapped()
+            h.caches_mapped(),
+            h.decommitted() >> 10
         );
         if o.verbosity >= 2 {
             for c in 0..crate::generic::heap::CLASSES {

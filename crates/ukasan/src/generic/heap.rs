@@ -231,7 +231,15 @@ pub struct Heap {
     orphan: SpinLock<*mut Cache>,
     /// Thread caches mapped so far (statistics).
     caches_mapped: AtomicUsize,
+    /// The system's page size (set up in `init`).
+    page: AtomicUsize,
+    /// Bytes of free slots' pages given back to the system (statistics).
+    decommitted: AtomicUsize,
 }
+
+/// Slots of at least this many pages give the whole pages inside them back to the system
+/// when they go to the central list (see `Heap::decommit`).
+const DECOMMIT_PAGES: usize = 3;
 
 // SAFETY: the raw pointers behind the spin locks are caches owned by the heap; the locks
 // serialize access to them.
@@ -281,6 +289,8 @@ impl Heap {
             pool: SpinLock::new(null_mut()),
             orphan: SpinLock::new(null_mut()),
             caches_mapped: AtomicUsize::new(0),
+            page: AtomicUsize::new(0),
+            decommitted: AtomicUsize::new(0),
         }
     }
 
@@ -314,6 +324,12 @@ impl Heap {
             shift -= 2;
         };
         let ok = key_ok && base.is_some();
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if page > 0 && (page as usize).is_power_of_two() {
+            // Relaxed: published by the Release store of `ready`.
+            self.page.store(page as usize, Ordering::Relaxed);
+        }
         if ok {
             // Relaxed: published by the Release store of `ready`.
             self.key.store(key, Ordering::Relaxed);
@@ -585,6 +601,7 @@ impl Heap {
             // SAFETY: free slots are the heap's; the first word of a free slot is its link.
             unsafe { *(w[0] as *mut usize) = w[1] };
         }
+        self.decommit(c, list);
         {
             let mut central = self.classes[c].central.lock();
             // SAFETY: as above, for the last slot of the run.
@@ -593,6 +610,40 @@ impl Heap {
         }
         k.slots[c].copy_within(n..have, 0);
         k.n[c] = (have - n) as u32;
+    }
+
+    /// Gives the whole pages inside the free slots `list` of class `c` back to the system,
+    /// for slots of at least [`DECOMMIT_PAGES`] pages: what a thread caches stays resident,
+    /// what goes to the central list (a phase of the program that freed many large objects
+    /// and now allocates others) does not. The first page keeps the free-list link, the last
+    /// one the always-redzone tail; the pages in between come back as zeros when the slot is
+    /// used again (its gap is filled with redzone at allocation, as always).
+    fn decommit(&self, c: usize, list: &[usize]) {
+        // Relaxed: written in `init`, before `ready`.
+        let page = self.page.load(Ordering::Relaxed);
+        let cs = class_size(c);
+        if page == 0 || cs < DECOMMIT_PAGES * page {
+            return;
+        }
+        let mut bytes = 0;
+        for &s in list {
+            let lo = (s + 8).next_multiple_of(page);
+            let hi = (s + cs - TAIL) & !(page - 1);
+            if hi > lo {
+                // SAFETY: whole pages inside a free slot of ours, which nothing reads or
+                // writes until it is allocated again: its contents are not needed.
+                unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
+                bytes += hi - lo;
+            }
+        }
+        // Relaxed: a statistic.
+        self.decommitted.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes of free slots' pages given back to the system so far.
+    pub fn decommitted(&self) -> usize {
+        // Relaxed: a statistic.
+        self.decommitted.load(Ordering::Relaxed)
     }
 
     /// Takes every heap lock (before `fork`).

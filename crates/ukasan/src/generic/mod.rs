@@ -33,6 +33,10 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 use heap::{class_for_aligned, class_size, state, Loc, Meta, HEAP, M_LOADER, TAIL};
 use stacktrace::Regs;
 
+/// What a quarantined slot holds of memory, as the quarantine's budget counts it: the slot
+/// and its metadata.
+const META_BYTES: usize = core::mem::size_of::<Meta>();
+
 /// Runtimes that can use the heap in one process.
 pub const MAX_RUNTIMES: usize = 8;
 
@@ -466,7 +470,7 @@ pub(crate) unsafe fn free(
     m.set(state::QUARANTINED);
     let cap = quarantine::local_cap(o.quarantine_bytes);
     let pushed = HEAP
-        .with_cache(|k| quarantine::push(&mut k.q[owner as usize], p, cs, cap))
+        .with_cache(|k| quarantine::push(&mut k.q[owner as usize], p, cs + META_BYTES, cap))
         .unwrap_or(Err(quarantine::NoMemory));
     match pushed {
         Ok(None) => {}

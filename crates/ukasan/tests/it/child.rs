@@ -124,6 +124,7 @@ fn entry() {
         "fork-storm" => crate::heap::fork_storm(),
         "million-leaks" => crate::heap::million_leaks(),
         "free-storm" => crate::heap::free_storm(),
+        "phase-change" => crate::heap::phase_change(),
         "clean" => {
             let v: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
             let joined = v.join(",");

@@ -237,6 +237,44 @@ fn the_quarantine_budget_holds_under_a_free_storm() {
     assert!(rss < 64, "RSS grew by {rss} MiB:\n{}", r.stdout);
 }
 
+/// A program that frees a phase's worth of large objects keeps little of them resident:
+/// what the quarantine lets go goes to the central free lists, and their pages back to the
+/// system (without that, all 96 MiB stayed).
+#[test]
+fn large_free_slots_give_their_pages_back() {
+    let r = child("phase-change", "quarantine_size_mb=8:stacks=off");
+    assert_eq!(r.status, Some(0), "{}\n{}", r.stdout, r.stderr);
+    let field = |k: &str| -> usize {
+        r.stdout
+            .split(&format!("{k}="))
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{k} printed:\n{}", r.stdout))
+    };
+    let (live, after) = (field("rss_live_mib"), field("rss_after_mib"));
+    assert!(live >= 90, "the objects were resident while live: {live} MiB\n{}", r.stdout);
+    assert!(after < 40, "RSS after the frees: {after} MiB above the start\n{}", r.stdout);
+    assert!(field("given_back_mib") >= 60, "{}", r.stdout);
+}
+
+/// `phase-change`: 1600 objects of 60 KiB live at once, written, then freed; prints the RSS
+/// growth while they lived and after, and what the heap gave back. The objects of the next
+/// phase are small, so nothing reuses the large slots.
+pub(crate) fn phase_change() {
+    let before = rss_mib();
+    let objs: Vec<Vec<u8>> = (0..1600).map(|i| vec![i as u8; 60 << 10]).collect();
+    let live = rss_mib().saturating_sub(before);
+    drop(std::hint::black_box(objs));
+    // The next phase: small objects push the large ones out of the quarantine.
+    for i in 0..400_000usize {
+        std::hint::black_box(vec![i as u8; 40]);
+    }
+    let after = rss_mib().saturating_sub(before);
+    let given = ukasan::generic::heap::HEAP.decommitted() >> 20;
+    println!("rss_live_mib={live} rss_after_mib={after} given_back_mib={given}");
+}
+
 /// `fork-storm`: 4 threads allocate and free while the main thread forks 20 children that
 /// allocate, free and exit through the exit checks.
 pub(crate) fn fork_storm() {
