@@ -14,10 +14,12 @@
 //! real return address ([`is_trampoline`]; see `x86_64.rs` for the asm and its CFI).
 //!
 //! Which frames are patched:
-//! - only frames whose return-address slot is *proven*: the DWARF CFI at the frame's pc
-//!   says its frame record is at `fp` (CFA = fp + 16, return address at CFA - 8), and so
-//!   did every newer frame of the walk (frames under code without frame pointers, e.g.
-//!   Debian's glibc, are walked with its CFI at each capture, not patched);
+//! - only frames whose return-address slot is *proven*: reached by exact steps (a frame
+//!   record where the CFI proves one, the CFI's rule otherwise), as was every newer frame of
+//!   the walk; code without frame pointers (Debian's glibc, python3, sqlite3) is patched like
+//!   any other. A later walk that goes on below an entry needs the caller's frame pointer
+//!   there: staging records it in the stack shadow of the word below the slot, which holds no
+//!   return address (a call pushes its return address at least 16 bytes below its caller's);
 //! - never the capture's own frames nor the allocator hook's (the walk starts from the
 //!   hook caller's [`Regs`]);
 //! - not the newest few frames, which change between captures ([`set_min_unpatched`],
@@ -41,10 +43,12 @@
 //! - **Signals**: entries are written before the length that publishes them; the trampoline
 //!   pops with one instruction; a capture in a handler that interrupted a capture answers
 //!   [`Unsupported::Reentered`]; a handler's walk never patches across the signal frame
-//!   (`__restore_rt` keeps no frame record), so interrupted frames are never patched by it.
+//!   (its CFI hands the walk to the DWARF walker, which never patches), so interrupted frames
+//!   are never patched by it.
 //! - **Thread exit**: a pthread key destructor releases the array and the stack shadow once
-//!   the start routine is gone; if a patched frame may still be live (a thread calling
-//!   `exit()`), both are kept. Later captures on the exiting thread answer `NotEnabled`.
+//!   the start routine is gone, after giving the patched frames still on the stack (glibc's
+//!   `start_thread`, which never returns) their real return addresses back. Later captures
+//!   on the exiting thread answer `NotEnabled`.
 //! - **fork**: the child's only thread is a copy of the forking one, on the same addresses;
 //!   the array and the shadow are private anonymous mappings (no `MADV_DONTFORK`, no
 //!   `MADV_WIPEONFORK`) and the state block is in TLS, all copied by fork: consistent.
@@ -77,9 +81,9 @@
 //! them on the newest entry's handle (`stackdepot::save_on`): time proportional to the
 //! frames that changed, for the walk and the save. [`counters`] says how often that happened
 //! and what the captures did (walked, copied, patched, trampolined returns); `ukasan bench`
-//! shows them per workload. Frames that keep no frame record (code built without frame
-//! pointers, e.g. Debian's python3 and sqlite3) are never patched, so captures through them
-//! walk them every time and save whole: the counters show it (`frames_walked` per capture).
+//! shows them per workload. The new frames themselves go through a per-thread memo of recent
+//! incremental saves (base handle and new frames, checked word for word), which answers most
+//! of them without a depot lookup (`memo_hits`).
 //!
 //! # Limits
 //! Trampoline scratch registers are `r10` and `r11`, which no SysV return value uses;
