@@ -414,6 +414,23 @@ impl<const N: usize> fmt::Write for FixedBuf<N> {
     }
 }
 
+/// Asks the CPU to fetch the cache line at `a` (any address: a hint never faults).
+#[inline(always)]
+pub(crate) fn prefetch(a: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(a as *const i8)
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: `prfm` is a hint: it never faults and changes no architectural state.
+    unsafe {
+        core::arch::asm!("prfm pldl1keep, [{0}]", in(reg) a, options(nostack, preserves_flags, readonly))
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = a;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

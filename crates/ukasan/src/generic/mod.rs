@@ -28,6 +28,7 @@ use crate::leak::Entry;
 use crate::options::Options;
 use crate::report::{Access, Found, Kind, Object};
 use crate::runtime::{Expect, Runtime};
+use crate::sys::prefetch;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicPtr, Ordering};
 use heap::{class_for_aligned, class_size, state, Loc, Meta, HEAP, M_LOADER, TAIL};
@@ -488,17 +489,6 @@ pub(crate) unsafe fn free(
     }
 }
 
-#[inline(always)]
-fn prefetch(a: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults, whatever the address.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(a as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = a;
-}
-
 #[cold]
 fn invalid_free(rt: &Runtime, o: &Options, p: usize, obj: Option<Object>, regs: &Regs) {
     rt.report_object(o, Kind::InvalidFree, Access::Free { addr: p }, obj, regs);
@@ -508,19 +498,25 @@ fn invalid_free(rt: &Runtime, o: &Options, p: usize, obj: Option<Object>, regs: 
 /// slot and its metadata are prefetched a few slots ahead.
 pub(crate) fn evict(rt: &Runtime, o: &Options, ev: quarantine::Evicted, regs: &Regs) {
     const AHEAD: usize = 6;
+    // Located once: the slot and its metadata prefetched `AHEAD` slots before their turn.
     let fetch = |s: usize| {
-        if let Some(loc) = HEAP.locate(s) {
-            prefetch(HEAP.meta(loc.class, loc.index) as *const Meta as usize);
-            prefetch(s);
-        }
+        let loc = HEAP.locate(s)?;
+        prefetch(HEAP.meta(loc.class, loc.index) as *const Meta as usize);
+        prefetch(s);
+        Some(loc)
     };
     ev.for_each_batch(|slots| {
-        slots.iter().take(AHEAD).for_each(|&s| fetch(s));
-        for (i, &s) in slots.iter().enumerate() {
+        let mut ahead: [Option<Loc>; AHEAD] = [None; AHEAD];
+        for (a, &s) in ahead.iter_mut().zip(slots) {
+            *a = fetch(s);
+        }
+        for i in 0..slots.len() {
+            let loc = ahead[i % AHEAD].take();
             if let Some(&next) = slots.get(i + AHEAD) {
-                fetch(next);
+                ahead[i % AHEAD] = fetch(next);
             }
-            let Some(loc) = HEAP.locate(s) else { continue };
+            let Some(loc) = loc else { continue };
+            let s = loc.slot;
             let m = HEAP.meta(loc.class, loc.index);
             if m.take(state::QUARANTINED).is_err() {
                 continue;
