@@ -40,6 +40,7 @@ mod arch;
 pub mod bounds;
 pub mod dwarf;
 pub mod fp;
+mod frame;
 pub mod libgcc;
 pub mod maps;
 pub mod shadow;

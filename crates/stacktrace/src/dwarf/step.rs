@@ -16,27 +16,7 @@ use crate::fp::LiveStack;
 use crate::Regs;
 use core::sync::atomic::Ordering;
 
-/// How the frame running at `pc` (a return address, looked up at `pc - 1`) with stack
-/// pointer `sp` and frame pointer `fp` reaches its caller, for a walk that knows those
-/// registers exactly (see [`unwind`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Unwind {
-    /// A frame record at `fp`: CFA = fp + 16, return address at CFA - 8, the caller's fp at
-    /// CFA - 16.
-    Record,
-    /// Another plain rule: the caller's stack pointer (the CFA), the return-address slot, and
-    /// where the caller's fp is saved (`None`: unchanged).
-    Cfa { cfa: usize, slot: usize, fp_slot: Option<usize> },
-    /// The DWARF walker stops here: the outermost frame, no CFI, or a rule it cannot use.
-    Stop,
-    /// A signal frame (or a rule too large to cache): only the full walker ([`walk_from`])
-    /// goes on.
-    Other,
-    /// The rule is not cached and looking it up needs more stack than is left (a signal
-    /// handler on a small alternate stack): the capture must refuse
-    /// ([`crate::Unsupported::StackTooSmall`]).
-    Refused,
-}
+pub(crate) use crate::frame::Unwind;
 
 /// The step of the DWARF walker from one frame, for a walk mixing frame-pointer steps (where
 /// the CFI proves them) and CFI steps, so that its output equals a DWARF walk. Never

@@ -94,29 +94,26 @@ impl Machine for Live<'_> {
 
     #[inline(always)]
     fn unwind(&self, pc: usize, sp: usize, fp: usize) -> walk::Unwind {
-        use crate::dwarf::step::{self, Unwind as U};
+        use crate::dwarf::step;
+        use walk::Unwind as U;
         // Relaxed: a word of this thread's block (see `record_pcs`); any value ever stored
         // is a pc proven to keep a frame record, so a signal handler's store is harmless.
         let memo = self.memo.map(|st| st.record_pc_slot(pc));
         if memo.is_some_and(|m| m.load(Relaxed) == pc && pc != 0) {
-            return walk::Unwind::Record;
+            return U::Record;
         }
-        match step::unwind(pc, sp, fp) {
+        let u = step::unwind(pc, sp, fp);
+        match u {
             U::Record => {
                 if let Some(m) = memo {
                     // Relaxed: see above.
                     m.store(pc, Relaxed);
                 }
-                walk::Unwind::Record
             }
-            U::Cfa { cfa, slot, fp_slot } => walk::Unwind::Cfa { cfa, slot, fp_slot },
-            U::Stop => walk::Unwind::Stop,
-            U::Other => walk::Unwind::Dwarf,
-            U::Refused => {
-                self.refused.set(true);
-                walk::Unwind::Stop
-            }
+            U::Refused => self.refused.set(true),
+            U::Cfa { .. } | U::Stop | U::Other => {}
         }
+        u
     }
 
     #[cold]

@@ -26,6 +26,7 @@
 //! the CFI are patched as well as frame records: code built without frame pointers (the
 //! Debian builds of python3 and sqlite3) is copied from the array like any other.
 
+pub(super) use crate::frame::Unwind;
 use crate::Regs;
 
 /// Bit of [`Entry::ra`] marking the oldest entry of a segment: the frames between it and
@@ -61,8 +62,9 @@ pub(super) trait Machine {
     fn shadow(&self, slot: usize) -> Option<usize>;
     /// How the frame running at `pc` (a return address, or the capture's own pc) with
     /// registers `sp` and `fp` reaches its caller, by its CFI (as the DWARF walker steps).
+    /// [`Unwind::Refused`] ends the walk (the machine notes it).
     fn unwind(&self, pc: usize, sp: usize, fp: usize) -> Unwind;
-    /// The DWARF walk from that frame into `buf` (`buf[0] = pc`): what [`Unwind::Dwarf`]
+    /// The DWARF walk from that frame into `buf` (`buf[0] = pc`): what [`Unwind::Other`]
     /// leaves to it. Returns how many.
     fn walk_from(&self, pc: usize, sp: usize, fp: usize, buf: &mut [usize]) -> usize;
     /// Records `ra` in the stack shadow of `slot`, then writes the trampoline into `slot`.
@@ -72,20 +74,6 @@ pub(super) trait Machine {
     fn stage(&mut self, slot: usize, caller_fp: usize);
     /// The trampoline's address.
     fn trampoline(&self) -> usize;
-}
-
-/// How a frame reaches its caller (see [`Machine::unwind`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Unwind {
-    /// Its frame record is at `fp`: return address at `fp + 8`, the caller's fp at `fp`.
-    Record,
-    /// Another rule: the caller's sp (the CFA), the return-address slot, and where the
-    /// caller's fp is saved (`None`: unchanged).
-    Cfa { cfa: usize, slot: usize, fp_slot: Option<usize> },
-    /// The walk ends with this frame (outermost, no CFI).
-    Stop,
-    /// Only the full DWARF walker goes on (a signal frame): [`Machine::walk_from`].
-    Dwarf,
 }
 
 /// One exact step of a walk: the frame-pointer step where the CFI proves it, else the CFI's.
@@ -128,8 +116,8 @@ fn next<M: Machine>(m: &M, pc: usize, sp: usize, fp: usize) -> Next {
             };
             Next::Caller { ra, slot, sp: cfa, fp: up }
         }
-        Unwind::Stop => Next::End,
-        Unwind::Dwarf => Next::Dwarf,
+        Unwind::Stop | Unwind::Refused => Next::End,
+        Unwind::Other => Next::Dwarf,
     }
 }
 
@@ -616,7 +604,7 @@ mod tests {
             // Untrusted code: hand over to "DWARF", here a frame-record walk (the image
             // has records everywhere).
             if self.untrusted.contains(&pc) {
-                Unwind::Dwarf
+                Unwind::Other
             } else if let Some(&off) = self.sp_based.get(&pc) {
                 Unwind::Cfa { cfa: sp + off, slot: sp + off - 8, fp_slot: None }
             } else {
