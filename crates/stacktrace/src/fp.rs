@@ -13,18 +13,7 @@
 
 use crate::{bounds, Regs, Unsupported};
 
-/// Reads words of memory for a walker: `None` when the address is not readable.
-pub trait Memory {
-    /// The word at `addr`.
-    fn read(&self, addr: usize) -> Option<usize>;
-
-    /// The two words at `addr` and `addr + 8` (a frame record). One bounds check suffices
-    /// for a contiguous reader: override it on hot paths.
-    #[inline]
-    fn read_pair(&self, addr: usize) -> Option<(usize, usize)> {
-        Some((self.read(addr)?, self.read(addr.checked_add(8)?)?))
-    }
-}
+pub use crate::frame::Memory;
 
 /// Reads the live stack of the current thread, refusing anything outside its bounds.
 #[derive(Clone, Copy, Debug)]

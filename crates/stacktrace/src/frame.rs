@@ -1,7 +1,21 @@
-//! The one step of an exact walk from a frame, as every walker here names it: the DWARF step
-//! (`dwarf::step`), the step out of an entry point (`arch::caller_of`) and the software shadow
-//! stack's walk (`softshadow::walk`, which unit-tests it on synthetic stacks). Pure data:
-//! compiled on every host.
+//! What every walker here shares: the memory reader ([`Memory`]: the frame-pointer walk, the
+//! DWARF walk, the software shadow stack's walk and the hardware shadow stacks' readers) and
+//! the one step of an exact walk from a frame ([`Unwind`]: the DWARF step, the step out of an
+//! entry point (`arch::caller_of`) and the software shadow stack's walk, which unit-tests it
+//! on synthetic stacks). Compiled on every host; imports nothing of the walkers.
+
+/// Reads words of memory for a walker: `None` when the address is not readable.
+pub trait Memory {
+    /// The word at `addr`.
+    fn read(&self, addr: usize) -> Option<usize>;
+
+    /// The two words at `addr` and `addr + 8` (a frame record). One bounds check suffices
+    /// for a contiguous reader: override it on hot paths.
+    #[inline]
+    fn read_pair(&self, addr: usize) -> Option<(usize, usize)> {
+        Some((self.read(addr)?, self.read(addr.checked_add(8)?)?))
+    }
+}
 
 /// How the frame running at some `pc` with stack pointer `sp` and frame pointer `fp`
 /// reaches its caller.

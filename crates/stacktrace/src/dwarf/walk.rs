@@ -9,7 +9,8 @@ use super::arch;
 use super::cache::{self, Rule};
 use super::cfi;
 use super::module::Miss;
-use crate::fp::{LiveStack, Memory};
+use crate::fp::LiveStack;
+use crate::frame::Memory;
 use crate::{bounds, Regs, Unsupported};
 
 /// `CFA = fp + 16`, return address at CFA - 8, caller's fp at CFA - 16: a frame record
@@ -23,10 +24,9 @@ pub(super) const FP_RECORD_WORD: u64 =
 /// Lowest address a program counter may have: nothing executable lives in page zero.
 const MIN_PC: usize = 4096;
 
-/// The stacks a walk reads.
-pub(crate) trait Stack {
-    /// The word at `addr`, if aligned and on the current stack.
-    fn read(&self, addr: usize) -> Option<usize>;
+/// The stacks a walk reads ([`Memory::read`]: the word at `addr`, if aligned and on the
+/// current stack).
+pub(crate) trait Stack: Memory {
     /// Whether `sp` is on the current stack.
     fn holds(&self, sp: usize) -> bool;
     /// Moves to the stack that holds `sp` (the interrupted context of a signal frame may be
@@ -132,12 +132,19 @@ fn strip(pc: usize) -> usize {
 /// The current thread's stacks, bounds looked up again on a stack switch.
 pub(super) struct LiveStacks(pub(super) LiveStack);
 
-impl Stack for LiveStacks {
+impl Memory for LiveStacks {
     #[inline(always)]
     fn read(&self, addr: usize) -> Option<usize> {
         self.0.read(addr)
     }
 
+    #[inline(always)]
+    fn read_pair(&self, addr: usize) -> Option<(usize, usize)> {
+        self.0.read_pair(addr)
+    }
+}
+
+impl Stack for LiveStacks {
     #[inline(always)]
     fn holds(&self, sp: usize) -> bool {
         self.0 .0.contains(sp, 8)
@@ -219,12 +226,15 @@ mod tests {
         words: HashMap<usize, usize>,
     }
 
-    impl Stack for Image {
+    impl Memory for Image {
         fn read(&self, addr: usize) -> Option<usize> {
             let (lo, hi) = self.stacks[self.cur];
             (addr & 7 == 0 && lo <= addr && addr + 8 <= hi)
                 .then(|| self.words.get(&addr).copied())?
         }
+    }
+
+    impl Stack for Image {
         fn holds(&self, sp: usize) -> bool {
             let (lo, hi) = self.stacks[self.cur];
             lo <= sp && sp + 8 <= hi

@@ -31,7 +31,7 @@ use std::thread::LocalKey;
 
 use crate::Unsupported;
 
-pub use crate::fp::Memory;
+pub use crate::frame::Memory;
 pub use scs::register_scs_base;
 
 /// Most entries dropped from the top of a shadow stack while looking for the caller of the

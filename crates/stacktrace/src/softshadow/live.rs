@@ -64,7 +64,7 @@ impl<'a> Live<'a> {
     }
 }
 
-impl Machine for Live<'_> {
+impl walk::Memory for Live<'_> {
     #[inline(always)]
     fn read(&self, addr: usize) -> Option<usize> {
         // SAFETY: aligned and inside the part of this thread's stack that the walk reads
@@ -83,7 +83,9 @@ impl Machine for Live<'_> {
         // stack that the walk reads (see `read`).
         Some(unsafe { (p.read_volatile(), p.add(1).read_volatile()) })
     }
+}
 
+impl Machine for Live<'_> {
     #[inline(always)]
     fn shadow(&self, slot: usize) -> Option<usize> {
         // SAFETY: the stack shadow covers the whole of `[lo, hi)`, mapped at set-up.

@@ -26,7 +26,7 @@
 //! the CFI are patched as well as frame records: code built without frame pointers (the
 //! Debian builds of python3 and sqlite3) is copied from the array like any other.
 
-pub(super) use crate::frame::Unwind;
+pub(super) use crate::frame::{Memory, Unwind};
 use crate::Regs;
 
 /// Bit of [`Entry::ra`] marking the oldest entry of a segment: the frames between it and
@@ -49,15 +49,9 @@ pub(crate) struct Entry {
 const MIN_PC: usize = 4096;
 
 /// What the algorithm needs from the live thread (or a test image).
-pub(super) trait Machine {
-    /// The stack word at `addr`, if aligned and on the thread's stack.
-    fn read(&self, addr: usize) -> Option<usize>;
-    /// The frame record at `addr`: the words at `addr` and `addr + 8` (one bounds check for
-    /// a contiguous stack: override on the live machine).
-    #[inline(always)]
-    fn read_pair(&self, addr: usize) -> Option<(usize, usize)> {
-        Some((self.read(addr)?, self.read(addr.checked_add(8)?)?))
-    }
+///
+/// Its [`Memory`] reads the thread's stack: a word (or a frame record) if aligned and on it.
+pub(super) trait Machine: Memory {
     /// The stack-shadow word of `slot` (the real return address of a patched slot).
     fn shadow(&self, slot: usize) -> Option<usize>;
     /// How the frame running at `pc` (a return address, or the capture's own pc) with
@@ -593,10 +587,13 @@ mod tests {
         patches: usize,
     }
 
-    impl Machine for Image {
+    impl Memory for Image {
         fn read(&self, addr: usize) -> Option<usize> {
             self.words.get(&addr).copied()
         }
+    }
+
+    impl Machine for Image {
         fn shadow(&self, slot: usize) -> Option<usize> {
             self.shadow.get(&slot).copied()
         }
