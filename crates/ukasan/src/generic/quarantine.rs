@@ -177,6 +177,7 @@ impl Default for Quarantine {
 /// Adds `slot` (`bytes` long) to the thread's batch `q`; returns the batch when it is full
 /// and must be published. [`NoMemory`] when no batch record could be mapped (the caller
 /// releases the slot at once).
+#[inline(always)]
 pub fn push(
     q: &mut *mut Batch,
     slot: usize,
@@ -219,6 +220,8 @@ unsafe impl Send for PoolList {}
 /// Records mapped at a time.
 const CHUNK: usize = 128;
 
+#[cold]
+#[inline(never)]
 fn alloc_batch() -> Option<*mut Batch> {
     {
         let mut p = POOL.lock();
