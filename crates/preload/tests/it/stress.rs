@@ -150,3 +150,54 @@ fn stress_exceptions_and_small_altstacks_guarded() {
         "report_format=json:detect_leaks=0:stacks=shadow:exitcode=0:mode=guarded:sample_rate=10",
     );
 }
+
+/// `stress_panic.rs` under the preload: Rust panics through patched frames, caught with
+/// `catch_unwind` at random levels on 3 threads while 4 threads allocate; double frees after
+/// the unwinding, each report whole JSON naming `alloc_at_depth` frames then `panicker`.
+fn stress_panic(opts: &str) {
+    let prog = program("stress_panic.rs");
+    let secs = secs();
+    let mut cmd = Command::new("timeout");
+    cmd.arg("-s").arg("KILL").arg(format!("{}", secs * 10 + 60)).arg(&prog).arg(secs.to_string());
+    let r = run_with(&mut cmd, opts);
+    assert_eq!(r.status, Some(0), "crashed or hung:\n{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("end\n"), "{}", r.stdout);
+    let n = |k: &str| r.printed(k).parse::<u64>().unwrap();
+    assert!(n("ops") > 1000 && n("panics") > 10, "{}", r.stdout);
+    assert_eq!(n("panics"), n("caught"), "a panic lost: {}", r.stdout);
+    assert_eq!(n("made"), n("dropped"), "a Drop skipped: {}", r.stdout);
+    let mut depths = BTreeSet::new();
+    for line in r.stderr.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a whole JSON report ({e}): {line}"));
+        assert_eq!(v["kind"], "double-free", "{line}");
+        let f = v["function"].as_str().unwrap();
+        assert!(f.starts_with("stress_panic::deliberate_double_free+"), "{line}");
+        let alloc: Vec<&str> = v["allocated"]["stack"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["function"].as_str().unwrap_or("?"))
+            .collect();
+        let depth = alloc.iter().take_while(|f| **f == "stress_panic::alloc_at_depth").count();
+        assert!(depth >= 1, "{line}");
+        // Depths over the trace's depth limit end in alloc_at_depth frames only.
+        if depth < alloc.len() {
+            assert_eq!(alloc[depth], "stress_panic::panicker", "stale or lost frames: {alloc:?}");
+        }
+        assert!(depths.insert(depth), "two reports for depth {depth}:\n{}", r.stderr);
+    }
+    assert_eq!(depths.len() as u64, n("depths"), "reports lost:\n{}\n{}", r.stdout, r.stderr);
+}
+
+#[test]
+fn stress_panics_generic() {
+    stress_panic("report_format=json:detect_leaks=0:stacks=shadow:exitcode=0");
+}
+
+#[test]
+fn stress_panics_guarded() {
+    stress_panic(
+        "report_format=json:detect_leaks=0:stacks=shadow:exitcode=0:mode=guarded:sample_rate=10",
+    );
+}
