@@ -187,7 +187,8 @@ static void sig_thread(size_t bytes) {
 
 int main(int argc, char **argv) {
   double secs = argc > 1 ? std::atof(argv[1]) : 2;
-  size_t alloc_stack = argc > 2 ? std::strtoul(argv[2], nullptr, 0) : SIGSTKSZ;
+  size_t alloc_stack = argc > 2 ? std::strtoul(argv[2], nullptr, 0) : 0;
+  if (alloc_stack == 0) alloc_stack = SIGSTKSZ;  // glibc >= 2.34: sysconf(_SC_SIGSTKSZ)
   size_t min_stack = getauxval(AT_MINSIGSTKSZ);  // 3376 with AVX-512
   if (min_stack == 0) min_stack = 2048;            // kernels before 5.14 (MINSIGSTKSZ)
   with_bugs = std::getenv("STRESS_NO_BUGS") == nullptr;
