@@ -216,6 +216,80 @@ pub(crate) struct ReportState {
     seen: [u64; SEEN],
     nseen: usize,
     sink: crate::sink::Sink,
+    /// The top of the stack reports are formatted on; 0: not mapped yet, 1: mapping failed.
+    stack_top: usize,
+}
+
+/// Bytes of the stack reports are formatted on (`MAP_NORESERVE`: only the pages a report
+/// touches are ever backed). In-process symbolization (DWARF sections inflated, a 64 KiB
+/// frame buffer) takes 64 to 256 KiB, more than a signal handler's `sigaltstack`
+/// (`SIGSTKSZ`, `AT_MINSIGSTKSZ`) or a small thread stack has: on the caller's stack, a
+/// double free in such a handler crashed the program with no report written.
+const REPORT_STACK: usize = 1 << 20;
+
+/// What [`format_here`] formats, passed through [`stacktrace::call_on_stack`].
+struct FormatJob<'a, 'r> {
+    buf: &'a mut FixedBuf<BUF>,
+    o: &'a Options,
+    r: &'a Report<'r>,
+    suppressed: bool,
+}
+
+/// Formats the report unless a suppression rule matches it (symbolizing its frames).
+fn format_job(j: &mut FormatJob<'_, '_>) {
+    let r = j.r;
+    let mut hbuf = [0usize; stackdepot::MAX_DEPTH];
+    let site = header_site(r, &mut hbuf).0;
+    let late_site = || (!core::ptr::eq(site, r.stack)).then(|| suppressed_by(r.kind, site));
+    if let Some(rule) = suppressed_by(r.kind, r.stack).or_else(|| late_site().flatten()) {
+        crate::suppress::hit(rule, 0);
+        j.suppressed = true;
+        return;
+    }
+    match j.o.format {
+        Format::Text => text(j.buf, j.o, r),
+        Format::Json => json(j.buf, j.o, r),
+    }
+}
+
+/// Runs on the report stack.
+unsafe extern "C" fn format_here(arg: *mut libc::c_void) {
+    // SAFETY: `arg` is the `FormatJob` that `format_on_report_stack` passes; it outlives the
+    // call (the caller waits on its own stack).
+    let j = unsafe { &mut *arg.cast::<FormatJob<'_, '_>>() };
+    format_job(j);
+}
+
+/// Formats `r` into `st.buf` on the report stack (mapped on the first report, with a guard
+/// page below), or on the caller's stack if it cannot be mapped; `false` if a suppression
+/// rule matched. Under the report lock: one report stack serves every thread.
+fn format_on_report_stack(st: &mut ReportState, o: &Options, r: &Report<'_>) -> bool {
+    if st.stack_top == 0 {
+        st.stack_top = match sys::map(REPORT_STACK + 4096, 4096, true) {
+            Some(p) => {
+                // SAFETY: the lowest page of the fresh mapping becomes the guard page.
+                unsafe { libc::mprotect(p.cast(), 4096, libc::PROT_NONE) };
+                p as usize + 4096 + REPORT_STACK
+            }
+            None => 1,
+        };
+    }
+    let mut j = FormatJob { buf: &mut st.buf, o, r, suppressed: false };
+    if st.stack_top == 1 {
+        format_job(&mut j);
+        return !j.suppressed;
+    }
+    // SAFETY: `stack_top` is the 16-byte-aligned end of a writable mapping of
+    // REPORT_STACK bytes that only the holder of the report lock uses; `format_here` does
+    // not unwind (a panic in an `extern "C"` function aborts) and gets the `FormatJob`.
+    unsafe {
+        stacktrace::call_on_stack(
+            st.stack_top,
+            format_here,
+            (&mut j as *mut FormatJob<'_, '_>).cast(),
+        )
+    };
+    !j.suppressed
 }
 
 /// Serializes and deduplicates reports.
@@ -235,6 +309,7 @@ impl Reporter {
                 seen: [0; SEEN],
                 nseen: 0,
                 sink: crate::sink::Sink::new(),
+                stack_top: 0,
             }),
             count: AtomicU32::new(0),
             count_pid: core::sync::atomic::AtomicI32::new(0),
@@ -287,18 +362,10 @@ impl Reporter {
             st.seen[n] = sig;
             st.nseen += 1;
         }
-        let mut hbuf = [0usize; stackdepot::MAX_DEPTH];
-        let site = header_site(r, &mut hbuf).0;
-        let late_site = || (!core::ptr::eq(site, r.stack)).then(|| suppressed_by(r.kind, site));
-        if let Some(rule) = suppressed_by(r.kind, r.stack).or_else(|| late_site().flatten()) {
-            crate::suppress::hit(rule, 0);
-            return;
-        }
         let st = &mut *st;
         st.buf.clear();
-        match o.format {
-            Format::Text => text(&mut st.buf, o, r),
-            Format::Json => json(&mut st.buf, o, r),
+        if !format_on_report_stack(st, o, r) {
+            return;
         }
         self.flush(o, st);
         // The report itself is already written.

@@ -7,8 +7,8 @@
 
 use super::arch::{self, SHADOW_OFFSET};
 use super::state::{
-    self, ThreadState, ACTIVE, CAPACITY, FAILED, MEMO_ENTRIES, MEMO_FRAMES, MEMO_WORDS,
-    ORPHAN_SEEN, STACK_SWITCHED, THREAD_OFF, UNINIT,
+    self, ThreadState, ACTIVE, CAPACITY, MEMO_ENTRIES, MEMO_FRAMES, MEMO_WORDS, ORPHAN_SEEN,
+    STACK_SWITCHED, THREAD_OFF, UNINIT,
 };
 use super::walk::{self, Entry, Machine, Policy};
 use super::{policy, CROSS_CHECK, CROSS_CHECKS, CROSS_CHECK_FAILURES, ENABLED};
@@ -315,7 +315,11 @@ fn locked(
         if !enabled || st.flags.load(Relaxed) & THREAD_OFF != 0 {
             return Err(Unsupported::NotEnabled);
         }
-        status = if state::init(st, regs.sp) { ACTIVE } else { FAILED };
+        // FAILED, or still UNINIT when it was asked on a sigaltstack (see `state::init`).
+        if !state::init(st, regs.sp) {
+            return Err(Unsupported::NotEnabled);
+        }
+        status = ACTIVE;
     }
     if status != ACTIVE {
         return Err(Unsupported::NotEnabled);

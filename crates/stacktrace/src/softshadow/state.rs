@@ -123,13 +123,32 @@ static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
 
 /// Sets up the current thread: stack bounds around `sp`, the entry array, the stack shadow,
 /// the exit hook. Returns whether the thread is now active.
+///
+/// On a `sigaltstack` (a signal handler's first capture on this thread) it does nothing and
+/// leaves the thread uninitialised: `sp` is not on the thread's own stack, whose bounds the
+/// state would then hold for good, and the alternate stack may be as small as
+/// `AT_MINSIGSTKSZ` (3376 bytes with AVX-512), too small for the `/proc/self/maps` read. The
+/// next capture on the thread's own stack sets it up.
 #[cold]
 #[inline(never)]
 pub(super) fn init(st: &ThreadState, sp: usize) -> bool {
+    if on_signal_stack() {
+        return false;
+    }
     let ok = try_init(st, sp);
     compiler_fence(SeqCst);
     st.status.store(if ok { ACTIVE } else { FAILED }, Relaxed);
     ok
+}
+
+/// Whether this thread runs on its `sigaltstack` now (one syscall; cold path only). An
+/// alternate stack armed with `SS_AUTODISARM` reads as disabled inside its handler and is
+/// not recognised here.
+fn on_signal_stack() -> bool {
+    let mut ss = libc::stack_t { ss_sp: core::ptr::null_mut(), ss_flags: 0, ss_size: 0 };
+    // SAFETY: a query only (no new stack); `ss` is a valid out-pointer.
+    let r = unsafe { libc::sigaltstack(core::ptr::null(), &mut ss) };
+    r == 0 && ss.ss_flags & libc::SS_ONSTACK != 0
 }
 
 fn try_init(st: &ThreadState, sp: usize) -> bool {
