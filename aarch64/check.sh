@@ -12,7 +12,9 @@
 #   5. crates/ukasan: unit tests and the integration tests, the child-process report tests of
 #      every bug class included (each child re-executed under qemu, see UKASAN_TEST_RUNNER);
 #      the few that cannot run under qemu-user are skipped by name, each with its reason below;
-#   6. aarch64/scs-test: the SCS capture backend reading x18 for real.
+#   6. aarch64/scs-test: the SCS capture backend reading x18 for real, and the GCS backend
+#      for real under QEMU 11.1 (trixie-backports' static qemu-aarch64, fetched when the
+#      mirror has it; the job says so when it does not).
 # Not built here: crates/symbolize's own tests (they compile C with the host's gcc; the
 # symbolizer itself runs in every ukasan report test above), crates/preload (LD_PRELOAD into
 # host-compiled C programs) and crates/cli (drives host programs). DESIGN.md section 7.
@@ -144,6 +146,39 @@ if ! dpkg -s "${pkgs[@]}" >/dev/null 2>&1; then
 fi
 echo "${#pkgs[@]} packages present"
 
+# 2b. Optional: QEMU 11.1 for the GCS test (bookworm's 7.2 has no FEAT_GCS): the static
+#     qemu-aarch64 from trixie-backports' qemu-user .deb, through a private apt configuration
+#     (the system's sources and dpkg database untouched), kept in $TC/qemu-gcs. When it cannot
+#     be had, the job says so and the GCS test reports itself not run.
+step "QEMU with FEAT_GCS (trixie-backports qemu-user, optional)"
+GCS_QEMU=$TC/qemu-gcs/qemu-aarch64
+fetch_gcs_qemu() {
+  local work a mirror opts rc=0
+  work=$(mktemp -d)
+  a="$work/apt"; mkdir -p "$a/lists/partial" "$a/cache/archives/partial"; : > "$a/status"
+  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  echo "deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ${mirror:-http://deb.debian.org/debian} trixie-backports main" > "$a/sources.list"
+  opts=(-o APT::Sandbox::User=root -o Dir::Etc::SourceList="$a/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+        -o Dir::State::Lists="$a/lists" -o Dir::State::Status="$a/status" -o Dir::Cache="$a/cache"
+        -o APT::Architecture=amd64 -o APT::Architectures::=amd64 -o Acquire::Languages=none
+        -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false)
+  apt-get "${opts[@]}" update -qq \
+    && (cd "$work" && apt-get "${opts[@]}" download -q qemu-user) \
+    && dpkg-deb --fsys-tarfile "$work"/qemu-user_*.deb | tar -x -C "$work" ./usr/bin/qemu-aarch64 \
+    && mkdir -p "$TC/qemu-gcs" && mv "$work/usr/bin/qemu-aarch64" "$GCS_QEMU" || rc=1
+  rm -rf "$work"
+  return $rc
+}
+if [ ! -x "$GCS_QEMU" ]; then
+  fetch_gcs_qemu || echo "aarch64: could not fetch trixie-backports' qemu-user (see above)"
+fi
+if [ -x "$GCS_QEMU" ] && "$GCS_QEMU" --version | head -1; then
+  export UKASAN_GCS_QEMU=$GCS_QEMU
+else
+  echo "aarch64: no QEMU with FEAT_GCS: the GCS test will say it was not run"
+  unset UKASAN_GCS_QEMU
+fi
+
 # 3. Environment: Debian's compiler, std rebuilt with SCS, tests run under qemu-user.
 export PATH="$TC/usr/bin:$PATH" RUSTC="$TC/usr/bin/rustc" RUSTDOC="$TC/usr/bin/rustdoc"
 export LD_LIBRARY_PATH="$TC/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -155,6 +190,10 @@ case $SCS_PAC in 0 | 1) ;; *) echo "aarch64: SCS_PAC must be 0 or 1, not '$SCS_P
 if [ "$SCS_PAC" = 1 ]; then pac=-pac; else pac=-nopac; fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/aarch64-scs$pac}
 QEMU="${SCS_QEMU:-qemu-aarch64} -L /usr/aarch64-linux-gnu"
+# Under TCG the architected PAC algorithm (QARMA5) multiplies the run time of call-heavy
+# code (every non-leaf function signs and authenticates); the implementation-defined one
+# signs and authenticates the same way, far faster. qemu-user reads QEMU_CPU.
+export QEMU_CPU=${QEMU_CPU:-max,pauth-impdef=on}
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=$QEMU
 # The child-process tests re-execute their own binary: no binfmt_misc here, so through qemu.
