@@ -93,6 +93,52 @@ mod on_scs {
         assert_eq!(los.len(), 4);
     }
 
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    /// What `on_main` saw: SCS entries, frame records, their counts, and tid == pid.
+    static MAIN_SCS: [AtomicUsize; 32] = [const { AtomicUsize::new(0) }; 32];
+    static MAIN_FP: [AtomicUsize; 32] = [const { AtomicUsize::new(0) }; 32];
+    static MAIN_LENS: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+
+    /// A constructor after ukasan's (`.init_array.00000`): libtest runs every test on a thread
+    /// of its own, so this is where the main thread captures.
+    extern "C" fn on_main() {
+        let (mut s, mut f) = ([0usize; 32], [0usize; 32]);
+        let (mut ns, mut nf) = (0, 0);
+        nest(3, &mut || {
+            ns = capture_in(Backend::Scs, &mut s).unwrap_or(0);
+            nf = capture_in(Backend::FramePointer, &mut f).unwrap_or(0);
+        });
+        // Relaxed: read by a test thread created after this (ordered by its creation).
+        for (slot, &a) in MAIN_SCS.iter().zip(&s[..ns]).chain(MAIN_FP.iter().zip(&f[..nf])) {
+            slot.store(a, Relaxed);
+        }
+        // SAFETY: getpid and gettid have no preconditions.
+        let main = unsafe { libc::getpid() as libc::c_long == libc::syscall(libc::SYS_gettid) };
+        for (slot, v) in MAIN_LENS.iter().zip([ns, nf, usize::from(main)]) {
+            // Relaxed: as above.
+            slot.store(v, Relaxed);
+        }
+    }
+
+    #[used]
+    #[link_section = ".init_array.65000"]
+    static AT_MAIN: extern "C" fn() = on_main;
+
+    #[test]
+    fn the_main_thread_walks_to_its_base_like_the_frame_records() {
+        // Relaxed: see `on_main`.
+        let [ns, nf, main] = MAIN_LENS.each_ref().map(|a| a.load(Relaxed));
+        let s: Vec<usize> = MAIN_SCS[..ns].iter().map(|a| a.load(Relaxed)).collect();
+        let f: Vec<usize> = MAIN_FP[..nf].iter().map(|a| a.load(Relaxed)).collect();
+        assert_eq!(main, 1, "the constructor ran on the main thread");
+        // The returns into capture_in, the closure, nest(0..=3), on_main and (pushed by
+        // on_main's own prologue) into glibc's constructor loop, then the base: glibc is not
+        // instrumented. The frame records go on below it. Entry 1 differs: two call sites.
+        assert_eq!(ns, 8, "scs {s:x?} fp {f:x?}");
+        assert!(nf > ns && s[0] == f[0] && s[1] != f[1] && s[2..] == f[2..ns], "{s:x?} {f:x?}");
+    }
+
     const CHILD: &str = "UKASAN_IT_SCS_CHILD";
 
     #[inline(never)]
