@@ -9,12 +9,17 @@
  * - Each shadow stack is 64 KiB with a guard page above; its slot 0 holds its own address: the
  *   base marker that ukasan's SCS reader (shadow::scs) walks down to. A return address can
  *   never equal the address of the non-executable slot holding it.
+ * - Stands aside when ukasan's own SCS runtime (crates/ukasan/src/scs.rs, which defines
+ *   ukasan_scs_runtime) is linked too: then that one sets x18 up, and the wrapper below passes
+ *   straight on to ukasan's pthread_create (which __real_pthread_create then names).
  */
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 
 #define SCS_SIZE (64 * 1024)
+
+extern const char ukasan_scs_runtime __attribute__((weak));
 
 /* Initial x18 of the main thread (the first entry slot), for tests. */
 unsigned long ukasan_scs_main_base;
@@ -30,6 +35,8 @@ static unsigned long new_scs(void) {
 }
 
 static void scs_init_main(void) {
+    if (&ukasan_scs_runtime)
+        return;
     unsigned long base = new_scs();
     ukasan_scs_main_base = base;
     __asm__ volatile("mov x18, %0" ::"r"(base));
@@ -54,6 +61,8 @@ static void *scs_thread_trampoline(void *p) {
 int __real_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*f)(void *), void *arg);
 
 int __wrap_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*f)(void *), void *arg) {
+    if (&ukasan_scs_runtime)
+        return __real_pthread_create(t, a, f, arg);
     struct start *s = malloc(sizeof *s);
     if (!s)
         return 11; /* EAGAIN */

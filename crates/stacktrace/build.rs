@@ -22,6 +22,9 @@ fn main() {
     if arch == "aarch64" && scs {
         println!("cargo::rustc-cfg=ukasan_scs");
     }
+    // Dependents read this as DEP_UKASAN_STACKTRACE_SCS (ukasan's SCS runtime is built only
+    // when this crate reads x18).
+    println!("cargo::metadata=scs={}", u8::from(arch == "aarch64" && scs));
     // Dependents read this in their build scripts as DEP_UKASAN_STACKTRACE_FRAME_POINTERS
     // (the preload's build rule). Nothing here needs frame pointers: entry points step out
     // of themselves by their CFI, and the walkers follow frame records only where the CFI

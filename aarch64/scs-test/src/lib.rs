@@ -189,4 +189,100 @@ mod tests {
         assert!(at >= 2, "handler frames come first: {h:x?}");
         assert_eq!(h[at..at + 6], f[2..8]);
     }
+
+    // ---- GCS for real: needs QEMU 11.1 (bookworm's 7.2 has no FEAT_GCS). check.sh names it
+    // in UKASAN_GCS_QEMU when it could fetch it; the test then re-executes this binary under
+    // it, where one thread turns GCS on and compares the GCS walk with the frame records.
+
+    const GCS_CHILD: &str = "UKASAN_GCS_CHILD";
+
+    /// `prctl(PR_SET_SHADOW_STACK_STATUS, PR_SHADOW_STACK_ENABLE, 0, 0, 0)` as a raw syscall,
+    /// every unused argument register zeroed (the kernel refuses otherwise). Inlined: a
+    /// function that turned GCS on cannot return (its return address is not on the GCS).
+    #[inline(always)]
+    fn enable_gcs() -> isize {
+        let r: isize;
+        // SAFETY: a syscall that only changes this thread's GCS state; the caller never
+        // returns past this point (see `gcs_child`).
+        unsafe {
+            core::arch::asm!(
+                "svc #0",
+                inlateout("x0") 75isize => r,
+                in("x1") 1usize,
+                in("x2") 0usize,
+                in("x3") 0usize,
+                in("x4") 0usize,
+                in("x8") 167usize, // prctl
+                options(nostack),
+            )
+        };
+        r
+    }
+
+    /// The GCS and frame-record traces from 4 nested frames, taken with GCS on.
+    #[inline(never)]
+    fn gcs_body() -> i32 {
+        let (mut s, mut f) = ([0usize; 64], [0usize; 64]);
+        let (mut rs, mut nf) = (Ok(0), 0);
+        nest(4, &mut || {
+            rs = capture_in(Backend::Gcs, &mut s);
+            nf = capture_in(Backend::FramePointer, &mut f).unwrap_or(0);
+        });
+        let Ok(ns) = rs else {
+            println!("gcs: capture refused: {rs:?}");
+            return 1;
+        };
+        // Every call since GCS went on is on it, the returns into capture_in, the closure,
+        // nest(0..=4), gcs_body and gcs_child; then the end of the GCS. Entry 1 (the return into the closure) differs: two
+        // call sites. The frame walk goes on below (frames older than the enabling).
+        let ok = ns == 9 && nf > ns && s[0] == f[0] && s[1] != f[1] && s[2..ns] == f[2..ns];
+        println!("gcs: {ns} entries {:x?}, frame records {:x?}", &s[..ns], &f[..nf]);
+        if ok {
+            println!("gcs: {ns} frames agree with the frame records");
+            0
+        } else {
+            1
+        }
+    }
+
+    /// With GCS on, returning from a frame older than the enabling would fault (its return
+    /// address is not on the new GCS): this ends the process instead.
+    #[inline(never)]
+    fn gcs_child() -> ! {
+        let r = enable_gcs();
+        if r != 0 {
+            println!("gcs: prctl(PR_SET_SHADOW_STACK_STATUS) = {r}");
+            // SAFETY: ends the process.
+            unsafe { libc::_exit(3) };
+        }
+        let code = gcs_body();
+        // SAFETY: ends the process without returning through pre-GCS frames.
+        unsafe { libc::_exit(code) }
+    }
+
+    #[test]
+    fn gcs_child_entry() {
+        if std::env::var_os(GCS_CHILD).is_some() {
+            gcs_child();
+        }
+    }
+
+    #[test]
+    fn gcs_walk_agrees_with_the_frame_records_under_qemu_11() {
+        let Ok(qemu) = std::env::var("UKASAN_GCS_QEMU") else {
+            eprintln!("UKASAN_GCS_QEMU not set: no QEMU with FEAT_GCS here, GCS not tested");
+            return;
+        };
+        let o = std::process::Command::new(qemu)
+            .args(["-L", "/usr/aarch64-linux-gnu", "-cpu", "max"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["tests::gcs_child_entry", "--exact", "--nocapture", "--test-threads=1"])
+            .env(GCS_CHILD, "1")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        eprintln!("{out}{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(o.status.code(), Some(0), "{out}");
+        assert!(out.contains("gcs: 9 frames agree with the frame records"), "{out}");
+    }
 }

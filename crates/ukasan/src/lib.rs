@@ -155,6 +155,7 @@ pub mod leak;
 pub mod options;
 pub mod report;
 pub mod runtime;
+pub mod scs;
 mod sink;
 pub mod suppress;
 pub mod sys;

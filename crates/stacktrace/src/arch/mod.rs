@@ -29,6 +29,7 @@ use core::sync::atomic::AtomicU64;
 /// (Used by the x86-64 step; the other ports ignore it.)
 #[doc(hidden)]
 #[derive(Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct Site {
     pub(crate) key_xor_word: AtomicU64,
     pub(crate) word: AtomicU64,

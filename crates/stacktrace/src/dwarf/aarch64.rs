@@ -9,12 +9,15 @@
 
 use gimli::Register;
 
+/// The CFI vendor extensions to decode (see `cfi::decode`).
+pub(super) const VENDOR: gimli::Vendor = gimli::Vendor::AArch64;
 /// DWARF number of the stack pointer.
 pub(super) const SP: Register = gimli::AArch64::SP;
 /// DWARF number of the frame pointer (`x29`).
 pub(super) const FP: Register = gimli::AArch64::X29;
 
-/// Register rules a row can hold: the callee-saved registers x19-x30, d8-d15, with room to spare.
+/// Register rules a row can hold: the callee-saved registers x19-x30, d8-d15 and the
+/// return-address sign state of pac-ret code, with room to spare.
 pub(super) const MAX_RULES: usize = 24;
 
 /// The vDSO's `__kernel_rt_sigreturn`: `mov x8, #139` (`rt_sigreturn`); `svc #0`.

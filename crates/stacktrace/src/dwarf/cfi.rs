@@ -165,7 +165,12 @@ pub(crate) fn decode(
     if table.iter(&bases).size_hint().1? > hdr_len / 4 {
         return None;
     }
-    let eh = EhFrame::new(eh_frame, NativeEndian);
+    let mut eh = EhFrame::new(eh_frame, NativeEndian);
+    // Opcode 0x2d is aarch64's `DW_CFA_AARCH64_negate_ra_state` (return addresses signed by
+    // `-Zbranch-protection=pac-ret` / `-mbranch-protection`), which gimli decodes only when
+    // told the vendor: without it every signed frame's CFI is an error and the walk stops.
+    // The sign state it tracks needs no rule here: saved return addresses are stripped.
+    eh.set_vendor(arch::VENDOR);
     // gimli's `EhHdrTable::fde_for_address` would do these steps with an unchecked
     // `fde pointer - eh_frame pointer` (gimli 0.34 `pointer_to_offset`): a table entry that
     // points below `.eh_frame` overflows, which panics in a build with overflow checks (a

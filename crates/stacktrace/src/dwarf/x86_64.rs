@@ -5,6 +5,8 @@
 
 use gimli::Register;
 
+/// The CFI vendor extensions to decode (see `cfi::decode`): none.
+pub(super) const VENDOR: gimli::Vendor = gimli::Vendor::Default;
 /// DWARF number of the stack pointer (`rsp`).
 pub(super) const SP: Register = gimli::X86_64::RSP;
 /// DWARF number of the frame pointer (`rbp`).

@@ -32,7 +32,7 @@ use std::thread::LocalKey;
 use crate::Unsupported;
 
 pub use crate::frame::Memory;
-pub use scs::register_scs_base;
+pub use scs::{register_scs_base, register_scs_stack};
 
 /// Most entries dropped from the top of a shadow stack while looking for the caller of the
 /// capture entry point (the entry point, dispatch and backend frames are at most 3 today).

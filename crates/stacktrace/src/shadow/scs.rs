@@ -55,6 +55,23 @@ pub fn register_scs_base(base: usize) {
     let _ = BASE.try_with(|c| c.set(base));
 }
 
+/// Registers the current thread's whole shadow call stack: the mapping `[lo, hi)` that holds
+/// it (its guard page excluded) and its `base` (as for [`register_scs_base`]). A runtime that
+/// maps the stack itself calls this as the thread starts, so that no capture ever reads
+/// `/proc/self/maps` to find the mapping (which qemu-user can misreport while other threads
+/// map and unmap). Async-signal-safe.
+pub fn register_scs_stack(lo: usize, hi: usize, base: usize) {
+    let _ = REGION.try_with(|c| c.set((lo, hi)));
+    register_scs_base(base);
+}
+
+/// The current thread's registered `(lo, hi, base)` (see [`register_scs_stack`]; zeros for
+/// none). Async-signal-safe.
+pub fn registered_scs_stack() -> (usize, usize, usize) {
+    let (lo, hi) = REGION.try_with(Cell::get).unwrap_or((0, 0));
+    (lo, hi, BASE.try_with(Cell::get).unwrap_or(0))
+}
+
 /// The decoded entries of an SCS, newest first: see [`entries`].
 #[derive(Debug)]
 pub struct Entries<'m, M> {
@@ -242,6 +259,16 @@ mod tests {
             walk(&img, x18, None, img.region(), CALLER, &mut buf),
             Err(Unsupported::NotEnabled)
         );
+    }
+
+    #[test]
+    fn a_registered_stack_is_the_region_and_the_base() {
+        register_scs_stack(0x7000_0000, 0x7001_0000, 0x7000_0018);
+        assert_eq!(registered_scs_stack(), (0x7000_0000, 0x7001_0000, 0x7000_0018));
+        let other = std::thread::spawn(registered_scs_stack).join().unwrap();
+        assert_eq!(other, (0, 0, 0));
+        register_scs_stack(0, 0, 0);
+        assert_eq!(registered_scs_stack(), (0, 0, 0));
     }
 
     #[test]

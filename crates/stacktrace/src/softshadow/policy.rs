@@ -20,6 +20,8 @@ pub const MAX_SKIP: usize = 16;
 /// Captures without churn before `skip` decreases by one.
 pub const DECAY: usize = 1024;
 /// `skip` of a new thread, above the minimum: allocator-like callers churn about 3 frames.
+// The live shadow stack (its only user) is x86-64 only; compiled and tested everywhere.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const INITIAL_EXTRA: usize = 2;
 
 static MIN_UNPATCHED: AtomicUsize = AtomicUsize::new(DEFAULT_MIN_UNPATCHED);
@@ -38,6 +40,8 @@ pub fn min_unpatched() -> usize {
     MIN_UNPATCHED.load(Relaxed)
 }
 
+// x86-64 only (see `INITIAL_EXTRA`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) fn initial_skip() -> usize {
     let m = min_unpatched();
     if m == 0 {
@@ -48,6 +52,8 @@ pub(super) fn initial_skip() -> usize {
 }
 
 /// Next `(skip, quiet)` after a capture that saw `churn` entries popped since the previous.
+// x86-64 only (see `INITIAL_EXTRA`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) fn next(skip: usize, quiet: usize, churn: usize) -> (usize, usize) {
     let min = min_unpatched();
     if min == 0 {

@@ -137,7 +137,7 @@ fn install_markers(base: usize, len: usize) {
     let ok = unsafe {
         libc::mprotect(base as *mut c_void, len, libc::PROT_READ | libc::PROT_WRITE) == 0
             && libc::madvise(base as *mut c_void, len, MADV_GUARD_INSTALL) == 0
-    };
+    } && guarded(base);
     if ok {
         // Relaxed: published with the pool (Release store of `base`).
         MARKERS.store(true, Ordering::Relaxed);
@@ -145,6 +145,21 @@ fn install_markers(base: usize, len: usize) {
         // SAFETY: as above.
         unsafe { libc::mprotect(base as *mut c_void, len, libc::PROT_NONE) };
     }
+}
+
+/// Whether reading the byte at `addr` faults, asked of the kernel without touching it: a
+/// success of `MADV_GUARD_INSTALL` is not proof, since qemu-user answers 0 to every `madvise`
+/// and does nothing (then `mprotect` must guard the pool). `process_vm_readv` of our own
+/// memory fails with `EFAULT` on a guard marker; any other answer (no such syscall, a seccomp
+/// refusal, a successful read) counts as "not guarded".
+fn guarded(addr: usize) -> bool {
+    let mut byte = 0u8;
+    let local = libc::iovec { iov_base: (&mut byte as *mut u8).cast(), iov_len: 1 };
+    let remote = libc::iovec { iov_base: addr as *mut c_void, iov_len: 1 };
+    // SAFETY: reads one byte of our own address space into `byte`, through the kernel (a
+    // guarded page makes the call fail, not fault).
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    n < 0 && sys::errno() == libc::EFAULT
 }
 
 /// Makes the pool pages `[lo, hi)` accessible: guard markers removed (the pages then read

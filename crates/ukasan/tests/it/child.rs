@@ -148,7 +148,7 @@ pub(crate) struct Child {
 }
 
 pub(crate) fn child(scenario: &str, opts: &str) -> Child {
-    let o = Command::new(std::env::current_exe().unwrap())
+    let o = crate::self_command()
         .args(["child::entry", "--exact", "--nocapture", "--test-threads=1"])
         .env(ENV, scenario)
         .env("UKASAN_OPTIONS", opts)
@@ -330,7 +330,9 @@ fn guarded_mode_reports_rust_reads_at_the_access() {
     let c = child("guarded-read-after-free", opts);
     let r = c.only("use-after-free");
     assert_header(&r, "use-after-free read", "peek", "");
-    assert!(r.contains("Read of size 1 at addr 0x"), "{r}");
+    // The access size is decoded on x86-64 only (an aarch64 user fault's ESR carries none).
+    let read = if cfg!(target_arch = "x86_64") { "Read of size 1" } else { "Read of unknown size" };
+    assert!(r.contains(&format!("{read} at addr 0x")), "{r}");
     assert!(r.contains("located 4 bytes inside of 32-byte region"), "{r}");
     assert!(has(&section_functions(&r, "Freed by thread"), "rust_free_site"), "{r}");
     assert_eq!(c.status, Some(1));

@@ -83,14 +83,11 @@ pub fn count(mut cmd: Command) -> Counts {
             let entering = !in_syscall.get(&tid).copied().unwrap_or(false);
             in_syscall.insert(tid, entering);
             if entering {
-                // SAFETY: all-zero is a valid register block to fill; `tid` is stopped.
-                let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-                // SAFETY: as above.
-                unsafe { libc::ptrace(libc::PTRACE_GETREGS, tid, 0, &mut regs) };
-                if regs.orig_rax == MARKER {
+                let nr = syscall_number(tid);
+                if nr == MARKER {
                     markers += 1;
                 } else if markers == 1 {
-                    *between.entry(regs.orig_rax).or_insert(0u64) += 1;
+                    *between.entry(nr).or_insert(0u64) += 1;
                 }
             }
             0
@@ -105,6 +102,29 @@ pub fn count(mut cmd: Command) -> Counts {
     let stderr = std::fs::read_to_string(&err).unwrap_or_default();
     let _ = std::fs::remove_file(&err);
     Counts { between, markers, status: exit, stderr }
+}
+
+/// The number of the syscall that stopped tracee `tid` at its entry.
+fn syscall_number(tid: libc::pid_t) -> u64 {
+    // SAFETY: all-zero is a valid register block to fill.
+    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `tid` is our stopped tracee; `regs` is a register block to fill.
+        unsafe { libc::ptrace(libc::PTRACE_GETREGS, tid, 0, &mut regs) };
+        regs.orig_rax
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // At a syscall-entry stop x8 holds the number (read through the general register set).
+        let mut iov = libc::iovec {
+            iov_base: (&mut regs as *mut libc::user_regs_struct).cast(),
+            iov_len: std::mem::size_of::<libc::user_regs_struct>(),
+        };
+        // SAFETY: `tid` is our stopped tracee; `iov` describes `regs`.
+        unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, libc::NT_PRSTATUS, &mut iov) };
+        regs.regs[8]
+    }
 }
 
 fn tempfile_path(what: &str) -> std::path::PathBuf {
