@@ -200,6 +200,7 @@ pub(crate) fn entry(h: &Header) -> Entry {
 /// glibc's cache of exited threads' stacks, which the scan does not reach) are the
 /// loader's business, not the program's leaks.
 pub(crate) fn loader_range() -> (usize, usize) {
+    note_static_tls();
     // SAFETY: getauxval has no preconditions.
     let base = unsafe { libc::getauxval(libc::AT_BASE) } as usize;
     if base == 0 {
@@ -233,6 +234,48 @@ pub(crate) fn loader_range() -> (usize, usize) {
 }
 
 /// Root ranges: up to 512 module segments, the stack, the TLS mapping.
+/// Bytes of the static TLS area (glibc's `_dl_get_tls_static_info`, as LeakSanitizer reads
+/// it), asked once at start-up; 0 when unknown.
+static STATIC_TLS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Room kept for the thread descriptor (glibc's `struct pthread`, about 2.3 KiB on x86-64)
+/// on the far side of the thread pointer.
+const DESCRIPTOR_ROOM: usize = 8 << 10;
+
+fn note_static_tls() {
+    type Info = unsafe extern "C" fn(*mut usize, *mut usize);
+    // SAFETY: dlsym with a NUL-terminated name; called at start-up, in normal context.
+    let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_get_tls_static_info".as_ptr()) };
+    if f.is_null() {
+        return;
+    }
+    let (mut size, mut align) = (0usize, 0usize);
+    // SAFETY: glibc's `void _dl_get_tls_static_info(size_t *, size_t *)`.
+    unsafe { core::mem::transmute::<*mut libc::c_void, Info>(f)(&mut size, &mut align) };
+    // Relaxed: read by the exit checks of this process, long after.
+    STATIC_TLS.store(size, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The static TLS area and the thread descriptor around the thread pointer `tp`, inside the
+/// mapping `[lo, hi)` that holds them. Not the whole mapping: anonymous mappings merge, and
+/// the runtime's own (thread caches, quarantine records) hold addresses of objects, stale
+/// ones among them, which would hide leaks. The whole mapping when the size is unknown.
+fn tls_window(tp: usize, lo: usize, hi: usize) -> (usize, usize) {
+    // Relaxed: written at start-up.
+    let size = STATIC_TLS.load(core::sync::atomic::Ordering::Relaxed);
+    if size == 0 {
+        return (lo, hi);
+    }
+    // x86-64 (TLS variant II): the blocks below the thread pointer, the descriptor above it;
+    // aarch64 (variant I): the descriptor below, the blocks above.
+    let (below, above) = if cfg!(target_arch = "x86_64") {
+        (size, DESCRIPTOR_ROOM)
+    } else {
+        (DESCRIPTOR_ROOM, size)
+    };
+    (tp.saturating_sub(below).max(lo), tp.saturating_add(above).min(hi))
+}
+
 fn roots(stack_from: usize) -> impl Iterator<Item = (usize, usize)> {
     let mut out = [(0usize, 0usize); 512];
     let mut n = 0usize;
@@ -287,7 +330,7 @@ fn roots(stack_from: usize) -> impl Iterator<Item = (usize, usize)> {
     let tp = 0usize;
     if let Some(m) = stacktrace::maps::find_mapping(tp).filter(|m| m.read && m.write) {
         if !(m.start..m.end).contains(&sp) {
-            out[n] = (m.start, m.end);
+            out[n] = tls_window(tp, m.start, m.end);
             n += 1;
         }
     }
@@ -338,6 +381,22 @@ mod tests {
         assert!(f.may_hold(base + (3 + Granules::COUNT) * g));
         let huge = Granules::of(&[mk(base, base + (Granules::COUNT + 5) * g)]);
         assert!((0..Granules::COUNT).all(|k| huge.may_hold(k * g)));
+    }
+
+    #[test]
+    fn the_tls_root_is_the_static_area_not_the_whole_mapping() {
+        let (lo, hi, tp) = (0x10_0000usize, 0x90_0000usize, 0x50_0000usize);
+        STATIC_TLS.store(0x3000, core::sync::atomic::Ordering::Relaxed);
+        let (a, b) = tls_window(tp, lo, hi);
+        assert!(a >= lo && b <= hi && a < tp && tp < b);
+        assert_eq!(b - a, 0x3000 + DESCRIPTOR_ROOM);
+        // Clipped to the mapping.
+        assert_eq!(tls_window(lo + 0x100, lo, hi).0, lo);
+        // This process: glibc answers, with a size the thread pointer's mapping can hold.
+        note_static_tls();
+        assert!(STATIC_TLS.load(core::sync::atomic::Ordering::Relaxed) > 0);
+        STATIC_TLS.store(0, core::sync::atomic::Ordering::Relaxed);
+        assert_eq!(tls_window(tp, lo, hi), (lo, hi), "unknown size: the whole mapping");
     }
 
     #[test]
