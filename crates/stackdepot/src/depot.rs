@@ -229,13 +229,10 @@ impl Depot {
     /// truncated then), and as for `save`. Async-signal-safe, never allocates.
     #[inline]
     pub fn save_on(&self, base: Handle, base_len: usize, frames: &[usize]) -> Handle {
-        let len = base_len.saturating_add(frames.len());
-        let Some(t) = self.table() else { return Handle::NONE };
-        if len > MAX_DEPTH || !self.is_node(base.id()) {
-            return Handle::NONE;
+        match self.path_on(base, base_len, frames) {
+            Some((id, len)) => self.finish(id, len),
+            None => Handle::NONE,
         }
-        let id = self.extend(t, base.id(), frames, &mut []);
-        self.finish(id, len)
     }
 
     /// As [`save_on`](Self::save_on), without counting the result as a saved trace in
@@ -243,15 +240,22 @@ impl Depot {
     /// saved on in turn), whose handle is the same as `save_on`'s.
     #[inline]
     pub fn extend_on(&self, base: Handle, base_len: usize, frames: &[usize]) -> Handle {
+        match self.path_on(base, base_len, frames) {
+            Some((id, _)) if id != 0 => Handle::from_id(id),
+            _ => Handle::NONE,
+        }
+    }
+
+    /// The node of `frames` on `base` and the whole trace's length (node 0 when refused);
+    /// `None` when `base` is not ours or the trace would exceed [`MAX_DEPTH`].
+    #[inline]
+    fn path_on(&self, base: Handle, base_len: usize, frames: &[usize]) -> Option<(u32, usize)> {
         let len = base_len.saturating_add(frames.len());
-        let Some(t) = self.table() else { return Handle::NONE };
+        let t = self.table()?;
         if len > MAX_DEPTH || !self.is_node(base.id()) {
-            return Handle::NONE;
+            return None;
         }
-        match self.extend(t, base.id(), frames, &mut []) {
-            0 => Handle::NONE,
-            id => Handle::from_id(id),
-        }
+        Some((self.extend(t, base.id(), frames, &mut []), len))
     }
 
     /// As [`save`](Self::save), and also writes to `suffixes[i]` the handle of

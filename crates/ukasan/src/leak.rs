@@ -200,7 +200,6 @@ pub(crate) fn entry(h: &Header) -> Entry {
 /// glibc's cache of exited threads' stacks, which the scan does not reach) are the
 /// loader's business, not the program's leaks.
 pub(crate) fn loader_range() -> (usize, usize) {
-    note_static_tls();
     // SAFETY: getauxval has no preconditions.
     let base = unsafe { libc::getauxval(libc::AT_BASE) } as usize;
     if base == 0 {
@@ -242,7 +241,9 @@ static STATIC_TLS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicU
 /// on the far side of the thread pointer.
 const DESCRIPTOR_ROOM: usize = 8 << 10;
 
-fn note_static_tls() {
+/// Asks glibc for the static TLS size (at start-up, in normal context: the exit checks run
+/// with the heap's locks held, where `dlsym` must not be called).
+pub(crate) fn note_static_tls() {
     type Info = unsafe extern "C" fn(*mut usize, *mut usize);
     // SAFETY: dlsym with a NUL-terminated name; called at start-up, in normal context.
     let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_get_tls_static_info".as_ptr()) };

@@ -169,6 +169,7 @@ impl Runtime {
         crate::sink::at_start(&o);
         Self::size_depot(&o);
         let (lo, hi) = leak::loader_range();
+        leak::note_static_tls();
         // Relaxed: published by the Release store of READY below.
         self.loader.0.store(lo, Ordering::Relaxed);
         self.loader.1.store(hi, Ordering::Relaxed);
