@@ -154,6 +154,7 @@ pub mod guarded;
 pub mod leak;
 pub mod options;
 pub mod report;
+mod report_stack;
 pub mod runtime;
 pub mod scs;
 mod sink;

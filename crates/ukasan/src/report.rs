@@ -216,18 +216,9 @@ pub(crate) struct ReportState {
     seen: [u64; SEEN],
     nseen: usize,
     sink: crate::sink::Sink,
-    /// The top of the stack reports are formatted on; 0: not mapped yet, 1: mapping failed.
-    stack_top: usize,
 }
 
-/// Bytes of the stack reports are formatted on (`MAP_NORESERVE`: only the pages a report
-/// touches are ever backed). In-process symbolization (DWARF sections inflated, a 64 KiB
-/// frame buffer) takes 64 to 256 KiB, more than a signal handler's `sigaltstack`
-/// (`SIGSTKSZ`, `AT_MINSIGSTKSZ`) or a small thread stack has: on the caller's stack, a
-/// double free in such a handler crashed the program with no report written.
-const REPORT_STACK: usize = 1 << 20;
-
-/// What [`format_here`] formats, passed through [`stacktrace::call_on_stack`].
+/// What [`format_job`] formats.
 struct FormatJob<'a, 'r> {
     buf: &'a mut FixedBuf<BUF>,
     o: &'a Options,
@@ -252,46 +243,6 @@ fn format_job(j: &mut FormatJob<'_, '_>) {
     }
 }
 
-/// Runs on the report stack.
-unsafe extern "C" fn format_here(arg: *mut libc::c_void) {
-    // SAFETY: `arg` is the `FormatJob` that `format_on_report_stack` passes; it outlives the
-    // call (the caller waits on its own stack).
-    let j = unsafe { &mut *arg.cast::<FormatJob<'_, '_>>() };
-    format_job(j);
-}
-
-/// Formats `r` into `st.buf` on the report stack (mapped on the first report, with a guard
-/// page below), or on the caller's stack if it cannot be mapped; `false` if a suppression
-/// rule matched. Under the report lock: one report stack serves every thread.
-fn format_on_report_stack(st: &mut ReportState, o: &Options, r: &Report<'_>) -> bool {
-    if st.stack_top == 0 {
-        st.stack_top = match sys::map(REPORT_STACK + 4096, 4096, true) {
-            Some(p) => {
-                // SAFETY: the lowest page of the fresh mapping becomes the guard page.
-                unsafe { libc::mprotect(p.cast(), 4096, libc::PROT_NONE) };
-                p as usize + 4096 + REPORT_STACK
-            }
-            None => 1,
-        };
-    }
-    let mut j = FormatJob { buf: &mut st.buf, o, r, suppressed: false };
-    if st.stack_top == 1 {
-        format_job(&mut j);
-        return !j.suppressed;
-    }
-    // SAFETY: `stack_top` is the 16-byte-aligned end of a writable mapping of
-    // REPORT_STACK bytes that only the holder of the report lock uses; `format_here` does
-    // not unwind (a panic in an `extern "C"` function aborts) and gets the `FormatJob`.
-    unsafe {
-        stacktrace::call_on_stack(
-            st.stack_top,
-            format_here,
-            (&mut j as *mut FormatJob<'_, '_>).cast(),
-        )
-    };
-    !j.suppressed
-}
-
 /// Serializes and deduplicates reports.
 pub(crate) struct Reporter {
     state: SpinLock<ReportState>,
@@ -309,7 +260,6 @@ impl Reporter {
                 seen: [0; SEEN],
                 nseen: 0,
                 sink: crate::sink::Sink::new(),
-                stack_top: 0,
             }),
             count: AtomicU32::new(0),
             count_pid: core::sync::atomic::AtomicI32::new(0),
@@ -350,8 +300,13 @@ impl Reporter {
         unsafe { self.state.force_unlock() };
     }
 
-    /// Prints a report unless an identical one was printed; applies `halt_on_error`.
+    /// Prints a report unless an identical one was printed; applies `halt_on_error`. On the
+    /// report stack (see [`crate::report_stack`]; taken before the report lock).
     pub(crate) fn emit(&self, o: &Options, r: &Report<'_>) {
+        crate::report_stack::run(|| self.emit_here(o, r));
+    }
+
+    fn emit_here(&self, o: &Options, r: &Report<'_>) {
         let sig = signature(r);
         let mut st = self.state.lock();
         if st.seen[..st.nseen].contains(&sig) {
@@ -364,7 +319,9 @@ impl Reporter {
         }
         let st = &mut *st;
         st.buf.clear();
-        if !format_on_report_stack(st, o, r) {
+        let mut j = FormatJob { buf: &mut st.buf, o, r, suppressed: false };
+        format_job(&mut j);
+        if j.suppressed {
             return;
         }
         self.flush(o, st);
@@ -378,6 +335,10 @@ impl Reporter {
 
     /// Writes a free-form block (leak reports, statistics) under the lock.
     pub(crate) fn emit_with(&self, o: &Options, counts: bool, f: impl FnOnce(&mut FixedBuf<BUF>)) {
+        crate::report_stack::run(|| self.emit_with_here(o, counts, f));
+    }
+
+    fn emit_with_here(&self, o: &Options, counts: bool, f: impl FnOnce(&mut FixedBuf<BUF>)) {
         let mut st = self.state.lock();
         let st = &mut *st;
         st.buf.clear();

@@ -167,6 +167,7 @@ impl Runtime {
             o.detect_leaks = Some(self.leaks_default);
         }
         crate::sink::at_start(&o);
+        crate::report_stack::init();
         Self::size_depot(&o);
         let (lo, hi) = leak::loader_range();
         leak::note_static_tls();
@@ -315,8 +316,11 @@ impl Runtime {
     }
 
     /// A track for the current thread with the stack from `regs` (no sequence number: heap
-    /// objects do not share a counter between threads).
-    #[inline]
+    /// objects do not share a counter between threads). Out of line: the capture's state
+    /// (1.7 KiB of frame) stays off the frames of `malloc` and `free`, so that a handler on
+    /// an 8 KiB alternate stack, a quarter of it taken by an AVX-512 signal frame, can
+    /// allocate; one call per tracked allocation or free.
+    #[inline(never)]
     pub(crate) fn track(&self, o: &Options, regs: &Regs) -> Track {
         let stack = if o.stacks == Stacks::Off {
             stackdepot::Handle::NONE
@@ -324,10 +328,17 @@ impl Runtime {
             let mut buf = [0usize; 64];
             self.save(o, regs, &mut buf[..o.depth])
         } else {
-            let mut buf = [0usize; MAX_DEPTH];
-            self.save(o, regs, &mut buf[..o.depth])
+            self.save_deep(o, regs)
         };
         Track { tid: sys::tid(), stack, seq: 0 }
+    }
+
+    /// [`Runtime::save`] for `depth` over 64, out of line: its 2 KiB buffer stays off the
+    /// stack frames of `malloc` and `free` (a handler on an 8 KiB alternate stack allocates).
+    #[inline(never)]
+    fn save_deep(&self, o: &Options, regs: &Regs) -> stackdepot::Handle {
+        let mut buf = [0usize; MAX_DEPTH];
+        self.save(o, regs, &mut buf[..o.depth])
     }
 
     #[inline]
@@ -506,10 +517,14 @@ impl Runtime {
         obj: Option<Object>,
         regs: &Regs,
     ) {
-        let mut buf = [0usize; MAX_DEPTH];
-        let stacks = if o.stacks == Stacks::Off { Stacks::Auto } else { o.stacks };
-        let n = capture(stacks, regs, &mut buf[..o.depth]);
-        self.report_stack(o, kind, access, obj, &buf[..n], false);
+        // From here on the report's own stack: the caller may be a handler on an 8 KiB
+        // alternate stack.
+        crate::report_stack::run(|| {
+            let mut buf = [0usize; MAX_DEPTH];
+            let stacks = if o.stacks == Stacks::Off { Stacks::Auto } else { o.stacks };
+            let n = capture(stacks, regs, &mut buf[..o.depth]);
+            self.report_stack(o, kind, access, obj, &buf[..n], false);
+        });
     }
 
     /// Files a report with a captured stack (`exact_pc`: its first entry is a faulting
@@ -525,8 +540,10 @@ impl Runtime {
         stack: &[usize],
         exact_pc: bool,
     ) {
-        let r = Report { kind, access, tid: sys::tid(), stack, exact_pc, chunk };
-        self.reporter.emit(o, &r);
+        crate::report_stack::run(|| {
+            let r = Report { kind, access, tid: sys::tid(), stack, exact_pc, chunk };
+            self.reporter.emit(o, &r);
+        });
     }
 
     /// Runs the exit checks: every quarantined object is verified, then leaks are reported;
@@ -606,6 +623,7 @@ impl Runtime {
     }
 
     fn lock_all(&self) {
+        crate::report_stack::lock_for_fork();
         self.reporter.raw_lock();
         self.chunks.lock_all();
         self.guarded.raw_lock();
@@ -623,14 +641,17 @@ impl Runtime {
         unsafe { self.chunks.unlock_all() };
         // SAFETY: as above.
         unsafe { self.reporter.force_unlock() };
+        crate::report_stack::unlock_after_fork();
     }
 }
 
 /// Captures with the configured backend. The software shadow stack and DWARF fall back to
 /// frame pointers whenever they cannot serve (not built here, a thread on a fiber stack, a
 /// signal that interrupted a capture): a stack is better than none. Returns the number of
-/// frames.
-#[inline]
+/// frames. Out of line: the walkers' state stays off the frames of `malloc` and `free`,
+/// which a handler on an 8 KiB alternate stack runs (the shadow stack's fast path, in
+/// `Runtime::save`, is inlined on its own).
+#[inline(never)]
 pub fn capture(stacks: Stacks, regs: &Regs, buf: &mut [usize]) -> usize {
     let r = match stacks {
         Stacks::Off => return 0,

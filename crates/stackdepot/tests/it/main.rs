@@ -6,6 +6,7 @@ mod fork;
 mod global;
 #[cfg(not(miri))]
 mod noalloc;
+mod ops;
 mod props;
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.

@@ -339,7 +339,6 @@ impl Pool {
         self.end.store(base + small_len + large_len, Ordering::Relaxed);
         // Release pairs with the Acquire load in `contains`: the fields above are visible.
         self.base.store(base, Ordering::Release);
-        signal::init_report_stack();
         signal::thread_altstack();
         signal::ensure_handler();
     }

@@ -24,23 +24,7 @@ static PREV_SIGINFO: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(
 /// Serializes (re)installation of our handler.
 static INSTALL: SpinLock<()> = SpinLock::new(());
 
-/// The stack fault reports are formatted on (the symbolizer needs far more than a
-/// typical alternate signal stack, e.g. Rust std's 8 KiB), and who is on it.
-static REPORT_STACK: AtomicUsize = AtomicUsize::new(0);
-static REPORT_STACK_BUSY: AtomicBool = AtomicBool::new(false);
-const REPORT_STACK_SIZE: usize = 1 << 20;
 const ALTSTACK: usize = 64 << 10;
-
-/// Maps the stack fault reports are formatted on.
-pub(super) fn init_report_stack() {
-    if let Some(s) = map(REPORT_STACK_SIZE + PAGE, libc::PROT_READ | libc::PROT_WRITE) {
-        // SAFETY: the lowest page of the fresh mapping becomes its guard page.
-        unsafe { libc::mprotect(s as *mut c_void, PAGE, libc::PROT_NONE) };
-        // Relaxed: read by our fault handler, installed after this (the sigaction syscall
-        // orders it before any delivery).
-        REPORT_STACK.store(s + PAGE + REPORT_STACK_SIZE, Ordering::Relaxed);
-    }
-}
 
 /// An alternate signal stack of the table, and who has it: `pid << 32 | tid` (0: nobody).
 /// The pid makes the entries of a parent, inherited over `fork`, never look free (the
@@ -152,38 +136,6 @@ pub(super) fn ensure_handler() {
     }
 }
 
-/// Runs `f` on the report stack (on the current stack if there is none), waiting while
-/// another thread's fault report uses it: the handler itself then needs only a few hundred
-/// bytes of whatever stack the fault was delivered on (a small `sigaltstack`, or a thread
-/// stack close to its end), while the capture, the symbolizer and the report get 1 MiB.
-pub(super) fn on_report_stack<F: FnOnce()>(f: F) {
-    // Relaxed: set once at init, before any guarded object existed.
-    let top = REPORT_STACK.load(Ordering::Relaxed);
-    if top == 0 || !cfg!(target_arch = "x86_64") {
-        f();
-        return;
-    }
-    extern "C" fn run<F: FnOnce()>(arg: *mut c_void) {
-        // SAFETY: `on_report_stack` passes its live `Option<F>`, used once.
-        if let Some(f) = unsafe { &mut *(arg as *mut Option<F>) }.take() {
-            f();
-        }
-    }
-    // Acquire pairs with the Release store below: the previous user is off the stack.
-    while REPORT_STACK_BUSY
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        core::hint::spin_loop();
-    }
-    let mut f = Some(f);
-    // SAFETY: the report stack is ours (the busy flag) and 16-byte aligned at `top`; `run`
-    // cannot unwind (a panic in an `extern "C"` function aborts).
-    unsafe { stacktrace::call_on_stack(top, run::<F>, &mut f as *mut Option<F> as *mut c_void) };
-    // Release pairs with the Acquire above.
-    REPORT_STACK_BUSY.store(false, Ordering::Release);
-}
-
 /// Whether the faulting access was a write: x86-64, the page-fault error code's write bit;
 /// aarch64, the WnR bit of the ESR record in the signal frame; false elsewhere.
 fn is_write(uc: *mut c_void) -> bool {
@@ -232,7 +184,9 @@ extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void)
                 return;
             };
             let write = is_write(uc);
-            on_report_stack(|| rt.guarded.on_fault(rt, addr, write, uc));
+            // The handler itself needs only a few hundred bytes of whatever stack the fault
+            // was delivered on (a small `sigaltstack`, a thread stack close to its end).
+            crate::report_stack::run(|| rt.guarded.on_fault(rt, addr, write, uc));
         }
         // The previous handler passed the fault back to us (it chains to what it found
         // installed, which was ours): end the loop with the default action.
