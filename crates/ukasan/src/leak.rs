@@ -7,8 +7,10 @@
 //! count) marks it, and marked objects are scanned in turn. What stays unmarked is leaked.
 //! Live guarded objects ([`crate::guarded`]) are candidates like chunks.
 //!
-//! Limits: the stacks and registers of *other* threads still running at exit are not
-//! scanned (their objects may be reported), nor memory mapped directly with `mmap`.
+//! Other threads still running at exit are stopped when a first pass finds candidates
+//! ([`crate::stop`]); their registers, stacks and static TLS are roots too. Limits: threads
+//! that block every signal are not stopped (the report counts them), and memory mapped
+//! directly with `mmap` is not scanned.
 //!
 //! Works in `mmap`-ed scratch arrays (no allocation) while every registry shard is locked.
 
@@ -64,12 +66,16 @@ impl<T> Drop for Scratch<T> {
     }
 }
 
-/// Marks the entries reachable from the roots. `entries` is sorted by `start`. The current
-/// thread's stack is scanned from `stack_from` up: the stack pointer of the code that asked
-/// for the check (the exit path), so that the runtime's own frames, which overlay the
-/// frames of the program's last allocations and keep stale copies of their pointers, are
-/// not taken for roots.
-pub(crate) fn mark(entries: &mut [Entry], work: &mut [u32], stack_from: usize) {
+/// Marks the entries reachable from the root ranges ([`roots`], and those of the threads
+/// [`crate::stop`] stopped), less `pool` (the guarded pool: its objects are entries, and its
+/// guard markers fault on a read; `/proc/self/maps` merges it with a thread stack mapped
+/// next to it). `entries` is sorted by `start`.
+pub(crate) fn mark(
+    entries: &mut [Entry],
+    work: &mut [u32],
+    roots: impl IntoIterator<Item = (usize, usize)>,
+    pool: (usize, usize),
+) {
     let mut top = 0usize;
     let filter = Granules::of(entries);
     let scan = |entries: &mut [Entry], work: &mut [u32], top: &mut usize, lo: usize, hi: usize| {
@@ -101,8 +107,9 @@ pub(crate) fn mark(entries: &mut [Entry], work: &mut [u32], stack_from: usize) {
         (entries.as_ptr() as usize, entries.as_ptr() as usize + core::mem::size_of_val(entries)),
         (work.as_ptr() as usize, work.as_ptr() as usize + core::mem::size_of_val(work)),
         filter.range(),
+        pool,
     ];
-    for r in roots(stack_from) {
+    for r in roots {
         for (lo, hi) in without(r, skip) {
             scan(entries, work, &mut top, lo, hi);
         }
@@ -163,9 +170,9 @@ impl Granules {
 }
 
 /// `r` minus the ranges of `skip` (at most four pieces, empty ones `(0, 0)`).
-fn without(r: (usize, usize), mut skip: [(usize, usize); 3]) -> [(usize, usize); 4] {
+fn without(r: (usize, usize), mut skip: [(usize, usize); 4]) -> [(usize, usize); 5] {
     skip.sort_unstable();
-    let mut out = [(0, 0); 4];
+    let mut out = [(0, 0); 5];
     let mut lo = r.0;
     for (i, &(s, e)) in skip.iter().enumerate() {
         let (s, e) = (s.clamp(lo, r.1.max(lo)), e.clamp(lo, r.1.max(lo)));
@@ -175,7 +182,7 @@ fn without(r: (usize, usize), mut skip: [(usize, usize); 3]) -> [(usize, usize);
         lo = lo.max(e);
     }
     if lo < r.1 {
-        out[3] = (lo, r.1);
+        out[4] = (lo, r.1);
     }
     out
 }
@@ -232,7 +239,6 @@ pub(crate) fn loader_range() -> (usize, usize) {
     range
 }
 
-/// Root ranges: up to 512 module segments, the stack, the TLS mapping.
 /// Bytes of the static TLS area (glibc's `_dl_get_tls_static_info`, as LeakSanitizer reads
 /// it), asked once at start-up; 0 when unknown.
 static STATIC_TLS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
@@ -277,7 +283,13 @@ fn tls_window(tp: usize, lo: usize, hi: usize) -> (usize, usize) {
     (tp.saturating_sub(below).max(lo), tp.saturating_add(above).min(hi))
 }
 
-fn roots(stack_from: usize) -> impl Iterator<Item = (usize, usize)> {
+/// The root ranges of the exiting thread and of the process: module segments, this
+/// thread's stack from `stack_from` up (the stack pointer of the code that asked for the
+/// check, so that the runtime's own frames, which overlay the frames of the program's last
+/// allocations and keep stale copies of their pointers, are not taken for roots), its static
+/// TLS. Asked before other threads are stopped: `dl_iterate_phdr` takes the loader's lock,
+/// which a stopped thread may hold.
+pub(crate) fn roots(stack_from: usize) -> impl Iterator<Item = (usize, usize)> + Clone {
     let mut out = [(0usize, 0usize); 512];
     let mut n = 0usize;
     struct Acc<'a> {
@@ -316,19 +328,7 @@ fn roots(stack_from: usize) -> impl Iterator<Item = (usize, usize)> {
         out[n] = (from, b.hi);
         n += 1;
     }
-    let tp: usize;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: reads the TCB self-pointer at %fs:0 (glibc x86-64 ABI).
-    unsafe {
-        core::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags))
-    };
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: reads the thread pointer register.
-    unsafe {
-        core::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nomem, nostack, preserves_flags))
-    };
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    let tp = 0usize;
+    let tp = crate::stop::thread_pointer();
     if let Some(m) = stacktrace::maps::find_mapping(tp).filter(|m| m.read && m.write) {
         if !(m.start..m.end).contains(&sp) {
             out[n] = tls_window(tp, m.start, m.end);
@@ -336,6 +336,28 @@ fn roots(stack_from: usize) -> impl Iterator<Item = (usize, usize)> {
         }
     }
     out.into_iter().take(n)
+}
+
+/// The root ranges of another thread stopped with stack pointer `sp` and thread pointer
+/// `tp`: its stack from `sp` (less the 128-byte red zone) up, to its static TLS and thread
+/// descriptor when glibc placed them at the top of the same mapping, or else to the end of
+/// the mapping (the main thread's `[stack]`) plus the TLS window of `tp`'s own mapping.
+pub(crate) fn thread_roots(sp: usize, tp: usize) -> [(usize, usize); 2] {
+    let mut out = [(0, 0); 2];
+    let rw = |m: &stacktrace::maps::Mapping| m.read && m.write;
+    let Some(m) = stacktrace::maps::find_mapping(sp).filter(rw) else {
+        return out;
+    };
+    let lo = sp.saturating_sub(128).max(m.start);
+    if (m.start..m.end).contains(&tp) {
+        out[0] = (lo, tls_window(tp, m.start, m.end).1.max(lo));
+    } else {
+        out[0] = (lo, m.end);
+        if let Some(t) = stacktrace::maps::find_mapping(tp).filter(rw) {
+            out[1] = tls_window(tp, t.start, t.end);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -404,14 +426,24 @@ mod tests {
     fn roots_skip_the_scratch_arrays() {
         let pieces =
             |r, skip| without(r, skip).into_iter().filter(|&(lo, hi)| lo < hi).collect::<Vec<_>>();
-        assert_eq!(pieces((0, 100), [(10, 20), (50, 60), (0, 0)]), [(0, 10), (20, 50), (60, 100)]);
-        assert_eq!(pieces((0, 100), [(50, 60), (10, 20), (0, 0)]), [(0, 10), (20, 50), (60, 100)]);
-        assert_eq!(pieces((30, 40), [(10, 20), (50, 60), (0, 0)]), [(30, 40)]);
-        assert_eq!(pieces((0, 100), [(0, 100), (0, 0), (0, 0)]), []);
-        assert_eq!(pieces((15, 55), [(10, 20), (50, 60), (0, 0)]), [(20, 50)]);
         assert_eq!(
-            pieces((0, 100), [(70, 80), (10, 20), (40, 50)]),
+            pieces((0, 100), [(10, 20), (50, 60), (0, 0), (0, 0)]),
+            [(0, 10), (20, 50), (60, 100)]
+        );
+        assert_eq!(
+            pieces((0, 100), [(50, 60), (10, 20), (0, 0), (0, 0)]),
+            [(0, 10), (20, 50), (60, 100)]
+        );
+        assert_eq!(pieces((30, 40), [(10, 20), (50, 60), (0, 0), (0, 0)]), [(30, 40)]);
+        assert_eq!(pieces((0, 100), [(0, 100), (0, 0), (0, 0), (0, 0)]), []);
+        assert_eq!(pieces((15, 55), [(10, 20), (50, 60), (0, 0), (0, 0)]), [(20, 50)]);
+        assert_eq!(
+            pieces((0, 100), [(70, 80), (10, 20), (40, 50), (0, 0)]),
             [(0, 10), (20, 40), (50, 70), (80, 100)]
+        );
+        assert_eq!(
+            pieces((0, 100), [(70, 80), (10, 20), (90, 95), (40, 50)]),
+            [(0, 10), (20, 40), (50, 70), (80, 90), (95, 100)]
         );
     }
 

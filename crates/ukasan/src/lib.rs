@@ -158,6 +158,7 @@ mod report_stack;
 pub mod runtime;
 pub mod scs;
 mod sink;
+mod stop;
 pub mod suppress;
 pub mod sys;
 

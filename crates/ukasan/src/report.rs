@@ -917,7 +917,7 @@ struct Group {
 pub(crate) fn leaks(
     reporter: &Reporter,
     o: &Options,
-    for_each_leak: impl FnOnce(&mut dyn FnMut(&crate::leak::Entry)),
+    for_each_leak: impl FnOnce(&mut dyn FnMut(&crate::leak::Entry)) -> usize,
 ) {
     let mut groups = [Group {
         stack: stackdepot::Handle::NONE,
@@ -930,7 +930,7 @@ pub(crate) fn leaks(
     let mut n = 0;
     let (mut other_count, mut other_bytes, mut total_count, mut total_bytes) =
         (0usize, 0usize, 0usize, 0usize);
-    for_each_leak(&mut |e| {
+    let unstopped = for_each_leak(&mut |e| {
         let size = e.end - e.start;
         total_count += 1;
         total_bytes += size;
@@ -1024,6 +1024,13 @@ pub(crate) fn leaks(
         } else {
             writeln!(b)
         };
+        if unstopped > 0 {
+            let _ = writeln!(
+                b,
+                "ukasan: {unstopped} other thread(s) could not be stopped for the leak scan \
+                 (signals blocked, or no answer): objects only they hold may be reported"
+            );
+        }
     });
 }
 

@@ -59,6 +59,9 @@ const UNINIT: u8 = 0;
 const INITIALIZING: u8 = 1;
 const READY: u8 = 2;
 
+/// A walk over the listed chunks, every shard locked (see [`Chunks::with_entries`]).
+type Walk<'a> = dyn Fn(&mut dyn FnMut(Entry)) + 'a;
+
 /// One detector instance: options, shards, reporter.
 pub struct Runtime {
     state: AtomicU8,
@@ -575,46 +578,105 @@ impl Runtime {
     }
 
     /// Calls `f` on every tracked live object (chunk or guarded) that no root reaches (see
-    /// [`crate::leak`]), with every shard locked. Without scratch memory, every tracked live
-    /// object counts.
-    pub(crate) fn for_each_leak(&self, stack_from: usize, mut f: impl FnMut(&Entry)) {
+    /// [`crate::leak`]); returns the number of other threads that could not be stopped for
+    /// the scan. Without scratch memory, every tracked live object counts.
+    ///
+    /// A first pass runs with nobody stopped. When it finds candidates, the other threads are
+    /// stopped ([`crate::stop`]) and the scan runs again with their registers, stacks and TLS
+    /// as roots: what a thread still running at exit holds is not a leak. Threads that could
+    /// not be stopped (most are threads past glibc's point of no return in their exit, with
+    /// every signal blocked, some waiting for a free that needs a lock of this scan) are let
+    /// run with no lock held until they are gone or none has gone for a while, and the stop
+    /// is tried again.
+    pub(crate) fn for_each_leak(&self, stack_from: usize, mut f: impl FnMut(&Entry)) -> usize {
+        /// Stops tried; the last one scans with whoever could not be stopped.
+        const STOP_ATTEMPTS: usize = 3;
         let heap = self.heap_index();
-        self.chunks.with_entries(|walk| {
-            let mut count = 0usize;
-            walk(&mut |_| count += 1);
-            self.guarded.for_each_live(|_| count += 1);
-            generic::for_each_live(heap, |_| count += 1);
-            let (Some(mut ents), Some(mut work)) =
-                (Scratch::<Entry>::new(count), Scratch::<u32>::new(count))
-            else {
-                let mut candidate = |e: Entry| {
-                    if e.mark == 0 {
-                        f(&e)
-                    }
-                };
-                walk(&mut candidate);
-                self.guarded.for_each_live(&mut candidate);
-                generic::for_each_live(heap, &mut candidate);
-                return;
-            };
-            let ents = ents.slice(count);
-            let mut i = 0;
-            let mut add = |e: Entry| {
-                if i < ents.len() {
-                    ents[i] = e;
-                    i += 1;
-                }
-            };
-            walk(&mut add);
-            self.guarded.for_each_live(&mut add);
-            generic::for_each_live(heap, &mut add);
-            let ents = &mut ents[..i];
-            ents.sort_unstable_by_key(|e| e.start);
-            leak::mark(ents, work.slice(count), stack_from);
-            for e in ents.iter().filter(|e| e.mark == 0) {
-                f(e);
+        // Before anyone is stopped: it takes the loader's lock.
+        let roots = leak::roots(stack_from);
+        let first = self.chunks.with_entries(|walk| self.leak_pass(walk, heap, &roots, None, None));
+        match first {
+            Some(0) => return 0,
+            Some(_) => {}
+            None => {
+                // No scratch memory: every tracked live object counts.
+                self.chunks
+                    .with_entries(|walk| self.leak_pass(walk, heap, &roots, None, Some(&mut f)));
+                return 0;
             }
-        })
+        }
+        let mut tids = [0i32; crate::stop::MAX_THREADS];
+        for attempt in 1..=STOP_ATTEMPTS {
+            let pending = self.chunks.with_entries(|walk| {
+                let world = crate::stop::World::stop();
+                let unstopped = world.as_ref().map_or(0, |w| w.unstopped);
+                if let Some(w) = world.as_ref().filter(|_| attempt < STOP_ATTEMPTS) {
+                    let n = w.unstopped_tids(&mut tids);
+                    if n > 0 {
+                        return Err(n);
+                    }
+                }
+                self.leak_pass(walk, heap, &roots, world, Some(&mut f));
+                Ok(unstopped)
+            });
+            match pending {
+                Ok(unstopped) => return unstopped,
+                // The world is running again and no lock of the scan is held.
+                Err(n) => crate::stop::wait_gone(&mut tids[..n]),
+            }
+        }
+        unreachable!("the last attempt always scans")
+    }
+
+    /// One leak scan with every shard locked (`walk`): entries collected now, marked from
+    /// `roots` and the stopped threads' roots; the world is let go before `report` is called on
+    /// each unreached entry. Returns how many were unreached, or `None` without scratch memory
+    /// (then `report` gets every tracked live object).
+    fn leak_pass(
+        &self,
+        walk: &Walk<'_>,
+        heap: u8,
+        roots: &(impl Iterator<Item = (usize, usize)> + Clone),
+        world: Option<crate::stop::World>,
+        report: Option<&mut dyn FnMut(&Entry)>,
+    ) -> Option<usize> {
+        let mut count = 0usize;
+        walk(&mut |_| count += 1);
+        self.guarded.for_each_live(|_| count += 1);
+        generic::for_each_live(heap, |_| count += 1);
+        let (Some(mut ents), Some(mut work)) =
+            (Scratch::<Entry>::new(count), Scratch::<u32>::new(count))
+        else {
+            drop(world);
+            if let Some(report) = report {
+                let mut all = |e: Entry| report(&e);
+                walk(&mut all);
+                self.guarded.for_each_live(&mut all);
+                generic::for_each_live(heap, &mut all);
+            }
+            return None;
+        };
+        let ents = ents.slice(count);
+        let mut i = 0;
+        let mut add = |e: Entry| {
+            if i < ents.len() {
+                ents[i] = e;
+                i += 1;
+            }
+        };
+        walk(&mut add);
+        self.guarded.for_each_live(&mut add);
+        generic::for_each_live(heap, &mut add);
+        let ents = &mut ents[..i];
+        ents.sort_unstable_by_key(|e| e.start);
+        let others = world.as_ref().into_iter().flat_map(|w| w.roots());
+        leak::mark(ents, work.slice(count), roots.clone().chain(others), self.guarded.range());
+        drop(world);
+        let unreached = ents.iter().filter(|e| e.mark == 0);
+        if let Some(report) = report {
+            unreached.clone().for_each(report);
+        }
+        Some(unreached.count())
     }
 
     /// Number of reports printed so far.

@@ -278,6 +278,16 @@ impl Pool {
         base != 0 && p >= base && p < self.end.load(Ordering::Relaxed)
     }
 
+    /// The pool's address range; `(0, 0)` when not set up.
+    pub(crate) fn range(&self) -> (usize, usize) {
+        // Acquire pairs with the Release store of `base` in `init`.
+        let base = self.base.load(Ordering::Acquire);
+        if base == 0 {
+            return (0, 0);
+        }
+        (base, self.end.load(Ordering::Relaxed))
+    }
+
     /// The class whose region holds `p` (in the pool).
     fn class(&self, p: usize) -> &Class {
         if p >= self.large.base.load(Ordering::Relaxed) {

@@ -1,6 +1,9 @@
 /* Hard situations for the preload: ./hardening <scenario> [arg]. */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +42,54 @@ static void before_everything(void) {
   if (posix_memalign(&early_aligned, 256, 64) != 0) abort();
 }
 __attribute__((section(".preinit_array"), used)) static void (*preinit)(void) = before_everything;
+
+/* Threads still running at exit, each holding the only pointer to an object: on its stack,
+ * in its static TLS, or (masked) on the stack of a thread that blocks every signal. */
+static atomic_int holders_ready;
+static __thread char *volatile tls_held;
+static void *hold_on_stack(void *arg) {
+  (void)arg;
+  char *volatile held = do_alloc(48);
+  atomic_fetch_add(&holders_ready, 1);
+  for (;;) pause();
+  return (void *)held;
+}
+static void *hold_in_tls(void *arg) {
+  (void)arg;
+  tls_held = do_alloc(56);
+  atomic_fetch_add(&holders_ready, 1);
+  for (;;) pause();
+  return NULL;
+}
+static void *hold_masked(void *arg) {
+  (void)arg;
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  char *volatile held = do_alloc(64);
+  atomic_fetch_add(&holders_ready, 1);
+  for (;;) pause();
+  return (void *)held;
+}
+static void *spin_holding(void *arg) {
+  (void)arg;
+  char *volatile held = do_alloc(72);
+  atomic_fetch_add(&holders_ready, 1);
+  for (;;) __asm__ volatile("" ::: "memory");
+  return (void *)held;
+}
+static void start_holders(int masked) {
+  pthread_t t;
+  int want = 3;
+  pthread_create(&t, NULL, hold_on_stack, NULL);
+  pthread_create(&t, NULL, hold_in_tls, NULL);
+  pthread_create(&t, NULL, spin_holding, NULL);
+  if (masked) {
+    pthread_create(&t, NULL, hold_masked, NULL);
+    want++;
+  }
+  while (atomic_load(&holders_ready) < want) usleep(1000);
+}
 
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IONBF, 0);
@@ -92,6 +143,11 @@ int main(int argc, char **argv) {
   } else if (!strcmp(s, "leak")) {
     static char *volatile lost;
     lost = do_alloc(40);
+    lost = NULL;
+  } else if (!strcmp(s, "held-by-threads") || !strcmp(s, "held-by-masked-thread")) {
+    start_holders(!strcmp(s, "held-by-masked-thread"));
+    static char *volatile lost;
+    lost = do_alloc(40); /* the one real leak: the scan then stops the other threads */
     lost = NULL;
   } else if (!strcmp(s, "leak-and-double-free")) {
     static char *volatile lost;
