@@ -18,8 +18,9 @@
 //! [`ANSWER_WAIT_MS`] (a thread past glibc's point of no return in `pthread_exit` has every
 //! signal blocked), and threads beyond [`MAX_THREADS`]. [`World::unstopped_tids`] names
 //! them, so that the scan can let the world go, wait for the exiting ones to be gone
-//! ([`wait_gone`]) and stop it again; their count is kept so that the report can say so. The signal is one of the real-time signals the program left at its
-//! default disposition; when there is none, nobody is stopped. A blocking call of a stopped
+//! ([`wait_gone`]) and stop it again; their count is kept so that the report can say so.
+//! The signal is one of the real-time signals the program left at its default disposition;
+//! when there is none, nobody is stopped. A blocking call of a stopped
 //! thread may return `EINTR` once (calls that `SA_RESTART` does not restart, `nanosleep`).
 //!
 //! Signal-safe throughout: raw system calls, fixed static slots, no allocation, no lock.
@@ -96,6 +97,15 @@ fn now_ms() -> u64 {
     t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
 }
 
+/// Sleeps `ns` nanoseconds (under a second).
+fn nap(ns: i64) {
+    let pause = libc::timespec { tv_sec: 0, tv_nsec: ns };
+    // SAFETY: a valid timespec; the remainder is not wanted.
+    unsafe { libc::nanosleep(&pause, core::ptr::null_mut()) };
+}
+
+/// The raw `gettid`, not [`crate::sys::tid`]: the handler runs in threads whose runtime
+/// thread-local may be gone (a thread in its TLS destructors).
 fn gettid() -> i32 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::syscall(libc::SYS_gettid) as i32 }
@@ -320,9 +330,7 @@ pub(crate) fn wait_gone(tids: &mut [i32]) {
         if left == 0 || now - last_gone >= QUIET_MS || now - start >= GONE_WAIT_MS {
             break;
         }
-        let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
-        // SAFETY: a valid timespec; the remainder is not wanted.
-        unsafe { libc::nanosleep(&pause, core::ptr::null_mut()) };
+        nap(1_000_000);
     }
 }
 
@@ -411,9 +419,7 @@ impl World {
                 }
                 break;
             }
-            let pause = libc::timespec { tv_sec: 0, tv_nsec: 200_000 };
-            // SAFETY: a valid timespec; the remainder is not wanted.
-            unsafe { libc::nanosleep(&pause, core::ptr::null_mut()) };
+            nap(200_000);
         }
         Some(World { sig, old, used, unstopped, installed: true })
     }
