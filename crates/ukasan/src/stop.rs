@@ -13,10 +13,15 @@
 //! Only when needed: the scan runs first without stopping anyone, and stops the world only
 //! when that first pass found candidates (most programs exit with no leak, or one thread).
 //!
-//! Not stopped, and so not scanned: threads that block the signal (read from their
-//! `SigBlk` first; no signal is sent to them), threads that do not answer within
-//! [`ANSWER_WAIT_MS`] (a thread past glibc's point of no return in `pthread_exit` has every
-//! signal blocked), and threads beyond [`MAX_THREADS`]. [`World::unstopped_tids`] names
+//! Every listed thread is sent the signal, even one whose `SigBlk` shows it blocked: many
+//! block every signal for a moment (glibc's `pthread_create` around `clone`, `posix_spawn`,
+//! an emulator's own signal handling), and a pending signal is taken as soon as the mask
+//! allows. Not stopped, and so not scanned: threads that still block the signal after
+//! [`BLOCKED_GRACE_MS`] while no other thread is still to answer (a thread past glibc's point
+//! of no return in `pthread_exit` has every signal blocked for good), threads that do not
+//! answer within [`ANSWER_WAIT_MS`], and threads beyond [`MAX_THREADS`]. `SigBlk` numbers
+//! the kernel's signals: under an emulator that maps signal numbers (qemu-user) it can be
+//! wrong, which only costs the full wait. [`World::unstopped_tids`] names
 //! them, so that the scan can let the world go, wait for the exiting ones to be gone
 //! ([`wait_gone`]) and stop it again; their count is kept so that the report can say so.
 //! The signal is one of the real-time signals the program left at its default disposition;
@@ -31,6 +36,9 @@ use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
 pub(crate) const MAX_THREADS: usize = 1024;
 /// How long the scan waits for a thread to answer the signal.
 pub(crate) const ANSWER_WAIT_MS: u64 = 1000;
+/// How long every thread still to answer must have blocked the signal before the scan gives
+/// up on them.
+pub(crate) const BLOCKED_GRACE_MS: u64 = 20;
 
 #[cfg(target_arch = "x86_64")]
 const NREGS: usize = 23;
@@ -44,7 +52,7 @@ const ASKED: u32 = 1;
 const STOPPED: u32 = 2;
 const LEFT: u32 = 3;
 const GONE: u32 = 4;
-/// Listed, but blocks the signal: not asked.
+/// Asked, and given up on: it blocked the signal for [`BLOCKED_GRACE_MS`].
 const BLOCKED: u32 = 5;
 /// Asked, and given up on after [`ANSWER_WAIT_MS`].
 const SILENT: u32 = 6;
@@ -338,9 +346,7 @@ impl World {
     /// Stops every other thread that can be stopped; `None` when no signal is free.
     pub(crate) fn stop() -> Option<World> {
         let me = gettid();
-        // Threads first (a thread with the signal blocked is left alone).
         let mut used = 0usize;
-        let mut asked = 0usize;
         let mut unstopped = 0usize;
         let (sig, old) = free_signal()?;
         let listed = for_each_tid(|tid| {
@@ -351,20 +357,12 @@ impl World {
                 unstopped += 1;
                 return;
             }
-            let state = if blocks(tid, sig) {
-                unstopped += 1;
-                BLOCKED
-            } else {
-                asked += 1;
-                ASKED
-            };
             let s = &SLOTS[used];
             s.tid.store(tid, Ordering::Relaxed);
-            s.state.store(state, Ordering::Relaxed);
+            s.state.store(ASKED, Ordering::Relaxed);
             used += 1;
         });
-        if !listed || asked == 0 {
-            // Nobody to signal; the blocked threads' slots are kept for `unstopped_tids`.
+        if !listed || used == 0 {
             return Some(World { sig, old, used, unstopped, installed: false });
         }
         // SAFETY: an all-zero sigaction is a valid starting point.
@@ -381,37 +379,51 @@ impl World {
         // Release: the slots are visible to the handlers before they can run.
         USED.store(used, Ordering::Release);
         ACTIVE.store(1, Ordering::Release);
-        for s in SLOTS[..used].iter().filter(|s| s.state.load(Ordering::Relaxed) == ASKED) {
+        for s in &SLOTS[..used] {
             if tgkill(s.tid.load(Ordering::Relaxed), sig) != 0 {
                 s.state.store(GONE, Ordering::Relaxed);
             }
         }
-        let deadline = now_ms() + ANSWER_WAIT_MS;
+        let start = now_ms();
+        // Since when every thread still to answer has blocked the signal (0: not all do).
+        let mut all_blocked_since = 0;
         loop {
-            let mut waiting = 0;
+            let (mut waiting, mut blocking) = (0, 0);
             for s in &SLOTS[..used] {
-                if s.state.load(Ordering::Acquire) == ASKED {
-                    if tgkill(s.tid.load(Ordering::Relaxed), 0) == libc::ESRCH {
-                        // Exited meanwhile: the handler cannot run any more.
-                        let _ = s.state.compare_exchange(
-                            ASKED,
-                            GONE,
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        );
-                    } else {
-                        waiting += 1;
-                    }
+                if s.state.load(Ordering::Acquire) != ASKED {
+                    continue;
+                }
+                let tid = s.tid.load(Ordering::Relaxed);
+                if tgkill(tid, 0) == libc::ESRCH {
+                    // Exited meanwhile: the handler cannot run any more.
+                    let _ =
+                        s.state.compare_exchange(ASKED, GONE, Ordering::AcqRel, Ordering::Relaxed);
+                    continue;
+                }
+                waiting += 1;
+                // Only worth reading while nobody unblocked is still to answer.
+                if blocking + 1 == waiting && blocks(tid, sig) {
+                    blocking += 1;
                 }
             }
             if waiting == 0 {
                 break;
             }
-            if now_ms() >= deadline {
-                // Given up on: a late handler finds its slot no longer ASKED and returns.
+            let now = now_ms();
+            all_blocked_since = match (blocking == waiting, all_blocked_since) {
+                (false, _) => 0,
+                (true, 0) => now.max(1),
+                (true, since) => since,
+            };
+            let blocked_for_good =
+                all_blocked_since != 0 && now - all_blocked_since >= BLOCKED_GRACE_MS;
+            if blocked_for_good || now - start >= ANSWER_WAIT_MS {
+                // Given up on: a late handler finds its slot no longer ASKED and returns; the
+                // signal still pending is discarded when the world is let go.
+                let give_up = if blocked_for_good { BLOCKED } else { SILENT };
                 for s in &SLOTS[..used] {
                     if s.state
-                        .compare_exchange(ASKED, SILENT, Ordering::AcqRel, Ordering::Relaxed)
+                        .compare_exchange(ASKED, give_up, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok()
                     {
                         unstopped += 1;
@@ -543,7 +555,7 @@ mod tests {
 
     #[test]
     fn a_parked_thread_is_stopped_with_its_stack_pointer_and_let_go() {
-        let _one = SERIAL.lock().unwrap();
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         use std::sync::atomic::AtomicBool;
         use std::sync::Arc;
         let go = Arc::new(AtomicBool::new(false));
@@ -562,7 +574,15 @@ mod tests {
             std::hint::spin_loop();
         }
         let w = World::stop().expect("a free real-time signal");
-        assert!(w.stopped() >= 1, "the spinning thread stopped");
+        assert!(
+            w.stopped() >= 1,
+            "the spinning thread stopped (signal {}, slots {:?})",
+            w.sig,
+            SLOTS[..w.used]
+                .iter()
+                .map(|s| (s.tid.load(Ordering::Relaxed), s.state.load(Ordering::Relaxed)))
+                .collect::<Vec<_>>()
+        );
         let roots: Vec<_> = w.roots().collect();
         drop(w);
         go.store(true, Ordering::Release);
@@ -574,6 +594,74 @@ mod tests {
         assert!(sig <= libc::SIGRTMAX());
     }
 
+    /// A thread that has every signal blocked when the stop begins (as glibc's
+    /// `pthread_create` has around `clone`) is stopped once it unblocks, not skipped.
+    #[test]
+    fn a_thread_blocking_signals_for_a_moment_is_stopped_once_it_unblocks() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let round = Arc::new(AtomicU32::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let ended = Arc::new(AtomicU32::new(0));
+        let tid = Arc::new(AtomicI32::new(0));
+        let (r, d, t, e) = (round.clone(), done.clone(), tid.clone(), ended.clone());
+        let th = std::thread::spawn(move || {
+            t.store(gettid(), Ordering::Release);
+            let mut n = 0;
+            while !d.load(Ordering::Acquire) {
+                // SAFETY: sets of our own; only this thread's mask changes.
+                unsafe {
+                    let (mut all, mut old, mut pending): (libc::sigset_t, _, libc::sigset_t) =
+                        (core::mem::zeroed(), core::mem::zeroed(), core::mem::zeroed());
+                    libc::sigfillset(&mut all);
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+                    n += 1;
+                    r.store(n, Ordering::Release);
+                    // Blocked until the stop's signal is pending here.
+                    loop {
+                        libc::sigpending(&mut pending);
+                        let sig = (libc::SIGRTMIN()..=libc::SIGRTMAX())
+                            .any(|s| libc::sigismember(&pending, s) == 1);
+                        if sig || e.load(Ordering::Acquire) >= n || d.load(Ordering::Acquire) {
+                            break;
+                        }
+                        std::hint::spin_loop();
+                    }
+                    libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+                }
+                while ACTIVE.load(Ordering::Acquire) == 1 {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        // A thread preempted for longer than the grace is given up on (the leak scan then
+        // stops the world again): a few rounds, as the scan has attempts.
+        let mut states = Vec::new();
+        let mut stopped = false;
+        for n in 1..=5 {
+            while round.load(Ordering::Acquire) < n {
+                std::hint::spin_loop();
+            }
+            let w = World::stop().expect("a free real-time signal");
+            let me = tid.load(Ordering::Acquire);
+            let state = SLOTS[..w.used]
+                .iter()
+                .find(|s| s.tid.load(Ordering::Relaxed) == me)
+                .map(|s| s.state.load(Ordering::Acquire));
+            drop(w);
+            ended.store(n, Ordering::Release);
+            states.push(state);
+            if state == Some(STOPPED) {
+                stopped = true;
+                break;
+            }
+        }
+        done.store(true, Ordering::Release);
+        th.join().unwrap();
+        assert!(stopped, "states of the thread per attempt: {states:?}");
+    }
+
     /// The slots are global: one stopped world at a time.
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -581,7 +669,7 @@ mod tests {
     fn threads_that_block_the_signal_are_named_and_waited_for_until_gone() {
         use std::sync::atomic::AtomicBool;
         use std::sync::Arc;
-        let _one = SERIAL.lock().unwrap();
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let masked = |exit: Arc<AtomicBool>, tid: Arc<AtomicI32>| {
             move || {
                 // SAFETY: a filled set; blocks every signal in this thread only.
@@ -611,7 +699,7 @@ mod tests {
         assert!(w.unstopped >= 2 && n >= 2, "{} unstopped, {n} named", w.unstopped);
         assert!(tids[..n].contains(&t1) && tids[..n].contains(&t2), "{:?}", &tids[..n]);
         drop(w);
-        assert_eq!(USED.load(Ordering::Relaxed), 0, "cleared when nobody was signalled too");
+        assert_eq!(USED.load(Ordering::Relaxed), 0, "cleared");
         // One of them exits now: waiting ends once it is gone (or, on a loaded machine, once
         // nothing has gone for a while; then wait again), and the other one is still there.
         exiting.store(true, Ordering::Release);
