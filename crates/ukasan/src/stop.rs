@@ -223,9 +223,10 @@ extern "C" fn on_stop(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut 
     unsafe { *libc::__errno_location() = saved };
 }
 
-/// A real-time signal the program has left at `SIG_DFL`, with the old action.
-fn free_signal() -> Option<(i32, libc::sigaction)> {
-    let (lo, hi) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+/// The highest real-time signal at or below `below` that the program has left at `SIG_DFL`,
+/// with the old action.
+fn free_signal(below: i32) -> Option<(i32, libc::sigaction)> {
+    let (lo, hi) = (libc::SIGRTMIN(), libc::SIGRTMAX().min(below));
     for sig in (lo..=hi).rev() {
         // SAFETY: an all-zero sigaction is valid output storage.
         let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
@@ -348,7 +349,6 @@ impl World {
         let me = gettid();
         let mut used = 0usize;
         let mut unstopped = 0usize;
-        let (sig, old) = free_signal()?;
         let listed = for_each_tid(|tid| {
             if tid == me {
                 return;
@@ -363,27 +363,61 @@ impl World {
             used += 1;
         });
         if !listed || used == 0 {
+            let Some((sig, old)) = free_signal(libc::SIGRTMAX()) else {
+                Self::clear(used);
+                return None;
+            };
             return Some(World { sig, old, used, unstopped, installed: false });
-        }
-        // SAFETY: an all-zero sigaction is a valid starting point.
-        let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
-        sa.sa_sigaction = on_stop as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
-        // SAFETY: `sa.sa_mask` is valid storage; every signal blocked while the handler runs.
-        unsafe { libc::sigfillset(&mut sa.sa_mask) };
-        // SAFETY: installs a valid SA_SIGINFO handler for a signal the program leaves alone.
-        if unsafe { libc::sigaction(sig, &sa, core::ptr::null_mut()) } != 0 {
-            Self::clear(used);
-            return None;
         }
         // Release: the slots are visible to the handlers before they can run.
         USED.store(used, Ordering::Release);
         ACTIVE.store(1, Ordering::Release);
-        for s in &SLOTS[..used] {
-            if tgkill(s.tid.load(Ordering::Relaxed), sig) != 0 {
-                s.state.store(GONE, Ordering::Relaxed);
+        // A free signal that can be sent: an emulator may accept the action of a signal it
+        // cannot deliver and refuse to send it (qemu-user 7.2 maps neither of the top two
+        // guest real-time signals to a host one: tgkill says EINVAL), so the next one down.
+        let mut below = libc::SIGRTMAX();
+        let (sig, old) = loop {
+            let Some((sig, old)) = free_signal(below) else {
+                ACTIVE.store(0, Ordering::Release);
+                Self::clear(used);
+                return None;
+            };
+            // SAFETY: an all-zero sigaction is a valid starting point.
+            let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
+            sa.sa_sigaction = on_stop as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
+            // SAFETY: `sa.sa_mask` is valid storage; every signal blocked while the handler
+            // runs.
+            unsafe { libc::sigfillset(&mut sa.sa_mask) };
+            // SAFETY: installs a valid SA_SIGINFO handler for a signal the program leaves
+            // alone.
+            if unsafe { libc::sigaction(sig, &sa, core::ptr::null_mut()) } != 0 {
+                below = sig - 1;
+                continue;
             }
-        }
+            // EINVAL is about the number: it comes at the first send or not at all.
+            let (mut sent, mut refused) = (false, false);
+            for s in &SLOTS[..used] {
+                match tgkill(s.tid.load(Ordering::Relaxed), sig) {
+                    0 => sent = true,
+                    libc::EINVAL if !sent => {
+                        refused = true;
+                        break;
+                    }
+                    _ => s.state.store(GONE, Ordering::Relaxed),
+                }
+            }
+            if !refused {
+                break (sig, old);
+            }
+            // Nothing was sent with it: its old action back, every slot still to be asked.
+            // SAFETY: the action read by `free_signal`.
+            unsafe { libc::sigaction(sig, &old, core::ptr::null_mut()) };
+            for s in &SLOTS[..used] {
+                s.state.store(ASKED, Ordering::Relaxed);
+            }
+            below = sig - 1;
+        };
         let start = now_ms();
         // Since when every thread still to answer has blocked the signal (0: not all do).
         let mut all_blocked_since = 0;
@@ -590,7 +624,7 @@ mod tests {
         assert!(roots.iter().any(|&(lo, hi)| lo <= at && at < hi), "its stack is a root");
         assert_eq!(USED.load(Ordering::Relaxed), 0);
         // Cleared, and the old (default) action is back.
-        let (sig, _) = free_signal().unwrap();
+        let (sig, _) = free_signal(libc::SIGRTMAX()).unwrap();
         assert!(sig <= libc::SIGRTMAX());
     }
 
