@@ -112,9 +112,9 @@ impl ThreadState {
 const NODES_BYTES: usize = CAPACITY * 8 + MEMO_ENTRIES * MEMO_WORDS * 8;
 
 /// Entries of the per-thread save memo (a power of two).
-pub(super) const MEMO_ENTRIES: usize = 1024;
+pub(super) const MEMO_ENTRIES: usize = 4096;
 /// New frames a memo entry holds.
-pub(super) const MEMO_FRAMES: usize = 12;
+pub(super) const MEMO_FRAMES: usize = 6;
 /// Words of one memo entry: key, handle, frames.
 pub(super) const MEMO_WORDS: usize = 2 + MEMO_FRAMES;
 
