@@ -105,6 +105,9 @@ pub const F_RAW: u8 = 1;
 pub const F_LISTED: u8 = 2;
 /// Flag: allocated by the dynamic loader itself (never reported as a leak).
 pub const F_LOADER: u8 = 4;
+/// Flag: the quarantined object's inner pages were given back ([`crate::zap`]) rather than
+/// poisoned.
+pub const F_ZAPPED: u8 = 8;
 
 /// The chunk header.
 #[derive(Debug)]
@@ -314,11 +317,35 @@ impl Header {
     /// The chunk must be quarantined (poisoned and still owned).
     pub unsafe fn find_poison_damage(&self) -> Option<Damage> {
         let user = self.user();
-        // SAFETY: the user bytes lie inside the owned block.
-        let obj = unsafe { core::slice::from_raw_parts(user as *const u8, self.size) };
-        let first = find_not(obj, POISON)?;
-        let last = obj.iter().rposition(|&b| b != POISON).unwrap_or(first);
-        Some(Damage { start: user + first, end: user + last + 1 })
+        let poisoned = |lo: usize, hi: usize| {
+            // SAFETY: the user bytes lie inside the owned block.
+            let obj = unsafe { core::slice::from_raw_parts(lo as *const u8, hi - lo) };
+            let first = find_not(obj, POISON)?;
+            let last = obj.iter().rposition(|&b| b != POISON).unwrap_or(first);
+            Some(Damage { start: lo + first, end: lo + last + 1 })
+        };
+        let Some((lo, hi)) = self.zapped() else {
+            return poisoned(user, user + self.size);
+        };
+        let parts = [
+            poisoned(user, lo),
+            // SAFETY: whole pages of the owned object.
+            unsafe { crate::zap::written(lo, hi) },
+            poisoned(hi, user + self.size),
+        ];
+        parts
+            .into_iter()
+            .flatten()
+            .reduce(|a, b| Damage { start: a.start.min(b.start), end: a.end.max(b.end) })
+    }
+
+    /// The object's pages given back in the quarantine, if they were.
+    fn zapped(&self) -> Option<(usize, usize)> {
+        if self.flags & F_ZAPPED == 0 {
+            return None;
+        }
+        let user = self.user();
+        crate::zap::inner_pages(self.size, user, user + self.size)
     }
 
     /// Refills both redzones with [`REDZONE`] (after damage was reported, so it is
@@ -340,17 +367,43 @@ impl Header {
     /// # Safety
     /// The chunk must be quarantined.
     pub unsafe fn repair_poison(&self) {
-        // SAFETY: forwarded.
-        unsafe { self.poison() }
+        let (user, end) = (self.user(), self.user() + self.size);
+        // SAFETY: the user bytes lie inside the owned block; the given-back pages are whole
+        // pages of it (zeros once more; a refusal leaves the damage, found again later).
+        unsafe {
+            match self.zapped() {
+                Some((lo, hi)) => {
+                    core::ptr::write_bytes(user as *mut u8, POISON, lo - user);
+                    core::ptr::write_bytes(hi as *mut u8, POISON, end - hi);
+                    crate::zap::give_back(lo, hi);
+                }
+                None => core::ptr::write_bytes(user as *mut u8, POISON, self.size),
+            }
+        }
     }
 
-    /// Fills the object with [`POISON`].
+    /// Fills the object with [`POISON`], or, for a large one, its partial pages at both ends
+    /// and gives the whole pages between back ([`crate::zap`]).
     ///
     /// # Safety
     /// The chunk must be owned by the caller (just taken out of the live state).
-    pub unsafe fn poison(&self) {
-        // SAFETY: the user bytes lie inside the owned block.
-        unsafe { core::ptr::write_bytes(self.user() as *mut u8, POISON, self.size) };
+    pub unsafe fn poison(&mut self) {
+        let (user, end) = (self.user(), self.user() + self.size);
+        // SAFETY: the user bytes lie inside the owned block; the inner pages are whole
+        // pages of it, whose contents are no longer needed.
+        unsafe {
+            match crate::zap::inner_pages(self.size, user, end) {
+                Some((lo, hi)) if crate::zap::give_back(lo, hi) => {
+                    core::ptr::write_bytes(user as *mut u8, POISON, lo - user);
+                    core::ptr::write_bytes(hi as *mut u8, POISON, end - hi);
+                    self.flags |= F_ZAPPED;
+                }
+                _ => {
+                    core::ptr::write_bytes(user as *mut u8, POISON, self.size);
+                    self.flags &= !F_ZAPPED;
+                }
+            }
+        }
     }
 }
 
@@ -413,7 +466,7 @@ mod tests {
         let (_keep, user) = make(20, 64);
         assert_eq!(user as usize % 64, 0);
         // SAFETY: `user` came from Header::init on a live block.
-        let h = unsafe { &*Header::of(user as usize) };
+        let h = unsafe { &mut *Header::of(user as usize) };
         assert!(h.valid());
         assert_eq!((h.size, h.family(), h.state()), (20, Family::Malloc, State::Live));
         // SAFETY: as above, the block is alive.

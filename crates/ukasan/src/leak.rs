@@ -322,8 +322,12 @@ pub(crate) fn roots(stack_from: usize) -> impl Iterator<Item = (usize, usize)> +
         // SAFETY: `data` is the `Acc` passed below; `info` is valid during the callback.
         let (acc, info) = unsafe { (&mut *(data as *mut Acc<'_>), &*info) };
         let bias = info.dlpi_addr as usize;
-        // SAFETY (both closures): `dlpi_phdr` has `dlpi_phnum` entries.
-        let phdrs = || (0..info.dlpi_phnum as usize).map(|k| unsafe { &*info.dlpi_phdr.add(k) });
+        let phdrs = || {
+            (0..info.dlpi_phnum as usize).map(|k| {
+                // SAFETY: `dlpi_phdr` has `dlpi_phnum` entries.
+                unsafe { &*info.dlpi_phdr.add(k) }
+            })
+        };
         if acc.own != 0
             && phdrs().any(|ph| {
                 let lo = bias + ph.p_vaddr as usize;

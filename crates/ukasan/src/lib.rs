@@ -161,6 +161,7 @@ mod sink;
 mod stop;
 pub mod suppress;
 pub mod sys;
+mod zap;
 
 pub use chunk::Family;
 pub use options::{Format, Mode, Options, Stacks};

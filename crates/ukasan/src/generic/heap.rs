@@ -126,6 +126,9 @@ pub mod state {
 
 /// Flag in [`Meta::bits`]: allocated by the dynamic loader (a root, never a leak).
 pub const M_LOADER: u8 = 1 << 2;
+/// Flag in [`Meta::bits`]: the quarantined object's inner pages were given back to the
+/// system at its free (see `generic::zap_range`); cleared by the next allocation.
+pub const M_ZAPPED: u8 = 1 << 3;
 
 /// The 16 bytes of metadata of one slot.
 #[derive(Debug)]

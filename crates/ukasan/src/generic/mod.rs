@@ -13,6 +13,9 @@
 //!   address, at the end of the object (two adjacent copies for objects of 32 bytes or
 //!   more). A write over one copy is found byte for byte against the other; only when every
 //!   copy is damaged is the track lost (and the records' ranges reported);
+//! - **large objects in the quarantine** (at least [`crate::zap::ZAP_MIN`] bytes): the
+//!   whole pages inside the object before its free track are given back to the system
+//!   instead of poisoned ([`crate::zap`]); only the partial pages at its ends are poisoned;
 //! - **checks**: a word at a time; the bytes before an object (the end of the previous slot)
 //!   are its left redzone, see [`heap`].
 //!
@@ -31,7 +34,7 @@ use crate::runtime::{Expect, Runtime};
 use crate::sys::prefetch;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicPtr, Ordering};
-use heap::{class_for_aligned, class_size, state, Loc, Meta, HEAP, M_LOADER, TAIL};
+use heap::{class_for_aligned, class_size, state, Loc, Meta, HEAP, M_LOADER, M_ZAPPED, TAIL};
 use stacktrace::Regs;
 
 /// What a quarantined slot holds of memory, as the quarantine's budget counts it: the slot
@@ -137,6 +140,32 @@ fn fm_span(size: usize) -> (usize, usize) {
         0..16 => (0, 1),
         16..32 => ((size - 16) & !7, 1),
         _ => (((size - 16) & !7) - 16, 2),
+    }
+}
+
+/// The whole pages inside a freed object of `size` bytes at `slot` that its stay in the
+/// quarantine gives back to the system ([`crate::zap`]): from the first page boundary in the
+/// object to the last one before its free track records.
+#[inline]
+fn zap_range(slot: usize, size: usize) -> Option<(usize, usize)> {
+    crate::zap::inner_pages(size, slot, slot + fm_span(size).0)
+}
+
+/// The zapped pages of quarantined slot `s` (object of `size` bytes with metadata `m`).
+#[inline]
+fn zapped(s: usize, size: usize, m: &Meta) -> Option<(usize, usize)> {
+    // Relaxed: written while the slot was busy, published by its state.
+    (m.bits.load(Ordering::Relaxed) & M_ZAPPED != 0).then(|| zap_range(s, size)).flatten()
+}
+
+/// The poisoned ranges of quarantined slot `s`: its body but the free track records and,
+/// when `zap` is some, the pages given back.
+fn poisoned_parts(s: usize, size: usize, zap: Option<(usize, usize)>) -> [(usize, usize); 3] {
+    let (off, n) = fm_span(size);
+    let tail = (s + off + 16 * n, s + size);
+    match zap {
+        Some((lo, hi)) => [(s, lo), (hi, s + off), tail],
+        None => [(s, s + off), tail, (0, 0)],
     }
 }
 
@@ -358,15 +387,20 @@ fn verify(rt: &Runtime, o: &Options, loc: Loc, m: &Meta, when: Found, regs: &Reg
     let size = m.size();
     let s = loc.slot;
     let (off, n) = fm_span(size);
-    // The poisoned body: everything but the free track records.
-    let (body, body2) = ((s, s + off), (s + off + 16 * n, s + size));
-    // SAFETY: the object lies in the slot, owned by the quarantine; the records lie in it.
+    let zap = zapped(s, size, m);
+    let [a, b, c] = poisoned_parts(s, size, zap);
+    // SAFETY: the object lies in the slot, owned by the quarantine; the records lie in it;
+    // the zapped pages are whole pages of it.
     let intact = unsafe {
-        all(body.0, body.1, POISON) && all(body2.0, body2.1, POISON) && {
-            let first = ((s + off) as *const [u64; 2]).read();
-            first[1] == fm_check(first[0], s)
-                && (n == 1 || ((s + off + 16) as *const [u64; 2]).read() == first)
-        }
+        all(a.0, a.1, POISON)
+            && all(b.0, b.1, POISON)
+            && all(c.0, c.1, POISON)
+            && {
+                let first = ((s + off) as *const [u64; 2]).read();
+                first[1] == fm_check(first[0], s)
+                    && (n == 1 || ((s + off + 16) as *const [u64; 2]).read() == first)
+            }
+            && zap.is_none_or(|(lo, hi)| crate::zap::written(lo, hi).is_none())
     };
     if !intact {
         poison_damage(rt, o, loc, m, when, regs);
@@ -380,9 +414,17 @@ fn poison_damage(rt: &Runtime, o: &Options, loc: Loc, m: &Meta, when: Found, reg
     let size = m.size();
     let s = loc.slot;
     let (off, n) = fm_span(size);
-    let (body, body2) = ((s, s + off), (s + off + 16 * n, s + size));
-    // SAFETY: the object lies in the slot, owned by the quarantine.
-    let mut d = unsafe { join(damage(body.0, body.1, POISON), damage(body2.0, body2.1, POISON)) };
+    let zap = zapped(s, size, m);
+    let parts = poisoned_parts(s, size, zap);
+    let mut d = None;
+    for (lo, hi) in parts {
+        // SAFETY: the object lies in the slot, owned by the quarantine.
+        d = join(d, unsafe { damage(lo, hi, POISON) });
+    }
+    if let Some((lo, hi)) = zap {
+        // SAFETY: whole pages of the object.
+        d = join(d, unsafe { crate::zap::written(lo, hi) });
+    }
     // SAFETY: quarantined slot.
     let track = unsafe { fm_read(s, size) };
     for i in 0..n {
@@ -402,8 +444,14 @@ fn poison_damage(rt: &Runtime, o: &Options, loc: Loc, m: &Meta, when: Found, reg
         rt.report_object(o, Kind::UseAfterFree, access, Some(object(loc, m, true)), regs);
         // SAFETY: as above; poison and records again (the free track stays lost if it was).
         unsafe {
-            fill(body.0, body.1.saturating_sub(body.0), POISON);
-            fill(body2.0, body2.1.saturating_sub(body2.0), POISON);
+            for (lo, hi) in parts {
+                fill(lo, hi.saturating_sub(lo), POISON);
+            }
+            if let Some((lo, hi)) = zap {
+                // Given back again (zeros once more); a failure leaves the damage, found
+                // again at the next check.
+                crate::zap::give_back(lo, hi);
+            }
             if let Some(t) = track {
                 fm_write(s, size, t);
             }
@@ -463,9 +511,19 @@ pub(crate) unsafe fn free(
         return;
     }
     let size = m.size();
-    // SAFETY: the slot is busy, ours; object and free track lie in it.
+    // SAFETY: the slot is busy, ours; object and free track lie in it; the zapped pages are
+    // whole pages of the object, whose contents are no longer needed.
     unsafe {
-        fill(p, size, POISON);
+        match zap_range(p, size) {
+            Some((lo, hi)) if crate::zap::give_back(lo, hi) => {
+                fill(p, lo - p, POISON);
+                fill(hi, p + size - hi, POISON);
+                // Relaxed: published by the Release store of QUARANTINED below.
+                m.bits.fetch_or(M_ZAPPED, Ordering::Relaxed);
+            }
+            // Smaller, or the kernel refused (locked pages): poisoned whole.
+            _ => fill(p, size, POISON),
+        }
         fm_write(p, size, t);
     }
     m.set(state::QUARANTINED);

@@ -96,6 +96,30 @@ fn entry() {
             rust_free_site(p, l);
             poke(p, 4);
         }
+        "large-use-after-free"
+        | "large-read-after-free"
+        | "large-use-after-free-evicted"
+        | "huge-use-after-free"
+        | "huge-use-after-free-evicted" => {
+            // Its inner pages are given back to the system in the quarantine (64 KiB and
+            // more): a slot of the heap (100 kB) or a mapping of its own (300 kB).
+            let n = if scenario.starts_with("huge") { 300_000 } else { 100_000 };
+            let big = Layout::from_size_align(n, 8).unwrap();
+            let p = rust_alloc_site(big);
+            rust_free_site(p, big);
+            if scenario == "large-read-after-free" {
+                println!("read={}", peek(p, n as isize / 2));
+            } else {
+                poke(p, n as isize / 2);
+            }
+            if scenario.ends_with("-evicted") {
+                // Past a 1 MiB quarantine: the object is evicted, and checked, before exit.
+                for _ in 0..40 {
+                    rust_free_site(rust_alloc_site(big), big);
+                }
+                println!("evicted");
+            }
+        }
         "guarded-overflow-read" => {
             let p = rust_alloc_site(l);
             println!("read={}", peek(p, 32));
@@ -316,6 +340,32 @@ fn use_after_free_of_rust_allocation_found_at_exit() {
     assert!(has(&section_functions(&r, "Freed by thread"), "rust_free_site"), "{r}");
     assert!(has(&section_functions(&r, "Allocated by thread"), "rust_alloc_site"), "{r}");
     assert_eq!(c.status, Some(1));
+}
+
+/// A large object's inner pages are given back to the system in the quarantine, not
+/// poisoned: a write there after the free is still found, byte for byte, at exit and at
+/// eviction; a read (which maps a zero page) is no report.
+#[test]
+fn use_after_free_writes_to_the_given_back_pages_of_a_large_object_are_found() {
+    for (what, n) in [("large", 100_000), ("huge", 300_000)] {
+        let c = child(&format!("{what}-use-after-free"), "");
+        let r = c.only("use-after-free");
+        assert_header(&r, "use-after-free write", "rust_free_site", " (found at exit)");
+        let at = format!("located {} bytes inside of {n}-byte region", n / 2);
+        assert!(r.contains(&at), "{r}");
+        assert!(has(&section_functions(&r, "Freed by thread"), "rust_free_site"), "{r}");
+        assert!(has(&section_functions(&r, "Allocated by thread"), "rust_alloc_site"), "{r}");
+        let c = child(&format!("{what}-use-after-free-evicted"), "quarantine_size_mb=1");
+        let r = c.only("use-after-free");
+        let found = " (found at quarantine eviction)";
+        assert_header(&r, "use-after-free write", "rust_free_site", found);
+        assert!(r.contains(&at), "{r}");
+        assert!(c.stdout.contains("evicted"), "{}", c.stdout);
+    }
+    let c = child("large-read-after-free", "");
+    assert!(c.reports().is_empty(), "{}", c.stderr);
+    assert!(c.stdout.contains("read=0") && c.stdout.contains("end"), "{}", c.stdout);
+    assert_eq!(c.status, Some(0));
 }
 
 #[test]
