@@ -292,8 +292,9 @@ static SKIP_OWN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool
 /// the preload library, whose statics are the runtime's own (the heap's and depot's tables,
 /// the stopped threads' slots, 0.4 MiB in all, most never touched). Scanning them cost most
 /// of a short program's exit (a shell's: 0.6 ms of its 0.9 ms scan, faulting in untouched
-/// pages) and could only hide leaks behind the runtime's stale copies of addresses. Not for
-/// a program that links the runtime in (`Ukasan<A>`): there the segment is the program's.
+/// pages) and could only hide leaks behind the runtime's stale copies of addresses. Only a
+/// shared object is skipped: where the code is the program's own (`Ukasan<A>` linked in,
+/// the preload crate's own test binary), the segment holds the program's statics too.
 pub fn skip_own_module() {
     // Relaxed: set by the preload library's constructor, before any exit.
     SKIP_OWN.store(true, core::sync::atomic::Ordering::Relaxed);
@@ -328,7 +329,10 @@ pub(crate) fn roots(stack_from: usize) -> impl Iterator<Item = (usize, usize)> +
                 unsafe { &*info.dlpi_phdr.add(k) }
             })
         };
+        // SAFETY: `dlpi_name` is null or a NUL-terminated string (empty for the program).
+        let program = info.dlpi_name.is_null() || unsafe { *info.dlpi_name } == 0;
         if acc.own != 0
+            && !program
             && phdrs().any(|ph| {
                 let lo = bias + ph.p_vaddr as usize;
                 ph.p_type == libc::PT_LOAD && (lo..lo + ph.p_memsz as usize).contains(&acc.own)
