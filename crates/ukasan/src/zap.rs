@@ -16,7 +16,7 @@ use crate::chunk::Damage;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Objects of at least this many bytes have pages given back in the quarantine.
-pub const ZAP_MIN: usize = 64 << 10;
+pub const ZAP_MIN: usize = 32 << 10;
 
 static PAGE: AtomicUsize = AtomicUsize::new(0);
 

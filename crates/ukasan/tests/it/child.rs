@@ -101,7 +101,7 @@ fn entry() {
         | "large-use-after-free-evicted"
         | "huge-use-after-free"
         | "huge-use-after-free-evicted" => {
-            // Its inner pages are given back to the system in the quarantine (64 KiB and
+            // Its inner pages are given back to the system in the quarantine (32 KiB and
             // more): a slot of the heap (100 kB) or a mapping of its own (300 kB).
             let n = if scenario.starts_with("huge") { 300_000 } else { 100_000 };
             let big = Layout::from_size_align(n, 8).unwrap();
