@@ -265,6 +265,56 @@ fn finish(
     }
 }
 
+/// The thread's cap on `skip` (see `policy::tune`).
+#[inline(always)]
+fn cap_of(st: &ThreadState) -> usize {
+    // Relaxed: this thread's own block.
+    policy::Tune::unpack(st.tune.load(Relaxed), 0).cap()
+}
+
+/// Counts a capture for the cap tuner; times one in `policy::SAMPLE` (`Some(start)`).
+#[inline(always)]
+fn tune_begin(st: &ThreadState) -> Option<u64> {
+    // Relaxed (all): this thread's own block; a signal handler's capture answers
+    // `Reentered` before it gets here, or interleaves whole captures, which only blurs a
+    // window's figures.
+    let n = st.win_captures.load(Relaxed) + 1;
+    st.win_captures.store(n, Relaxed);
+    // SAFETY: rdtsc has no preconditions (x86-64: this module's only target).
+    n.is_multiple_of(policy::SAMPLE).then(|| unsafe { core::arch::x86_64::_rdtsc() })
+}
+
+/// Ends a timed capture; at the end of a window, moves the cap.
+#[inline(never)]
+fn tune_end(st: &ThreadState, start: u64) {
+    // SAFETY: as in `tune_begin`.
+    let now = unsafe { core::arch::x86_64::_rdtsc() };
+    // Relaxed (all): see `tune_begin`.
+    let cycles = st.win_cycles.load(Relaxed) + now.saturating_sub(start) as usize;
+    let timed = st.win_timed.load(Relaxed) + 1;
+    let n = st.win_captures.load(Relaxed);
+    if n < policy::WINDOW {
+        st.win_cycles.store(cycles, Relaxed);
+        st.win_timed.store(timed, Relaxed);
+        return;
+    }
+    let returns = st.returns.load(Relaxed);
+    let ret = returns.saturating_sub(st.win_returns.load(Relaxed)) as u64;
+    // Cost per capture, in cycles (times 16 for resolution).
+    let cost = (cycles as u64 * 16 / timed as u64)
+        .saturating_add(ret * policy::RETURN_CYCLES * 16 / n as u64);
+    let t = policy::Tune::unpack(st.tune.load(Relaxed), st.tune_prev.load(Relaxed) as u64);
+    let t = policy::tune(t, cost);
+    st.tune.store(t.pack(), Relaxed);
+    st.tune_prev.store(t.prev as usize, Relaxed);
+    let skip = st.skip.load(Relaxed);
+    st.skip.store(skip.min(t.cap().max(policy::min_unpatched())), Relaxed);
+    st.win_captures.store(0, Relaxed);
+    st.win_timed.store(0, Relaxed);
+    st.win_cycles.store(0, Relaxed);
+    st.win_returns.store(returns, Relaxed);
+}
+
 /// The policy's bookkeeping after a steady capture (no churn).
 #[inline(always)]
 fn note_quiet(st: &ThreadState, skip: usize) {
@@ -272,7 +322,7 @@ fn note_quiet(st: &ThreadState, skip: usize) {
     if quiet < policy::DECAY {
         st.quiet.store(quiet, Relaxed);
     } else {
-        let (skip, quiet) = policy::next(skip, quiet - 1, 0);
+        let (skip, quiet) = policy::next(skip, quiet - 1, 0, cap_of(st));
         st.skip.store(skip, Relaxed);
         st.quiet.store(quiet, Relaxed);
     }
@@ -371,7 +421,7 @@ fn locked(
         now = l;
     }
     let churn = o.anchor.map_or(0, |i| last_len.saturating_sub(i + 1));
-    let (skip, quiet) = policy::next(skip, st.quiet.load(Relaxed), churn);
+    let (skip, quiet) = policy::next(skip, st.quiet.load(Relaxed), churn, cap_of(st));
     st.skip.store(skip, Relaxed);
     st.quiet.store(quiet, Relaxed);
     st.last_len.store(now, Relaxed);
@@ -429,6 +479,21 @@ pub(super) fn capture_and_save_from(
     buf: &mut [usize],
 ) -> Result<super::Saved, Unsupported> {
     let st = arch::state();
+    let timed = tune_begin(st);
+    let r = save_from(st, regs, buf);
+    if let Some(start) = timed {
+        tune_end(st, start);
+    }
+    r
+}
+
+/// [`capture_and_save_from`] without the tuner's timing.
+#[inline(always)]
+fn save_from(
+    st: &ThreadState,
+    regs: &Regs,
+    buf: &mut [usize],
+) -> Result<super::Saved, Unsupported> {
     if enter(st) {
         let s = snap(st);
         let nodes = nodes(st);

@@ -88,6 +88,19 @@ pub(crate) struct ThreadState {
     pub incremental: AtomicUsize,
     /// See `captures`.
     pub memo_hits: AtomicUsize,
+    /// The cap tuner (`policy::Tune::pack`) and the cost its probe compares with.
+    pub tune: AtomicUsize,
+    /// See `tune`.
+    pub tune_prev: AtomicUsize,
+    /// Captures, timed captures and their cycles in the tuner's current window, and
+    /// `returns` at its start.
+    pub win_captures: AtomicUsize,
+    /// See `win_captures`.
+    pub win_timed: AtomicUsize,
+    /// See `win_captures`.
+    pub win_cycles: AtomicUsize,
+    /// See `win_captures`.
+    pub win_returns: AtomicUsize,
 }
 
 /// Entries of [`ThreadState::record_pcs`] (a power of two).
@@ -202,6 +215,12 @@ fn try_init(st: &ThreadState, sp: usize) -> bool {
     st.hi.store(hi, Relaxed);
     st.len.store(0, Relaxed);
     st.skip.store(super::policy::initial_skip(), Relaxed);
+    st.tune.store(super::policy::Tune::START.pack(), Relaxed);
+    st.tune_prev.store(0, Relaxed);
+    st.win_captures.store(0, Relaxed);
+    st.win_timed.store(0, Relaxed);
+    st.win_cycles.store(0, Relaxed);
+    st.win_returns.store(st.returns.load(Relaxed), Relaxed);
     st.nodes.store(nodes, Relaxed);
     compiler_fence(SeqCst);
     st.entries.store(array + core::mem::size_of::<Entry>(), Relaxed);

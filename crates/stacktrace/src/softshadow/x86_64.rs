@@ -29,7 +29,7 @@ pub(super) const SHADOW_OFFSET: isize = -0x2000_0000_0000 + 0x840;
 const _: () = assert!(SHADOW_OFFSET % 4096 != 0 && SHADOW_OFFSET % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(ThreadState, entries) == 0);
 const _: () = assert!(core::mem::offset_of!(ThreadState, len) == 8);
-const _: () = assert!(core::mem::size_of::<ThreadState>() <= 256);
+const _: () = assert!(core::mem::size_of::<ThreadState>() <= 320);
 const _: () = assert!(core::mem::size_of::<super::state::Entry>() == 16);
 
 core::arch::global_asm!(
@@ -42,8 +42,8 @@ core::arch::global_asm!(
     ".hidden __ukasan_softshadow_tls",
     ".type __ukasan_softshadow_tls, @tls_object",
     "__ukasan_softshadow_tls:",
-    ".zero 256",
-    ".size __ukasan_softshadow_tls, 256",
+    ".zero 320",
+    ".size __ukasan_softshadow_tls, 320",
     ".popsection",
     "",
     ".text",
@@ -145,7 +145,7 @@ pub(super) fn state() -> &'static ThreadState {
             options(pure, readonly, nostack)
         )
     };
-    // SAFETY: the block is 256 zero-initialised, 64-aligned bytes alive as long as the thread;
+    // SAFETY: the block is 320 zero-initialised, 64-aligned bytes alive as long as the thread;
     // every `ThreadState` field is an atomic, for which all-zero bytes are valid. The
     // reference never leaves the thread (callers use it within one call).
     unsafe { &*(p as *const ThreadState) }
