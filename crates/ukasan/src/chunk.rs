@@ -11,6 +11,7 @@
 //! alignment padding. Its first word is `MAGIC ^ address`, which a foreign pointer or a stale
 //! glibc chunk does not carry by accident. Freed objects are filled with [`POISON`].
 
+use crate::bytes::fill;
 use core::sync::atomic::{AtomicU8, Ordering};
 
 /// Header size in bytes.
@@ -316,27 +317,18 @@ impl Header {
     /// # Safety
     /// The chunk must be quarantined (poisoned and still owned).
     pub unsafe fn find_poison_damage(&self) -> Option<Damage> {
-        let user = self.user();
-        let poisoned = |lo: usize, hi: usize| {
-            // SAFETY: the user bytes lie inside the owned block.
-            let obj = unsafe { core::slice::from_raw_parts(lo as *const u8, hi - lo) };
-            let first = find_not(obj, POISON)?;
-            let last = obj.iter().rposition(|&b| b != POISON).unwrap_or(first);
-            Some(Damage { start: lo + first, end: lo + last + 1 })
-        };
-        let Some((lo, hi)) = self.zapped() else {
-            return poisoned(user, user + self.size);
-        };
-        let parts = [
-            poisoned(user, lo),
-            // SAFETY: whole pages of the owned object.
-            unsafe { crate::zap::written(lo, hi) },
-            poisoned(hi, user + self.size),
-        ];
-        parts
-            .into_iter()
-            .flatten()
-            .reduce(|a, b| Damage { start: a.start.min(b.start), end: a.end.max(b.end) })
+        let (user, end) = (self.user(), self.user() + self.size);
+        // SAFETY: the user bytes lie inside the owned block; the given-back pages are whole
+        // pages of it.
+        unsafe {
+            let Some((lo, hi)) = self.zapped() else {
+                return damage(user, end, POISON);
+            };
+            join(
+                join(damage(user, lo, POISON), crate::zap::written(lo, hi)),
+                damage(hi, end, POISON),
+            )
+        }
     }
 
     /// The object's pages given back in the quarantine, if they were.
@@ -372,12 +364,11 @@ impl Header {
         // pages of it (zeros once more; a refusal leaves the damage, found again later).
         unsafe {
             match self.zapped() {
-                Some((lo, hi)) => {
-                    core::ptr::write_bytes(user as *mut u8, POISON, lo - user);
-                    core::ptr::write_bytes(hi as *mut u8, POISON, end - hi);
-                    crate::zap::give_back(lo, hi);
+                Some(pages) => {
+                    crate::zap::poison_around(user, end, pages);
+                    crate::zap::give_back(pages.0, pages.1);
                 }
-                None => core::ptr::write_bytes(user as *mut u8, POISON, self.size),
+                None => fill(user, self.size, POISON),
             }
         }
     }
@@ -393,13 +384,12 @@ impl Header {
         // pages of it, whose contents are no longer needed.
         unsafe {
             match crate::zap::inner_pages(self.size, user, end) {
-                Some((lo, hi)) if crate::zap::give_back(lo, hi) => {
-                    core::ptr::write_bytes(user as *mut u8, POISON, lo - user);
-                    core::ptr::write_bytes(hi as *mut u8, POISON, end - hi);
+                Some(pages) if crate::zap::give_back(pages.0, pages.1) => {
+                    crate::zap::poison_around(user, end, pages);
                     self.flags |= F_ZAPPED;
                 }
                 _ => {
-                    core::ptr::write_bytes(user as *mut u8, POISON, self.size);
+                    fill(user, self.size, POISON);
                     self.flags &= !F_ZAPPED;
                 }
             }
@@ -414,6 +404,38 @@ pub struct Damage {
     pub start: usize,
     /// One past the last modified byte.
     pub end: usize,
+}
+
+/// The union of two damaged ranges.
+pub(crate) fn join(a: Option<Damage>, b: Option<Damage>) -> Option<Damage> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(Damage { start: a.start.min(b.start), end: a.end.max(b.end) }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The first and last byte of `[lo, hi)` that are not `v`.
+///
+/// # Safety
+/// The range is mapped and readable.
+#[inline]
+pub(crate) unsafe fn damage(lo: usize, hi: usize, v: u8) -> Option<Damage> {
+    // SAFETY: forwarded.
+    if unsafe { crate::bytes::all(lo, hi, v) } {
+        return None;
+    }
+    // SAFETY: forwarded.
+    unsafe { locate_damage(lo, hi, v) }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn locate_damage(lo: usize, hi: usize, v: u8) -> Option<Damage> {
+    // SAFETY: forwarded.
+    let s = unsafe { core::slice::from_raw_parts(lo as *const u8, hi - lo) };
+    let first = find_not(s, v)?;
+    let last = s.iter().rposition(|&b| b != v).unwrap_or(first);
+    Some(Damage { start: lo + first, end: lo + last + 1 })
 }
 
 /// Index of the first byte not equal to `v`, a word at a time.

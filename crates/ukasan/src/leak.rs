@@ -340,12 +340,10 @@ pub(crate) fn roots(stack_from: usize) -> impl Iterator<Item = (usize, usize)> +
         {
             return 0;
         }
-        for k in 0..info.dlpi_phnum as usize {
-            // SAFETY: `dlpi_phdr` has `dlpi_phnum` entries.
-            let ph = unsafe { &*info.dlpi_phdr.add(k) };
+        for ph in phdrs() {
             if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_W != 0 && *acc.n < acc.out.len()
             {
-                let lo = info.dlpi_addr as usize + ph.p_vaddr as usize;
+                let lo = bias + ph.p_vaddr as usize;
                 acc.out[*acc.n] = (lo, lo + ph.p_memsz as usize);
                 *acc.n += 1;
             }
@@ -355,7 +353,7 @@ pub(crate) fn roots(stack_from: usize) -> impl Iterator<Item = (usize, usize)> +
     {
         // Relaxed: see `skip_own_module`.
         let own = if SKIP_OWN.load(core::sync::atomic::Ordering::Relaxed) {
-            roots as fn(usize) -> _ as usize
+            skip_own_module as fn() as usize
         } else {
             0
         };

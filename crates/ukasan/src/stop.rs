@@ -375,49 +375,41 @@ impl World {
         // A free signal that can be sent: an emulator may accept the action of a signal it
         // cannot deliver and refuse to send it (qemu-user 7.2 maps neither of the top two
         // guest real-time signals to a host one: tgkill says EINVAL), so the next one down.
+        // SAFETY: an all-zero sigaction is a valid starting point.
+        let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
+        sa.sa_sigaction = on_stop as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
+        // SAFETY: `sa.sa_mask` is valid storage; every signal blocked while the handler runs.
+        unsafe { libc::sigfillset(&mut sa.sa_mask) };
         let mut below = libc::SIGRTMAX();
-        let (sig, old) = loop {
+        let (sig, old, first) = loop {
             let Some((sig, old)) = free_signal(below) else {
                 ACTIVE.store(0, Ordering::Release);
                 Self::clear(used);
                 return None;
             };
-            // SAFETY: an all-zero sigaction is a valid starting point.
-            let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
-            sa.sa_sigaction = on_stop as *const () as usize;
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
-            // SAFETY: `sa.sa_mask` is valid storage; every signal blocked while the handler
-            // runs.
-            unsafe { libc::sigfillset(&mut sa.sa_mask) };
             // SAFETY: installs a valid SA_SIGINFO handler for a signal the program leaves
             // alone.
             if unsafe { libc::sigaction(sig, &sa, core::ptr::null_mut()) } != 0 {
                 below = sig - 1;
                 continue;
             }
-            // EINVAL is about the number: it comes at the first send or not at all.
-            let (mut sent, mut refused) = (false, false);
-            for s in &SLOTS[..used] {
-                match tgkill(s.tid.load(Ordering::Relaxed), sig) {
-                    0 => sent = true,
-                    libc::EINVAL if !sent => {
-                        refused = true;
-                        break;
-                    }
-                    _ => s.state.store(GONE, Ordering::Relaxed),
-                }
+            // The kernel checks the number before the thread: the first send tells.
+            let first = tgkill(SLOTS[0].tid.load(Ordering::Relaxed), sig);
+            if first != libc::EINVAL {
+                break (sig, old, first);
             }
-            if !refused {
-                break (sig, old);
-            }
-            // Nothing was sent with it: its old action back, every slot still to be asked.
+            // Nothing was sent with it: its old action back.
             // SAFETY: the action read by `free_signal`.
             unsafe { libc::sigaction(sig, &old, core::ptr::null_mut()) };
-            for s in &SLOTS[..used] {
-                s.state.store(ASKED, Ordering::Relaxed);
-            }
             below = sig - 1;
         };
+        for (i, s) in SLOTS[..used].iter().enumerate() {
+            let sent = if i == 0 { first } else { tgkill(s.tid.load(Ordering::Relaxed), sig) };
+            if sent != 0 {
+                s.state.store(GONE, Ordering::Relaxed);
+            }
+        }
         let start = now_ms();
         // Since when every thread still to answer has blocked the signal (0: not all do).
         let mut all_blocked_since = 0;
@@ -608,6 +600,7 @@ mod tests {
             std::hint::spin_loop();
         }
         let w = World::stop().expect("a free real-time signal");
+        let used = w.sig;
         assert!(
             w.stopped() >= 1,
             "the spinning thread stopped (signal {}, slots {:?})",
@@ -623,9 +616,8 @@ mod tests {
         let at = t.join().unwrap();
         assert!(roots.iter().any(|&(lo, hi)| lo <= at && at < hi), "its stack is a root");
         assert_eq!(USED.load(Ordering::Relaxed), 0);
-        // Cleared, and the old (default) action is back.
-        let (sig, _) = free_signal(libc::SIGRTMAX()).unwrap();
-        assert!(sig <= libc::SIGRTMAX());
+        // Cleared, and the old (default) action of the signal used is back.
+        assert_eq!(free_signal(used).map(|(sig, _)| sig), Some(used));
     }
 
     /// A thread that has every signal blocked when the stop begins (as glibc's

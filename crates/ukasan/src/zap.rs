@@ -12,7 +12,7 @@
 //!
 //! Limits: a page swapped out after such a write is not resident and goes unchecked.
 
-use crate::chunk::Damage;
+use crate::chunk::{damage, join, Damage};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Objects of at least this many bytes have pages given back in the quarantine.
@@ -40,17 +40,20 @@ pub(crate) fn page() -> usize {
 /// objects of `size >= ZAP_MIN` bytes; `None` otherwise or when there is no whole page.
 #[inline]
 pub(crate) fn inner_pages(size: usize, lo: usize, hi: usize) -> Option<(usize, usize)> {
+    if size < ZAP_MIN {
+        return None;
+    }
     let page = page();
-    if size < ZAP_MIN || page == 0 {
+    if page == 0 {
         return None;
     }
     let (a, b) = (lo.next_multiple_of(page), hi & !(page - 1));
     (b > a).then_some((a, b))
 }
 
-/// Gives the pages `[lo, hi)` back; false when they were not (locked memory, or an
-/// emulator that answers `madvise` with success and does nothing, as qemu-user 7.2 does):
-/// a marker written first must read zero after.
+/// Gives the pages `[lo, hi)` back; false when they were not (locked memory, or a sandbox
+/// or emulator that answers `madvise` with success without doing it): a marker written
+/// first must read zero after.
 ///
 /// # Safety
 /// `[lo, hi)` is whole pages of an object the caller owns and whose contents are no longer
@@ -66,6 +69,19 @@ pub(crate) unsafe fn give_back(lo: usize, hi: usize) -> bool {
     }
 }
 
+/// Poisons the parts of the object `[lo, hi)` around its given-back `pages`.
+///
+/// # Safety
+/// `[lo, hi)` is an object the caller owns; `pages` lies inside it.
+#[inline]
+pub(crate) unsafe fn poison_around(lo: usize, hi: usize, pages: (usize, usize)) {
+    // SAFETY: forwarded.
+    unsafe {
+        crate::bytes::fill(lo, pages.0 - lo, crate::chunk::POISON);
+        crate::bytes::fill(pages.1, hi - pages.1, crate::chunk::POISON);
+    }
+}
+
 /// Bytes that are not zero in the resident pages of `[lo, hi)` (pages given back with
 /// [`give_back`]): what was written there since. Pages that are not resident are not read.
 ///
@@ -74,7 +90,7 @@ pub(crate) unsafe fn give_back(lo: usize, hi: usize) -> bool {
 pub(crate) unsafe fn written(lo: usize, hi: usize) -> Option<Damage> {
     let page = page();
     let mut vec = [0u8; 256];
-    let mut d: Option<Damage> = None;
+    let mut d = None;
     let mut at = lo;
     while at < hi {
         let n = ((hi - at) / page).min(vec.len());
@@ -85,15 +101,7 @@ pub(crate) unsafe fn written(lo: usize, hi: usize) -> Option<Damage> {
         for (i, _) in vec[..n].iter().enumerate().filter(|(_, &v)| v & 1 != 0) {
             let p = at + i * page;
             // SAFETY: a resident page of the range (the caller's contract).
-            let bytes = unsafe { core::slice::from_raw_parts(p as *const u8, page) };
-            if let Some(first) = crate::chunk::find_not(bytes, 0) {
-                let last = bytes.iter().rposition(|&b| b != 0).unwrap_or(first);
-                let (s, e) = (p + first, p + last + 1);
-                d = Some(d.map_or(Damage { start: s, end: e }, |d| Damage {
-                    start: d.start.min(s),
-                    end: d.end.max(e),
-                }));
-            }
+            d = join(d, unsafe { damage(p, p + page, 0) });
         }
         at += n * page;
     }

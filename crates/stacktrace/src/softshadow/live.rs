@@ -272,14 +272,12 @@ fn cap_of(st: &ThreadState) -> usize {
     policy::Tune::unpack(st.tune.load(Relaxed), 0).cap()
 }
 
-/// Counts a capture for the cap tuner; times one in `policy::SAMPLE` (`Some(start)`).
+/// Times one capture in `policy::SAMPLE` for the cap tuner (`Some(start)`).
 #[inline(always)]
 fn tune_begin(st: &ThreadState) -> Option<u64> {
-    // Relaxed (all): this thread's own block; a signal handler's capture answers
-    // `Reentered` before it gets here, or interleaves whole captures, which only blurs a
-    // window's figures.
-    let n = st.win_captures.load(Relaxed) + 1;
-    st.win_captures.store(n, Relaxed);
+    // Relaxed: this thread's own block; a signal handler's capture interleaves whole
+    // captures, which only blurs a window's figures.
+    let n = st.captures.load(Relaxed) + 1;
     // SAFETY: rdtsc has no preconditions (x86-64: this module's only target).
     n.is_multiple_of(policy::SAMPLE).then(|| unsafe { core::arch::x86_64::_rdtsc() })
 }
@@ -292,7 +290,8 @@ fn tune_end(st: &ThreadState, start: u64) {
     // Relaxed (all): see `tune_begin`.
     let cycles = st.win_cycles.load(Relaxed) + now.saturating_sub(start) as usize;
     let timed = st.win_timed.load(Relaxed) + 1;
-    let n = st.win_captures.load(Relaxed);
+    let captures = st.captures.load(Relaxed);
+    let n = captures.wrapping_sub(st.win_start.load(Relaxed)).max(1);
     if n < policy::WINDOW {
         st.win_cycles.store(cycles, Relaxed);
         st.win_timed.store(timed, Relaxed);
@@ -309,7 +308,7 @@ fn tune_end(st: &ThreadState, start: u64) {
     st.tune_prev.store(t.prev as usize, Relaxed);
     let skip = st.skip.load(Relaxed);
     st.skip.store(skip.min(t.cap().max(policy::min_unpatched())), Relaxed);
-    st.win_captures.store(0, Relaxed);
+    st.win_start.store(captures, Relaxed);
     st.win_timed.store(0, Relaxed);
     st.win_cycles.store(0, Relaxed);
     st.win_returns.store(returns, Relaxed);

@@ -92,15 +92,15 @@ pub(crate) struct ThreadState {
     pub tune: AtomicUsize,
     /// See `tune`.
     pub tune_prev: AtomicUsize,
-    /// Captures, timed captures and their cycles in the tuner's current window, and
-    /// `returns` at its start.
-    pub win_captures: AtomicUsize,
-    /// See `win_captures`.
-    pub win_timed: AtomicUsize,
-    /// See `win_captures`.
-    pub win_cycles: AtomicUsize,
-    /// See `win_captures`.
+    /// `captures` and `returns` at the start of the tuner's current window, and its timed
+    /// captures and their cycles.
+    pub win_start: AtomicUsize,
+    /// See `win_start`.
     pub win_returns: AtomicUsize,
+    /// See `win_start`.
+    pub win_timed: AtomicUsize,
+    /// See `win_start`.
+    pub win_cycles: AtomicUsize,
 }
 
 /// Entries of [`ThreadState::record_pcs`] (a power of two).
@@ -217,7 +217,7 @@ fn try_init(st: &ThreadState, sp: usize) -> bool {
     st.skip.store(super::policy::initial_skip(), Relaxed);
     st.tune.store(super::policy::Tune::START.pack(), Relaxed);
     st.tune_prev.store(0, Relaxed);
-    st.win_captures.store(0, Relaxed);
+    st.win_start.store(st.captures.load(Relaxed), Relaxed);
     st.win_timed.store(0, Relaxed);
     st.win_cycles.store(0, Relaxed);
     st.win_returns.store(st.returns.load(Relaxed), Relaxed);

@@ -26,7 +26,7 @@ pub mod heap;
 pub mod quarantine;
 
 use crate::bytes::{all, fill};
-use crate::chunk::{find_not, Damage, Family, Track, POISON, REDZONE};
+use crate::chunk::{damage, join, Damage, Family, Track, POISON, REDZONE};
 use crate::leak::Entry;
 use crate::options::Options;
 use crate::report::{Access, Found, Kind, Object};
@@ -234,14 +234,6 @@ unsafe fn fm_damage(at: usize, want: [u64; 2]) -> Option<Damage> {
     Some(Damage { start: at + first, end: at + last + 1 })
 }
 
-/// The union of two damaged ranges.
-fn join(a: Option<Damage>, b: Option<Damage>) -> Option<Damage> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(Damage { start: a.start.min(b.start), end: a.end.max(b.end) }),
-        (a, b) => a.or(b),
-    }
-}
-
 /// Bytes of the gap after an object of `size` in a slot of `cs` that are its own right
 /// redzone (the rest is the next object's left redzone).
 #[inline]
@@ -259,30 +251,6 @@ fn left_len(loc: Loc) -> usize {
         }
         _ => TAIL,
     }
-}
-
-/// The first and last byte of `[lo, hi)` that are not `v`.
-///
-/// # Safety
-/// The range is mapped and readable.
-#[inline]
-unsafe fn damage(lo: usize, hi: usize, v: u8) -> Option<Damage> {
-    // SAFETY: forwarded.
-    if unsafe { all(lo, hi, v) } {
-        return None;
-    }
-    // SAFETY: forwarded.
-    unsafe { locate_damage(lo, hi, v) }
-}
-
-#[cold]
-#[inline(never)]
-unsafe fn locate_damage(lo: usize, hi: usize, v: u8) -> Option<Damage> {
-    // SAFETY: forwarded.
-    let s = unsafe { core::slice::from_raw_parts(lo as *const u8, hi - lo) };
-    let first = find_not(s, v)?;
-    let last = s.iter().rposition(|&b| b != v).unwrap_or(first);
-    Some(Damage { start: lo + first, end: lo + last + 1 })
 }
 
 fn track_of(m: &Meta) -> Track {
@@ -515,11 +483,11 @@ pub(crate) unsafe fn free(
     // whole pages of the object, whose contents are no longer needed.
     unsafe {
         match zap_range(p, size) {
-            Some((lo, hi)) if crate::zap::give_back(lo, hi) => {
-                fill(p, lo - p, POISON);
-                fill(hi, p + size - hi, POISON);
-                // Relaxed: published by the Release store of QUARANTINED below.
-                m.bits.fetch_or(M_ZAPPED, Ordering::Relaxed);
+            Some(pages) if crate::zap::give_back(pages.0, pages.1) => {
+                crate::zap::poison_around(p, p + size, pages);
+                // Relaxed (both): the slot is busy, ours; published by the Release store of
+                // QUARANTINED below.
+                m.bits.store(m.bits.load(Ordering::Relaxed) | M_ZAPPED, Ordering::Relaxed);
             }
             // Smaller, or the kernel refused (locked pages): poisoned whole.
             _ => fill(p, size, POISON),

@@ -47,12 +47,16 @@ __attribute__((section(".preinit_array"), used)) static void (*preinit)(void) = 
  * in its static TLS, or (masked) on the stack of a thread that blocks every signal. */
 static atomic_int holders_ready;
 static __thread char *volatile tls_held;
-static void *hold_on_stack(void *arg) {
-  (void)arg;
-  char *volatile held = do_alloc(48);
+/* Parks for good with the only pointer to an object of `n` bytes on its stack. */
+static void *park_holding(size_t n) {
+  char *volatile held = do_alloc(n);
   atomic_fetch_add(&holders_ready, 1);
   for (;;) pause();
   return (void *)held;
+}
+static void *hold_on_stack(void *arg) {
+  (void)arg;
+  return park_holding(48);
 }
 static void *hold_in_tls(void *arg) {
   (void)arg;
@@ -66,10 +70,7 @@ static void *hold_masked(void *arg) {
   sigset_t all;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL);
-  char *volatile held = do_alloc(64);
-  atomic_fetch_add(&holders_ready, 1);
-  for (;;) pause();
-  return (void *)held;
+  return park_holding(64);
 }
 static void *spin_holding(void *arg) {
   (void)arg;
