@@ -23,7 +23,10 @@
 # needs with apt-get (as root, or through sudo), runs every step even when one fails, prints
 # a summary and its elapsed time, and exits non-zero if anything failed (2: setup failed).
 #
-#   usage: aarch64/check.sh [check|test]   (default: both; "check" = step 1 only)
+#   usage: aarch64/check.sh [check|test|bench]   (default: check and test; "check" = step 1
+#          only; "bench" = the seed's table under emulation, not part of the default: the Rust
+#          workload built for aarch64 with ukasan linked in, timed by the host's `ukasan bench`
+#          under qemu-user in modes generic and hw-tags; extra arguments go to `ukasan bench`)
 #   env:   SCS_TC            toolchain dir (default /opt/scs-aarch64; reused when complete)
 #          SCS_QEMU          qemu-aarch64 binary to run tests with (default: bookworm's)
 #          SCS_PAC=0         do not sign return addresses (plain SCS entries); default 1
@@ -31,7 +34,9 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WHAT=${1:-all}
-case $WHAT in all | test | check) ;; *) echo "usage: $0 [check|test]" >&2; exit 2 ;; esac
+case $WHAT in all | test | check | bench) ;; *) echo "usage: $0 [check|test|bench]" >&2; exit 2 ;; esac
+[ $# -eq 0 ] || shift
+HOST_PATH=$PATH   # before the Debian toolchain goes in front: the host's cargo builds the CLI
 TC=${SCS_TC:-/opt/scs-aarch64}
 export DEBIAN_FRONTEND=noninteractive
 SUDO=
@@ -236,6 +241,21 @@ softshadow_child_refuses() {
 }
 
 crates=(-p ukasan-stacktrace -p ukasan-stackdepot -p ukasan)
+if [ "$WHAT" = bench ]; then
+  # The Rust workload for aarch64 (SCS, pac-ret, frame pointers as above) and the host's
+  # `ukasan bench` driving it through qemu; the flavors of the seed's table.
+  bench_exe="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/release/examples/workload"
+  run "build the Rust workload for aarch64 (release, ukasan linked in)" \
+    cargo build --release "${build[@]}" -p ukasan --example workload
+  for mode in generic hw-tags; do
+    run "ukasan bench --mode $mode under qemu-aarch64" \
+      env -u RUSTC -u RUSTDOC -u RUSTC_BOOTSTRAP -u CARGO_TARGET_DIR -u RUSTDOCFLAGS \
+        -u LD_LIBRARY_PATH PATH="$HOST_PATH" \
+        cargo run --release -q -p ukasan-cli -- bench --mode "$mode" --runner "$QEMU" \
+        --workload-exe "$bench_exe" --flavors plain,no-stack-traces,unwinder,fp,shadow "$@"
+  done
+  exit $((failed > 0))
+fi
 # One build of every target (tests, benches, examples; all in the test profile) that the
 # steps below only run.
 run "build the runtime crates' tests, benches and examples" \
@@ -276,8 +296,11 @@ if [ "$WHAT" != check ]; then
   # (names in full: a --skip matches substrings, and the unit tests generic::heap::tests::*
   # are meant to run.)
   # --report-time: each test's time under emulation, in the log.
-  run "crates/ukasan unit and integration tests (7 bug classes in child processes) under qemu" \
-    cargo test "${build[@]}" -p ukasan --lib --tests -- "${ukasan_skips[@]/#/--skip=}" \
+  # UKASAN_REQUIRE_MTE: qemu's `max` CPU has MTE, so the hw-tags tests must run, not skip.
+  # UKASAN_TEST_OPTIONS: the child processes reserve 256 MiB per heap class, not 4 GiB
+  # (under qemu-user 7.2 the default reservation costs 1.8 s and 1.3 GB per process).
+  run "crates/ukasan unit and integration tests (7 bug classes in child processes, hw-tags included) under qemu" \
+    env UKASAN_REQUIRE_MTE=1 UKASAN_TEST_OPTIONS=heap_region_mb=256 cargo test "${build[@]}" -p ukasan --lib --tests -- "${ukasan_skips[@]/#/--skip=}" \
     -Zunstable-options --report-time
   # One test at a time: qemu-user's /proc/self/maps can transiently miss a mapping while
   # another thread maps or unmaps memory (seen here: about 1 run in 7 with parallel tests, the

@@ -11,19 +11,20 @@ pub enum Mode {
     Generic,
     /// Sampled objects in guard-page slots: bad reads and writes fault at once.
     Guarded,
+    /// Every heap object tagged with MTE (arm64): bad reads and writes fault at once.
+    HwTags,
 }
 
 impl Mode {
-    /// Modes that can be selected now.
-    pub const ACCEPTED: &'static [&'static str] = &["generic", "guarded"];
-    /// Modes that are designed but not built yet.
-    pub const PLANNED: &'static [&'static str] = &["hw-tags"];
+    /// Modes that can be selected.
+    pub const ACCEPTED: &'static [&'static str] = &["generic", "guarded", "hw-tags"];
 
     /// The name as accepted on the command line.
     pub const fn name(self) -> &'static str {
         match self {
             Mode::Generic => "generic",
             Mode::Guarded => "guarded",
+            Mode::HwTags => "hw-tags",
         }
     }
 }
@@ -34,20 +35,30 @@ impl fmt::Display for Mode {
     }
 }
 
-/// clap value parser for `--mode`: names the accepted modes on error.
+/// Why hw-tags mode cannot run on this machine, if it cannot: it needs arm64 with MTE.
+pub fn hw_tags_unavailable() -> Option<String> {
+    if !cfg!(target_arch = "aarch64") {
+        return Some(format!(
+            "mode `hw-tags` needs an arm64 CPU with MTE (the Memory Tagging Extension); this machine is {}: use generic or guarded",
+            std::env::consts::ARCH
+        ));
+    }
+    const HWCAP2_MTE: u64 = 1 << 18;
+    // SAFETY: getauxval has no preconditions.
+    let caps = unsafe { libc::getauxval(libc::AT_HWCAP2) } as u64;
+    (caps & HWCAP2_MTE == 0).then(|| {
+        "mode `hw-tags` needs MTE, which this arm64 CPU or its kernel does not offer (no HWCAP2_MTE): use generic or guarded".to_string()
+    })
+}
+
+/// clap value parser for `--mode`: names the accepted modes on error, and refuses hw-tags
+/// where it cannot run.
 pub fn parse_mode(s: &str) -> Result<Mode, String> {
     match s {
         "generic" => Ok(Mode::Generic),
         "guarded" => Ok(Mode::Guarded),
-        _ if Mode::PLANNED.contains(&s) => Err(format!(
-            "mode `{s}` is not implemented yet (accepted: {})",
-            Mode::ACCEPTED.join(", ")
-        )),
-        _ => Err(format!(
-            "unknown mode `{s}` (accepted: {}; not implemented yet: {})",
-            Mode::ACCEPTED.join(", "),
-            Mode::PLANNED.join(", ")
-        )),
+        "hw-tags" => hw_tags_unavailable().map_or(Ok(Mode::HwTags), Err),
+        _ => Err(format!("unknown mode `{s}` (accepted: {})", Mode::ACCEPTED.join(", "))),
     }
 }
 
@@ -87,9 +98,22 @@ mod tests {
     fn mode_errors_name_the_accepted_values() {
         assert_eq!(parse_mode("generic"), Ok(Mode::Generic));
         assert_eq!(parse_mode("guarded"), Ok(Mode::Guarded));
-        let e = parse_mode("hw-tags").unwrap_err();
-        assert!(e.contains("not implemented yet") && e.contains("generic, guarded"), "{e}");
+        match parse_mode("hw-tags") {
+            Ok(m) => assert_eq!((m, hw_tags_unavailable()), (Mode::HwTags, None)),
+            Err(e) => {
+                assert_eq!(Some(&e), hw_tags_unavailable().as_ref());
+                assert!(
+                    e.contains("needs")
+                        && e.contains("MTE")
+                        && e.contains("use generic or guarded"),
+                    "{e}"
+                );
+            }
+        }
         let e = parse_mode("bogus").unwrap_err();
-        assert!(e.contains("unknown mode `bogus`") && e.contains("hw-tags"), "{e}");
+        assert!(
+            e.contains("unknown mode `bogus`") && e.contains("generic, guarded, hw-tags"),
+            "{e}"
+        );
     }
 }

@@ -85,6 +85,8 @@ pub(crate) fn mark(
             // SAFETY: every region passed here is mapped and readable (module segments, the
             // live stack, chunk objects owned by the runtime).
             let w = unsafe { core::ptr::read_volatile(a as *const usize) };
+            // On aarch64 a pointer's top byte may hold a tag (hw-tags mode, TBI).
+            let w = crate::hwtags::untag(w);
             a += 8;
             if !filter.may_hold(w) {
                 continue;

@@ -1,4 +1,4 @@
-//! ukasan: KASAN for user space, generic and guarded modes.
+//! ukasan: KASAN for user space, generic, guarded and hw-tags modes.
 //!
 //! Every heap object gets a header, redzones on both sides and, when freed, a poison fill
 //! and a stay in a quarantine; the header records who allocated it and who freed it (thread
@@ -15,6 +15,7 @@
 //! | `use-after-free` write (a freed object's poison changed) | at eviction and exit |
 //! | `memory-leak` (still allocated at exit, grouped by stack) | at exit (`detect_leaks`) |
 //! | `slab-out-of-bounds` / `use-after-free` read or write of a guarded object (`mode=guarded`) | at the access (SIGSEGV) |
+//! | `slab-out-of-bounds` / `use-after-free` / `invalid-access` read or write of any heap object, `invalid-free` of a stale pointer (`mode=hw-tags`, arm64 MTE) | at the access (SIGSEGV, `SEGV_MTESERR`) |
 //!
 //! **Guarded mode** ([`guarded`], `mode=guarded`) adds KFENCE / GWP-ASan detection: about
 //! one allocation in `sample_rate` (up to 1 MiB) goes to a pool of guard-page slots, placed
@@ -22,6 +23,11 @@
 //! and made inaccessible when freed, so an overflow (an underflow, when left-placed) or a
 //! use-after-free, read or write, faults at once and is reported from the SIGSEGV handler
 //! with the faulting instruction as frame #0.
+//!
+//! **Hw-tags mode** ([`hwtags`], `mode=hw-tags`, KASAN's HW_TAGS) tags every object of the
+//! heap with the Memory Tagging Extension (arm64): a read or write through a pointer whose tag
+//! is not the memory's faults at once, for every object, with generic mode's checks on top.
+//! Where there is no MTE the runtime says so and runs generic mode.
 //!
 //! Two ways in, one runtime ([`Runtime`]):
 //! - [`Ukasan`], a [`GlobalAlloc`] wrapper for Rust programs;
@@ -31,8 +37,8 @@
 //! # Design
 //! The code is split as KASAN splits it: a mode-independent core ([`runtime`]: options,
 //! tracks, stacks, dispatch, exit checks; [`report`]: the report layout) and one module per
-//! mode: [`generic`] (redzones, poison, quarantine: KASAN's `generic.c`) and [`guarded`]
-//! (guard pages, KFENCE's model). A hw-tags mode (MTE) plugs in beside them.
+//! mode: [`generic`] (redzones, poison, quarantine: KASAN's `generic.c`), [`guarded`]
+//! (guard pages, KFENCE's model) and [`hwtags`] (MTE tags over generic's heap: `hw_tags.c`).
 //!
 //! - **The heap** ([`generic::heap`]): the detector's own, never the backing allocator's.
 //!   51 size classes (32 B to 128 KiB) in regions of one reserved address range; 16 bytes of
@@ -104,7 +110,8 @@
 //! | `symbolize` | 0: raw frames and the module map, for offline symbolization (1) |
 //! | `depot` | 0: capture stacks but do not store them (1) |
 //! | `depot_size_mb` | stack depot budget in MiB, 1..=1024 (64); when full, new stacks are not saved |
-//! | `mode` | `generic` or `guarded` (guard-page slots for sampled allocations, see [`guarded`]) (`generic`) |
+//! | `heap_region_mb` | address space reserved per size class, a power of two 16..=4096 (4096); under qemu-user every reserved page costs the emulator time and memory at start (the default: 1.8 s, 1.3 GB), so emulated runs use 256 |
+//! | `mode` | `generic`, `guarded` (guard-page slots for sampled allocations, see [`guarded`]) or `hw-tags` (every heap object tagged with MTE, arm64; see [`hwtags`]) (`generic`) |
 //! | `guarded_slots` | slots in the guarded pool, 1..=65536 (256) |
 //! | `sample_rate` | guarded mode guards about one allocation in N per thread, 1..=1000000; 1: every allocation while slots last (1000) |
 //! | `guarded_placement` | `right` (overflows fault at once), `left` (underflows do) or `random` (per object, GWP-ASan) (`right`) |
@@ -121,9 +128,11 @@
 //!
 //! # What it does not do
 //! Detect reads of freed memory or out-of-bounds reads in generic mode (guarded mode sees
-//! them for the objects it samples; the hw-tags mode is not built), or detect writes to
-//! generic chunks before the object is freed or evicted. Leak detection scans conservatively for pointers from globals, the exiting
-//! thread's stack and TLS (see [`leak`]); other threads' stacks are not scanned.
+//! them for the objects it samples, hw-tags mode for every heap object on arm64 with MTE), or
+//! detect writes to generic chunks before the object is freed or evicted. Leak detection
+//! scans conservatively for pointers from globals, the exiting thread's stack and TLS, and
+//! those of the other threads it could stop (see [`leak`]); what a thread that could not be
+//! stopped holds may be reported.
 //!
 //! # Builds
 //! Nothing beyond the dependency line: no frame pointers, any `opt-level`. Each entry point
@@ -151,6 +160,7 @@ pub mod chunk;
 pub mod chunks;
 pub mod generic;
 pub mod guarded;
+pub mod hwtags;
 pub mod leak;
 pub mod options;
 pub mod report;

@@ -51,6 +51,9 @@ pub enum Mode {
     /// Sampled objects in guard-page slots: bad reads and writes fault at once
     /// (see [`crate::guarded`]); the others as in generic mode.
     Guarded,
+    /// Every heap object tagged with MTE (arm64): bad reads and writes fault at once
+    /// (see [`crate::hwtags`]); generic mode's checks too.
+    HwTags,
 }
 
 /// Where a guarded object sits in its slot.
@@ -114,7 +117,11 @@ pub struct Options {
     /// `depot_size_mb`: the stack depot's budget, 1..=1024 MiB (default 64); once it is
     /// full, new stacks are not saved.
     pub depot_bytes: usize,
-    /// `mode`: `generic` (default) or `guarded`.
+    /// `heap_region_mb`: address space the heap reserves per size class, a power of two
+    /// 16..=4096 MiB (default 4096), as log2 of the bytes; less is tried when the system
+    /// refuses. A class whose region is full maps further objects on their own.
+    pub heap_region_log2: u32,
+    /// `mode`: `generic` (default), `guarded` or `hw-tags`.
     pub mode: Mode,
     /// `guarded_slots`: guard-page slots in the guarded pool, 1..=65536 (default 256).
     pub guarded_slots: usize,
@@ -155,6 +162,7 @@ pub const KEYS: &[&str] = &[
     "symbolize",
     "depot",
     "depot_size_mb",
+    "heap_region_mb",
     "mode",
     "guarded_slots",
     "sample_rate",
@@ -197,6 +205,7 @@ impl Options {
         symbolize: true,
         depot: true,
         depot_bytes: stackdepot::DEFAULT_BUDGET,
+        heap_region_log2: 32,
         mode: Mode::Generic,
         guarded_slots: 256,
         sample_rate: 1000,
@@ -397,11 +406,19 @@ impl Options {
                     as usize
                     * (1 << 20)
             }
+            b"heap_region_mb" => {
+                self.heap_region_log2 = parse_num(v)
+                    .filter(|m| m.is_power_of_two() && (16..=4096).contains(m))
+                    .ok_or("a power of two number of MiB, 16..=4096")?
+                    .trailing_zeros()
+                    + 20
+            }
             b"mode" => {
                 self.mode = match v {
                     b"generic" => Mode::Generic,
                     b"guarded" => Mode::Guarded,
-                    _ => return Err("generic, guarded"),
+                    b"hw-tags" => Mode::HwTags,
+                    _ => return Err("generic, guarded, hw-tags"),
                 }
             }
             b"guarded_slots" => {
@@ -576,7 +593,7 @@ mod tests {
         assert_eq!(errs.len(), 5, "{errs:?}");
         assert_eq!(
             errs[0],
-            "ukasan: bad value 'kfence' for option 'mode' ignored (accepted: generic, guarded)"
+            "ukasan: bad value 'kfence' for option 'mode' ignored (accepted: generic, guarded, hw-tags)"
         );
         assert!(
             errs[1].contains("'0' for option 'guarded_slots'") && errs[1].contains("1..=65536")
@@ -591,6 +608,21 @@ mod tests {
         );
         assert_eq!((o.mode, o.guarded_slots, o.sample_rate), (Mode::Generic, 256, 1000));
         assert_eq!(o.placement, Placement::Right);
+    }
+
+    #[test]
+    fn heap_region_mb_is_a_bounded_power_of_two() {
+        assert_eq!(Options::DEFAULT.heap_region_log2, 32);
+        let (o, errs) = parse("heap_region_mb=256");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(o.heap_region_log2, 28);
+        let (o, errs) = parse("heap_region_mb=8:heap_region_mb=8192:heap_region_mb=300");
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(
+            errs.iter().all(|e| e.contains("a power of two number of MiB, 16..=4096")),
+            "{errs:?}"
+        );
+        assert_eq!(o.heap_region_log2, 32);
     }
 
     #[test]

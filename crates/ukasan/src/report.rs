@@ -34,6 +34,9 @@ pub enum Kind {
     UseAfterFree,
     /// Still allocated at exit.
     MemoryLeak,
+    /// A tag-check fault that is neither of the above (hw-tags mode): the memory was reused
+    /// since the pointer's object lived there, or never was a heap object's (KASAN's name).
+    InvalidAccess,
 }
 
 impl Kind {
@@ -49,6 +52,7 @@ impl Kind {
             Kind::SlabOutOfBounds => "slab-out-of-bounds",
             Kind::UseAfterFree => "use-after-free",
             Kind::MemoryLeak => "memory-leak",
+            Kind::InvalidAccess => "invalid-access",
         }
     }
 }
@@ -108,6 +112,23 @@ pub enum Access {
         /// Access size when known.
         size: Option<usize>,
     },
+    /// A read, write or free through a pointer whose tag is not its memory's (hw-tags
+    /// mode), reported at the access.
+    Tagged {
+        /// The address (untagged).
+        addr: usize,
+        /// A write, a read, or `None`: a free.
+        write: Option<bool>,
+        /// Access size when known.
+        size: Option<usize>,
+        /// The pointer's tag.
+        ptag: u8,
+        /// The memory's tag.
+        mtag: u8,
+        /// The access could not be let through otherwise: this thread's tag checks are off
+        /// from now on.
+        checks_off: bool,
+    },
     /// Bytes found modified, detected later.
     Corrupt {
         /// The modified range.
@@ -153,8 +174,29 @@ impl Access {
             | Access::Mismatch { addr, .. }
             | Access::Layout { addr, .. }
             | Access::DeleteType { addr, .. }
-            | Access::Fault { addr, .. } => addr,
+            | Access::Fault { addr, .. }
+            | Access::Tagged { addr, .. } => addr,
             Access::Corrupt { damage, .. } => damage.start,
+        }
+    }
+
+    /// A tag-check fault of a read (`write` false) or write at `addr`.
+    pub(crate) fn tagged(
+        addr: usize,
+        write: bool,
+        size: Option<usize>,
+        (ptag, mtag): (u8, u8),
+        checks_off: bool,
+    ) -> Access {
+        Access::Tagged { addr, write: Some(write), size, ptag, mtag, checks_off }
+    }
+
+    /// Whether the access was a write (`None`: not a read or write).
+    fn write(&self) -> Option<bool> {
+        match *self {
+            Access::Fault { write, .. } => Some(write),
+            Access::Tagged { write, .. } => write,
+            _ => None,
         }
     }
 }
@@ -394,7 +436,7 @@ fn signature(r: &Report<'_>) -> u64 {
     for &f in r.stack.iter().take(4) {
         mix(f as u64);
     }
-    if let Access::Fault { write, .. } = r.access {
+    if let Some(write) = r.access.write() {
         mix(u64::from(write));
     }
     if let Some(c) = r.chunk {
@@ -442,11 +484,11 @@ fn track_frames<'b>(t: &Track, buf: &'b mut [usize]) -> &'b [usize] {
 fn header<const N: usize>(b: &mut FixedBuf<N>, o: &Options, r: &Report<'_>) {
     let mut buf = [0; stackdepot::MAX_DEPTH];
     let (site, found) = header_site(r, &mut buf);
-    let what = match r.access {
-        Access::Fault { write: true, .. } => " write",
-        Access::Fault { write: false, .. } => " read",
-        _ if found.is_some() => " write",
-        _ => "",
+    let what = match r.access.write() {
+        Some(true) => " write",
+        Some(false) => " read",
+        None if found.is_some() => " write",
+        None => "",
     };
     let _ = write!(b, "BUG: KASAN: {}{what} in ", r.kind);
     function_name(b, o, site, r.exact_pc && found.is_none());
@@ -531,6 +573,26 @@ fn access_line<const N: usize>(b: &mut FixedBuf<N>, r: &Report<'_>) {
             };
             writeln!(b, " at addr 0x{addr:x} by thread {}", r.tid)
         }
+        Access::Tagged { addr, write, size, ptag, mtag, checks_off } => {
+            let tagged = crate::hwtags::mte::with_tag(addr, ptag);
+            let _ = match write {
+                Some(w) => {
+                    let _ = b.write_str(if w { "Write of " } else { "Read of " });
+                    let _ = match size {
+                        Some(n) => write!(b, "size {n}"),
+                        None => b.write_str("unknown size"),
+                    };
+                    write!(b, " at addr 0x{tagged:x}")
+                }
+                None => write!(b, "Free of addr 0x{tagged:x}"),
+            };
+            let _ = writeln!(b, " by thread {}", r.tid);
+            let _ = write!(b, "Pointer tag: [{ptag:x}], memory tag: [{mtag:x}]");
+            if checks_off {
+                let _ = write!(b, " (the memory is another live object's: tag checks are off in thread {} from here on)", r.tid);
+            }
+            b.write_str("\n")
+        }
         Access::Corrupt { damage, when } => {
             let _ = write!(
                 b,
@@ -612,6 +674,11 @@ fn memory(b: &mut FixedBuf<BUF>, addr: usize, c: &Object) {
             } else {
                 let _ = b.write_str(" ..");
             }
+        }
+        if crate::hwtags::on() && crate::generic::contains(row) {
+            // SAFETY: a granule of the heap's space, which is taggable.
+            let t = unsafe { crate::hwtags::mte::memory_tag(row) };
+            let _ = write!(b, "  [{t:x}]");
         }
         let _ = b.write_str("\n");
         if mark == '>' {
@@ -881,11 +948,14 @@ fn json(b: &mut FixedBuf<BUF>, o: &Options, r: &Report<'_>) {
     access_line(&mut line, r);
     let text = line.as_bytes();
     let _ = write!(b, "{}", Json(text.strip_suffix(b"\n").unwrap_or(text)));
-    if let Access::Fault { write, size, .. } = r.access {
+    if let Some(write) = r.access.write() {
         let _ = write!(b, ",\"is_write\":{write}");
-        if let Some(n) = size {
-            let _ = write!(b, ",\"size\":{n}");
-        }
+    }
+    if let Access::Fault { size: Some(n), .. } | Access::Tagged { size: Some(n), .. } = r.access {
+        let _ = write!(b, ",\"size\":{n}");
+    }
+    if let Access::Tagged { ptag, mtag, .. } = r.access {
+        let _ = write!(b, ",\"pointer_tag\":{ptag},\"memory_tag\":{mtag}");
     }
     let _ = b.write_str(",\"stack\":");
     json_stack(b, o, r.stack);

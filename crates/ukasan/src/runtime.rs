@@ -177,12 +177,24 @@ impl Runtime {
         // Relaxed: published by the Release store of READY below.
         self.loader.0.store(lo, Ordering::Relaxed);
         self.loader.1.store(hi, Ordering::Relaxed);
-        // SAFETY: we won the race to INITIALIZING; nobody reads `opts` before READY.
-        unsafe { *self.opts.get() = o };
         // SAFETY: the runtime lives for the rest of the process (documented above).
         let this: &'static Runtime = unsafe { &*(self as *const Runtime) };
+        if o.mode == Mode::HwTags {
+            // Before the heap is set up: its space is mapped taggable.
+            if let Err(why) = crate::hwtags::enable(this, &o) {
+                let mut b = sys::FixedBuf::<256>::new();
+                let _ = core::fmt::write(
+                    &mut b,
+                    format_args!("ukasan: mode=hw-tags is not available: {why}; generic mode\n"),
+                );
+                sys::write_all(2, b.as_bytes());
+                o.mode = Mode::Generic;
+            }
+        }
+        // SAFETY: we won the race to INITIALIZING; nobody reads `opts` before READY.
+        unsafe { *self.opts.get() = o };
         self.guarded.init(this, &o);
-        if let Some(i) = generic::register(this) {
+        if let Some(i) = generic::register(this, &o) {
             // Relaxed: published by the Release store of READY below.
             self.heap.store(i, Ordering::Relaxed);
         }
@@ -211,7 +223,13 @@ impl Runtime {
                 &mut b,
                 format_args!(
                     "ukasan: {} mode, stacks={:?} depth={} quarantine={} MiB redzone={} leaks={} depot={} MiB\n",
-                    if self.guarded.active() { "guarded" } else { "generic" },
+                    if self.guarded.active() {
+                        "guarded"
+                    } else if crate::hwtags::on() {
+                        "hw-tags"
+                    } else {
+                        "generic"
+                    },
                     o.stacks,
                     o.depth,
                     o.quarantine_bytes >> 20,
@@ -720,7 +738,12 @@ pub fn capture(stacks: Stacks, regs: &Regs, buf: &mut [usize]) -> usize {
         Stacks::Off => return 0,
         Stacks::Auto => stacktrace::capture_from(regs, buf).map(|c| c.len),
         Stacks::Fp => stacktrace::fp::capture_from(regs, buf),
+        // The software shadow stack (x86-64), else a hardware or compiler one (CET, GCS, the
+        // Shadow Call Stack in x18 on aarch64), else frame pointers.
         Stacks::Shadow => stacktrace::softshadow::capture_from(regs, buf)
+            .or_else(|_| stacktrace::shadow::scs::capture_from(regs, buf))
+            .or_else(|_| stacktrace::shadow::gcs::capture_from(regs, buf))
+            .or_else(|_| stacktrace::shadow::cet::capture_from(regs, buf))
             .or_else(|_| stacktrace::fp::capture_from(regs, buf)),
         Stacks::Dwarf => stacktrace::dwarf::capture_from(regs, buf)
             .or_else(|_| stacktrace::fp::capture_from(regs, buf)),

@@ -58,7 +58,11 @@ impl Guard {
     /// Enters the runtime, or `None` when this thread is already inside it.
     #[inline]
     pub fn enter() -> Option<Guard> {
-        THREAD.with(|t| if t.in_runtime.replace(true) { None } else { Some(Guard(())) })
+        let g = THREAD.with(|t| if t.in_runtime.replace(true) { None } else { Some(Guard(())) });
+        if g.is_some() {
+            crate::hwtags::suspend_checks(true);
+        }
+        g
     }
 
     /// Whether this thread is inside the runtime.
@@ -71,6 +75,7 @@ impl Guard {
 impl Drop for Guard {
     #[inline]
     fn drop(&mut self) {
+        crate::hwtags::suspend_checks(false);
         THREAD.with(|t| t.in_runtime.set(false));
     }
 }

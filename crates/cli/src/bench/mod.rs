@@ -46,8 +46,8 @@ pub struct BenchArgs {
     /// Comma-separated workloads (default: all).
     #[arg(long, value_parser = parse_workloads)]
     workloads: Option<WorkloadList>,
-    /// Detector mode.
-    #[arg(long, default_value = "generic", value_parser = parse_mode)]
+    /// Detector mode (hw-tags: on an arm64 machine with MTE, or under `--runner`).
+    #[arg(long, default_value = "generic", value_parser = parse_bench_mode)]
     mode: Mode,
     /// Guarded mode: guard about one allocation in N (the detector's `sample_rate`; its
     /// default when not given).
@@ -62,6 +62,25 @@ pub struct BenchArgs {
     /// Also run valgrind memcheck, heaptrack and (Rust workload) an ASan build.
     #[arg(long)]
     peers: bool,
+    /// Emulated target: run the Rust workload as `RUNNER... EXE --size N` (e.g.
+    /// `qemu-aarch64 -L /usr/aarch64-linux-gnu`, split on spaces), with ukasan linked into EXE
+    /// (`--workload-exe`) instead of preloaded; see `aarch64/bench.sh`.
+    #[arg(long, value_name = "RUNNER", requires = "workload_exe")]
+    runner: Option<String>,
+    /// The Rust workload built for the runner's target with ukasan as its global allocator
+    /// (`cargo build -p ukasan --example workload`); `UKASAN_WORKLOAD_PLAIN=1` is its plain
+    /// flavor.
+    #[arg(long, value_name = "EXE", requires = "runner")]
+    workload_exe: Option<PathBuf>,
+}
+
+/// `--mode` of the bench: as `ukasan run` takes it, but hw-tags is checked later (an
+/// emulated target may have MTE where this machine has not).
+fn parse_bench_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "hw-tags" => Ok(Mode::HwTags),
+        _ => parse_mode(s),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -129,6 +148,21 @@ pub fn main(args: &BenchArgs) -> Result<ExitCode> {
     if args.sample_rate.is_some() && args.mode != Mode::Guarded {
         anyhow::bail!("--sample-rate applies to guarded mode only: add --mode guarded");
     }
+    if let (Mode::HwTags, None, Some(why)) =
+        (args.mode, &args.runner, crate::mode::hw_tags_unavailable())
+    {
+        anyhow::bail!("{why} (or time an emulated target that has it: --runner)");
+    }
+    let emulated = match (&args.runner, &args.workload_exe) {
+        (Some(r), Some(exe)) => {
+            let runner: Vec<std::ffi::OsString> = r.split_whitespace().map(Into::into).collect();
+            anyhow::ensure!(!runner.is_empty(), "--runner is empty");
+            let exe =
+                exe.canonicalize().with_context(|| format!("--workload-exe {}", exe.display()))?;
+            Some(measure::Emulated { runner, exe })
+        }
+        _ => None,
+    };
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 5 });
     let mut flavors: Vec<&'static Flavor> = match &args.flavors {
         Some(l) => l.0.clone(),
@@ -137,13 +171,23 @@ pub fn main(args: &BenchArgs) -> Result<ExitCode> {
     if args.peers {
         flavors.extend(PEERS.iter());
     }
-    let workloads: Vec<&'static Workload> = match &args.workloads {
+    let mut workloads: Vec<&'static Workload> = match &args.workloads {
         Some(l) => l.0.clone(),
         None => WORKLOADS.iter().collect(),
     };
     let scratch = TempDir::new("ukasan-bench")?;
     let mut notes = Vec::new();
-    let needs_lib = flavors.iter().any(|f| matches!(f.kind, Kind::Ukasan(_)));
+    if let Some(e) = &emulated {
+        // The other workloads are this machine's programs, not the target's.
+        workloads.retain(|w| w.name == "rust");
+        flavors.retain(|f| matches!(f.kind, Kind::Plain | Kind::Ukasan(_)));
+        notes.push(format!(
+            "emulated: `{} {}`; times and RSS are the emulator's (RSS includes it), not the target's; ratios between flavors are what compares; ukasan flavors get heap_region_mb=256 (the emulator pays for every reserved page)",
+            e.runner.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
+            e.exe.display()
+        ));
+    }
+    let needs_lib = emulated.is_none() && flavors.iter().any(|f| matches!(f.kind, Kind::Ukasan(_)));
     let lib = if needs_lib {
         crate::preload::locate().map_err(|e| format!("{e:#}"))
     } else {
@@ -164,6 +208,7 @@ pub fn main(args: &BenchArgs) -> Result<ExitCode> {
         },
         scratch: scratch.path().to_path_buf(),
         mode_options: mode_options(args.mode, args.sample_rate),
+        emulated,
     };
     if args.peers {
         notes.extend(peers::notes(&tools));

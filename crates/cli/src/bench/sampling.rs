@@ -134,6 +134,7 @@ pub fn main(args: &SamplingArgs) -> Result<ExitCode> {
         asan: Err("not requested".into()),
         scratch: scratch.path().to_path_buf(),
         mode_options: String::new(),
+        emulated: None,
     };
     if let Err(e) = &tools.lib {
         anyhow::bail!("libukasan.so: {e}");

@@ -275,9 +275,11 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         assert_eq!(cfa_off, 16, "{r:?}");
         // glibc's qsort has CFI too (no frame pointer there). x86-64: entry rule as above.
-        let q = libc::qsort as *const () as usize;
         #[cfg(target_arch = "x86_64")]
-        assert!(matches!(rule_for(q, q, &mut false), Ok(Rule::Frame { cfa_fp: false, .. })));
+        {
+            let q = libc::qsort as *const () as usize;
+            assert!(matches!(rule_for(q, q, &mut false), Ok(Rule::Frame { cfa_fp: false, .. })));
+        }
         // aarch64: `qsort` is a tail call to `qsort_r`, which has nothing saved at its entry;
         // a few instructions in, its prologue has pushed x29/x30 and the CFA is sp-based.
         #[cfg(target_arch = "aarch64")]

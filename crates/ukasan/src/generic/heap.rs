@@ -7,9 +7,9 @@
 //! slot:   | object (size bytes) | gap: redzone, at least 16 bytes                          |
 //! ```
 //!
-//! - **Space**: one `mmap(MAP_NORESERVE)` of `CLASSES << shift` bytes (4 GiB per class when
-//!   the system allows, smaller otherwise), never from the backing allocator; pages are
-//!   committed by first touch. A pointer is ours when it lies in the space; its class is
+//! - **Space**: one `mmap(MAP_NORESERVE)` of `CLASSES << shift` bytes (4 GiB per class, or
+//!   `heap_region_mb`, when the system allows, smaller otherwise), never from the backing
+//!   allocator; pages are committed by first touch. A pointer is ours when it lies in the space; its class is
 //!   `offset >> shift` and its slot index one multiplication away ([`Class::index`]).
 //! - **Slots** hold an object at their start and redzone after it. The last 16 bytes of a slot
 //!   are always redzone (free slots included), so the bytes before an object are checked as
@@ -130,6 +130,11 @@ pub const M_LOADER: u8 = 1 << 2;
 /// system at its free (see `generic::zap_range`); cleared by the next allocation.
 pub const M_ZAPPED: u8 = 1 << 3;
 
+/// Flag in [`Meta::align_log`]: a tag-check fault on this slot was reported and the access
+/// let through (hw-tags mode); damage found later is that bug, repaired without a second
+/// report. Cleared by the next allocation.
+pub const A_REPORTED: u8 = 1 << 7;
+
 /// The 16 bytes of metadata of one slot.
 #[derive(Debug)]
 #[repr(C, align(16))]
@@ -138,7 +143,7 @@ pub struct Meta {
     pub state: AtomicU8,
     /// Family (bits 0-1) and `M_*` flags.
     pub bits: AtomicU8,
-    /// log2 of the requested alignment.
+    /// log2 of the requested alignment (bits 0-5), and [`A_REPORTED`].
     pub align_log: AtomicU8,
     /// Index of the runtime that owns the object.
     pub owner: AtomicU8,
@@ -297,10 +302,11 @@ impl Heap {
         }
     }
 
-    /// Reserves the space (once); false when no address range could be reserved (then every
-    /// object is mapped on its own).
+    /// Reserves the space (once), `1 << region_log2` bytes per class at most (less when the
+    /// system refuses, down to 16 MiB); false when no address range could be reserved (then
+    /// every object is mapped on its own).
     #[cold]
-    pub fn init(&self) -> bool {
+    pub fn init(&self, region_log2: u32) -> bool {
         // Acquire pairs with the Release stores of the outcome below.
         match self.ready.compare_exchange(0, 1, Ordering::Acquire, Ordering::Acquire) {
             Ok(_) => {}
@@ -315,7 +321,8 @@ impl Heap {
         let mut key: libc::pthread_key_t = 0;
         // SAFETY: `thread_exit` has the destructor signature; `key` is written by the call.
         let key_ok = unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0;
-        let mut shift = 32;
+        // Refused: 4x less each time, down to 2^24.
+        let mut shift = region_log2.clamp(24, 32) as usize;
         let base = loop {
             // Readable and writable, committed on first touch.
             if let Some(b) = crate::sys::map(CLASSES << shift, 1 << shift, true) {
@@ -324,8 +331,12 @@ impl Heap {
             if shift == 24 {
                 break None;
             }
-            shift -= 2;
+            shift = (shift - 2).max(24);
         };
+        // Hw-tags mode: the whole space taggable (pages get tag storage as they are touched).
+        if let Some(b) = base.filter(|_| crate::hwtags::on()) {
+            crate::hwtags::protect_space(b, CLASSES << shift);
+        }
         let ok = key_ok && base.is_some();
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -494,6 +505,8 @@ impl Heap {
     #[cold]
     fn with_cache_slow<R>(&self, f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
         if !THREAD.with(|t| t.exited.get()) {
+            // A thread's first allocation (or its first since a fork).
+            crate::hwtags::thread_start();
             if let Some(k) = self.new_cache() {
                 THREAD.with(|t| t.cache.set(k.cast()));
                 // Relaxed: written once in `init`, before `ready`.
@@ -549,6 +562,7 @@ impl Heap {
     /// region) into `k`.
     #[inline(never)]
     fn refill(&self, k: &mut Cache, c: usize) {
+        crate::hwtags::on_refill();
         let want = batch(c).max(1);
         let mut got = 0usize;
         let mut central = self.classes[c].central.lock();

@@ -27,6 +27,7 @@ pub mod quarantine;
 
 use crate::bytes::{all, fill};
 use crate::chunk::{damage, join, Damage, Family, Track, POISON, REDZONE};
+use crate::hwtags;
 use crate::leak::Entry;
 use crate::options::Options;
 use crate::report::{Access, Found, Kind, Object};
@@ -49,8 +50,8 @@ static RUNTIMES: [AtomicPtr<Runtime>; MAX_RUNTIMES] =
 
 /// Sets up the heap (once per process) and gives `rt` an index; `None` when the heap is not
 /// available or the table is full (the runtime then maps every object on its own).
-pub(crate) fn register(rt: &'static Runtime) -> Option<u8> {
-    if !HEAP.init() {
+pub(crate) fn register(rt: &'static Runtime, o: &Options) -> Option<u8> {
+    if !HEAP.init(o.heap_region_log2) {
         return None;
     }
     for (i, r) in RUNTIMES.iter().enumerate() {
@@ -80,7 +81,7 @@ fn runtime(i: usize) -> Option<&'static Runtime> {
 #[inline]
 pub(crate) fn contains(p: usize) -> bool {
     let (lo, hi) = HEAP.bounds();
-    lo != 0 && (lo..hi).contains(&p)
+    lo != 0 && (lo..hi).contains(&hwtags::untag(p))
 }
 
 /// Allocates from the heap; `None` when no class serves the request or its region is full
@@ -104,12 +105,19 @@ pub(crate) fn alloc(
     let c = class_for_aligned(size.checked_add(o.redzone)?, align.max(16))?;
     let slot = HEAP.alloc(c)?;
     let cs = class_size(c);
-    let m = HEAP.meta(c, index_of(c, slot));
+    let index = index_of(c, slot);
+    let m = HEAP.meta(c, index);
     // SAFETY: a free slot handed to us by the heap: `cs` bytes we own; the gap (at least the
     // redzone) follows the object inside the slot.
     unsafe { fill(slot + size, cs - size, REDZONE) };
+    let tag = if hwtags::on() {
+        // SAFETY: the slot is ours, not handed out yet; the space is taggable.
+        unsafe { hwtags::tag_new(Loc { class: c, index, slot }, m, size) }
+    } else {
+        0
+    };
     let t = rt.track(o, regs);
-    let bits = family as u8 | if loader { M_LOADER } else { 0 };
+    let bits = family as u8 | if loader { M_LOADER } else { 0 } | tag << 4;
     // Relaxed: published by the Release store of LIVE below.
     m.bits.store(bits, Ordering::Relaxed);
     m.align_log.store(align.max(1).trailing_zeros() as u8, Ordering::Relaxed);
@@ -122,7 +130,7 @@ pub(crate) fn alloc(
         unsafe { core::ptr::write_bytes(slot as *mut u8, 0, size) };
     }
     m.set(state::LIVE);
-    Some(slot as *mut u8)
+    Some(hwtags::mte::with_tag(slot, tag) as *mut u8)
 }
 
 #[inline]
@@ -262,6 +270,11 @@ fn track_of(m: &Meta) -> Track {
     }
 }
 
+/// The report's view of the object in `loc` (its free track when quarantined).
+pub(crate) fn object_view(loc: Loc, m: &Meta) -> Object {
+    object(loc, m, m.state() == state::QUARANTINED)
+}
+
 /// The report's view of the object in `loc`.
 fn object(loc: Loc, m: &Meta, freed: bool) -> Object {
     let size = m.size();
@@ -275,11 +288,17 @@ fn object(loc: Loc, m: &Meta, freed: bool) -> Object {
         user: loc.slot,
         size,
         // Relaxed: as `track_of`.
-        align: 1 << m.align_log.load(Ordering::Relaxed),
+        align: 1 << (m.align_log.load(Ordering::Relaxed) & 0x3f),
         alloc: track_of(m),
         free,
         window: (loc.slot - left_len(loc), loc.slot + class_size(loc.class)),
     }
+}
+
+/// Whether a tag fault on the slot was reported already ([`heap::A_REPORTED`]).
+fn reported(m: &Meta) -> bool {
+    // Relaxed: set by the fault handler; a race only costs a second report.
+    m.align_log.load(Ordering::Relaxed) & heap::A_REPORTED != 0
 }
 
 fn family_of(m: &Meta) -> Family {
@@ -338,8 +357,11 @@ fn redzone_damage(
     // and is found (and repaired) with it.
     let d = unsafe { damage(l, loc.slot, REDZONE).or_else(|| damage(loc.slot + from, r, REDZONE)) };
     if let Some(d) = d {
-        let access = Access::Corrupt { damage: d, when };
-        rt.report_object(o, Kind::OutOfBounds, access, Some(object(loc, m, quarantined)), regs);
+        if !reported(m) {
+            let access = Access::Corrupt { damage: d, when };
+            let obj = Some(object(loc, m, quarantined));
+            rt.report_object(o, Kind::OutOfBounds, access, obj, regs);
+        }
         // SAFETY: as above; the bytes are redzone again.
         unsafe {
             fill(l, lz, REDZONE);
@@ -408,8 +430,10 @@ fn poison_damage(rt: &Runtime, o: &Options, loc: Loc, m: &Meta, when: Found, reg
         );
     }
     if let Some(d) = d {
-        let access = Access::Corrupt { damage: d, when };
-        rt.report_object(o, Kind::UseAfterFree, access, Some(object(loc, m, true)), regs);
+        if !reported(m) {
+            let access = Access::Corrupt { damage: d, when };
+            rt.report_object(o, Kind::UseAfterFree, access, Some(object(loc, m, true)), regs);
+        }
         // SAFETY: as above; poison and records again (the free track stays lost if it was).
         unsafe {
             for (lo, hi) in parts {
@@ -435,10 +459,11 @@ pub(crate) unsafe fn free(
     rt: &Runtime,
     o: &Options,
     owner: u8,
-    p: usize,
+    tagged: usize,
     expect: Expect,
     regs: &Regs,
 ) {
+    let p = hwtags::untag(tagged);
     let Some(loc) = HEAP.locate(p) else {
         return invalid_free(rt, o, p, None, regs);
     };
@@ -451,6 +476,21 @@ pub(crate) unsafe fn free(
     if loc.slot != p {
         let inside = m.state() == state::LIVE && p < loc.slot + m.size().max(1);
         return invalid_free(rt, o, p, inside.then(|| object(loc, m, false)), regs);
+    }
+    if m.state() == state::LIVE {
+        if let Some(mtag) = hwtags::stale(tagged, m) {
+            // A stale pointer: its object was freed and the slot holds another one now.
+            let access = Access::Tagged {
+                addr: p,
+                write: None,
+                size: None,
+                ptag: hwtags::mte::tag_of_ptr(tagged),
+                mtag,
+                checks_off: false,
+            };
+            rt.report_object(o, Kind::InvalidFree, access, Some(object(loc, m, false)), regs);
+            return;
+        }
     }
     if let Err(s) = m.take(state::LIVE) {
         if s == state::QUARANTINED && m.take(state::QUARANTINED).is_ok() {
@@ -473,6 +513,10 @@ pub(crate) unsafe fn free(
     check_redzones(rt, o, loc, m, false, Found::AtFree, regs);
     let t = rt.track(o, regs);
     let cs = class_size(loc.class);
+    if hwtags::on() {
+        // SAFETY: the slot is busy, ours: from now on only untagged pointers reach it.
+        unsafe { hwtags::clear(p, m.size()) };
+    }
     if o.quarantine_bytes == 0 {
         m.set(state::FREE);
         HEAP.release(loc.class, p);
@@ -567,6 +611,7 @@ pub(crate) fn publish(i: usize, b: quarantine::Full) {
 /// Frees `p` from a context that cannot take it back (a signal handler inside the runtime):
 /// the slot is never reused.
 pub(crate) fn free_lost(p: usize) {
+    let p = hwtags::untag(p);
     if let Some(loc) = HEAP.locate(p).filter(|l| l.slot == p) {
         let m = HEAP.meta(loc.class, loc.index);
         if m.take(state::LIVE).is_ok() {
@@ -575,11 +620,13 @@ pub(crate) fn free_lost(p: usize) {
     }
 }
 
-/// The requested size of the live object at `p`.
-pub(crate) fn live_size(p: usize) -> Option<usize> {
+/// The requested size of the live object at `p` (`None` too for a stale pointer to a reused
+/// slot, in hw-tags mode).
+pub(crate) fn live_size(tagged: usize) -> Option<usize> {
+    let p = hwtags::untag(tagged);
     let loc = HEAP.locate(p).filter(|l| l.slot == p)?;
     let m = HEAP.meta(loc.class, loc.index);
-    (m.state() == state::LIVE).then(|| m.size())
+    (m.state() == state::LIVE && hwtags::stale(tagged, m).is_none()).then(|| m.size())
 }
 
 /// Resizes the live object at `p` in place when the new size keeps its class and alignment;
@@ -587,15 +634,17 @@ pub(crate) fn live_size(p: usize) -> Option<usize> {
 pub(crate) fn realloc_in_place(
     rt: &Runtime,
     o: &Options,
-    p: usize,
+    tagged: usize,
     new_size: usize,
     align: usize,
     expect: Expect,
     regs: &Regs,
 ) -> Option<*mut u8> {
+    let p = hwtags::untag(tagged);
     let loc = HEAP.locate(p).filter(|l| l.slot == p)?;
     let m = HEAP.meta(loc.class, loc.index);
     if new_size > u32::MAX as usize
+        || hwtags::stale(tagged, m).is_some()
         || class_for_aligned(new_size.checked_add(o.redzone)?, align.max(16)) != Some(loc.class)
         || family_of(m) != expect.family
     {
@@ -611,13 +660,23 @@ pub(crate) fn realloc_in_place(
         // SAFETY: the slot is busy, ours; the old object's tail becomes redzone.
         unsafe { fill(p + new_size, old - new_size, REDZONE) };
     }
+    if hwtags::on() {
+        let tag = hwtags::slot_tag(m);
+        // SAFETY: the slot is busy, ours; its granules are re-tagged for the new size: the
+        // object's keep (or get) its tag, the rest of the slot gets 0.
+        unsafe {
+            hwtags::retag(p, new_size, tag);
+            let end = p + new_size.next_multiple_of(hwtags::mte::GRANULE);
+            hwtags::clear(end, p + class_size(loc.class) - end);
+        }
+    }
     let t = rt.track(o, regs);
     // Relaxed: published by the Release store of LIVE.
     m.size.store(new_size as u32, Ordering::Relaxed);
     m.tid.store(t.tid, Ordering::Relaxed);
     m.stack.store(t.stack.to_raw(), Ordering::Relaxed);
     m.set(state::LIVE);
-    Some(p as *mut u8)
+    Some(tagged as *mut u8)
 }
 
 /// Calls `f` on every slot of the heap owned by runtime `owner` in state `want`, held busy

@@ -192,6 +192,18 @@ fn close(lo: usize, hi: usize, give_back: bool) {
     }
 }
 
+/// Installs the fault handler (for hw-tags mode, whose faults it reports too) and gives this
+/// thread an alternate signal stack.
+pub(crate) fn ensure_fault_handler() {
+    signal::thread_altstack();
+    signal::ensure_handler();
+}
+
+/// The size of the faulting load or store of a signal's `uc`, when decoded (aarch64).
+pub(crate) fn fault_size(uc: *mut c_void) -> Option<usize> {
+    signal::a64_insn(uc).and_then(|(_, n)| n)
+}
+
 /// The runtime whose pool the fault handler serves.
 static FAULT_RT: AtomicPtr<Runtime> = AtomicPtr::new(null_mut());
 
@@ -654,11 +666,17 @@ impl Pool {
             .or_else(|_| stacktrace::capture_from(&regs, &mut buf[..o.depth]).map(|c| c.len))
             .unwrap_or(0);
         let exact = n > 0 && buf[0] == regs.pc;
-        // A jump into the pool faults on the fetch itself: nothing to decode there. The
-        // decoder knows x86-64 only (aarch64's ESR in the signal frame carries no size for
+        // A jump into the pool faults on the fetch itself: nothing to decode there. On
+        // aarch64 the instruction says it (the ESR in the signal frame carries no size for
         // user faults: the kernel clears ISV/SAS).
-        let decodable = cfg!(target_arch = "x86_64") && exact && !self.contains(regs.pc);
-        let size = if decodable { decode::access_size(regs.pc) } else { None };
+        let decodable = exact && !self.contains(regs.pc);
+        let size = if !decodable {
+            None
+        } else if cfg!(target_arch = "aarch64") {
+            signal::a64_insn(uc).and_then(|(_, n)| n)
+        } else {
+            decode::access_size(regs.pc)
+        };
         let access = Access::Fault { addr, write, size };
         rt.report_stack(o, kind, access, obj, &buf[..n], exact);
     }

@@ -159,12 +159,40 @@ fn is_write(uc: *mut c_void) -> bool {
         let u32_at = |o| at(o, 4).map(|a| unsafe { (a as *const u32).read_unaligned() });
         // SAFETY: as above.
         let u64_at = |o| at(o, 8).map(|a| unsafe { (a as *const u64).read_unaligned() });
-        find_esr(u32_at, u64_at).and_then(esr_is_write).unwrap_or(false)
+        find_esr(u32_at, u64_at)
+            .and_then(esr_is_write)
+            .or_else(|| a64_insn(uc).map(|(w, _)| w))
+            .unwrap_or(false)
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = uc;
         false
+    }
+}
+
+/// The load or store at the faulting pc, decoded ([`super::decode::a64_access`]): aarch64
+/// only, and never read where no code can be (the heap, the guarded pool: a jump there).
+pub(crate) fn a64_insn(uc: *mut c_void) -> Option<(bool, Option<usize>)> {
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: `uc` is the live `ucontext_t` of a SA_SIGINFO handler.
+        let pc = unsafe { (*(uc as *const libc::ucontext_t)).uc_mcontext.pc } as usize;
+        // Acquire pairs with the AcqRel publication in `Pool::init`.
+        let rt = FAULT_RT.load(Ordering::Acquire);
+        // SAFETY: the published runtime is a `static`.
+        let in_pool = !rt.is_null() && unsafe { &*rt }.guarded.contains(pc);
+        if in_pool || crate::generic::contains(pc) || !pc.is_multiple_of(4) {
+            return None;
+        }
+        // SAFETY: the faulting instruction was fetched from `pc`, so it is mapped; code is
+        // readable on aarch64 Linux (no execute-only mappings for user code by default).
+        super::decode::a64_access(unsafe { (pc as *const u32).read() })
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        let _ = uc;
+        None
     }
 }
 
@@ -175,6 +203,18 @@ extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void)
     let addr = unsafe { (*info).si_addr() } as usize;
     // SAFETY: the published runtime is a `static`.
     let rt = (!rt.is_null()).then(|| unsafe { &*rt });
+    // SAFETY: as above.
+    let code = unsafe { (*info).si_code };
+    if let Some(rt) = crate::hwtags::claims(code, crate::hwtags::untag(addr)) {
+        let Some(_g) = Guard::enter() else {
+            sys::write_all(2, b"ukasan: tag-check fault inside the runtime\n");
+            chain(sig, info, uc, true);
+            return;
+        };
+        let write = is_write(uc);
+        crate::report_stack::run(|| crate::hwtags::on_fault(rt, addr, write, uc));
+        return;
+    }
     match rt {
         Some(rt) if rt.guarded.contains(addr) => {
             let Some(_g) = Guard::enter() else {
