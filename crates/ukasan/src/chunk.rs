@@ -137,7 +137,12 @@ pub struct Header {
     pub next: *mut Header,
     /// See `next`.
     pub prev: *mut Header,
-    _spare: usize,
+    /// The object's MTE tag (hw-tags mode; 0: untagged).
+    pub tag: u8,
+    /// A tag-check fault on this chunk was reported and the access let through (hw-tags
+    /// mode): damage found later is that bug, repaired without a second report.
+    pub reported: AtomicU8,
+    _spare: [u8; 6],
 }
 
 const _: () = assert!(core::mem::size_of::<Header>() == HDR);
@@ -221,7 +226,9 @@ impl Header {
                 free: Track::default(),
                 next: core::ptr::null_mut(),
                 prev: core::ptr::null_mut(),
-                _spare: 0,
+                tag: 0,
+                reported: AtomicU8::new(0),
+                _spare: [0; 6],
             });
             if redzones {
                 core::ptr::write_bytes((user - LEFT_RZ) as *mut u8, REDZONE, LEFT_RZ);

@@ -140,6 +140,10 @@ impl Chunks {
             h.shard = s as u8;
             Self::link(&mut self.shards[s].lock(), h);
         }
+        if crate::hwtags::on() {
+            // SAFETY: the chunk is fresh and ours, its object's bytes written.
+            return unsafe { crate::hwtags::tag_large(h) } as *mut u8;
+        }
         user
     }
 
@@ -150,7 +154,7 @@ impl Chunks {
     /// pointer this runtime handed out; a foreign pointer near the start of a mapping may fault).
     #[inline]
     pub(crate) unsafe fn header<'a>(p: *mut u8) -> Option<&'a mut Header> {
-        let h = Header::of(p as usize);
+        let h = Header::of(crate::hwtags::untag(p as usize));
         if !(h as usize).is_multiple_of(chunk::MIN_ALIGN) || (p as usize) < 4096 {
             return None;
         }
@@ -183,6 +187,22 @@ impl Chunks {
             unsafe { self.free_untracked(b, p, false) };
             return;
         }
+        if crate::hwtags::on()
+            && h.state() == State::Live
+            && h.tag != crate::hwtags::mte::tag_of_ptr(p as usize)
+        {
+            // A stale pointer (hw-tags mode): its chunk was unmapped, another mapped there.
+            let access = Access::Tagged {
+                addr: h.user(),
+                write: None,
+                size: None,
+                ptag: crate::hwtags::mte::tag_of_ptr(p as usize),
+                mtag: h.tag,
+                checks_off: false,
+            };
+            rt.report_object(o, Kind::InvalidFree, access, Some(Object::of(h)), regs);
+            return;
+        }
         if h.take_live(State::Quarantined).is_err() {
             let access = Access::Free { addr: p as usize };
             rt.report_object(o, Kind::DoubleFree, access, Some(Object::of(h)), regs);
@@ -210,6 +230,11 @@ impl Chunks {
             // SAFETY: ours, taken out of the live state by this free.
             unsafe { Self::release(b, h) };
             return;
+        }
+        if h.tag != 0 {
+            // SAFETY: the object's granules, in the chunk's taggable mapping, owned by this
+            // free: from now on only untagged pointers reach them.
+            unsafe { crate::hwtags::clear(h.user(), h.size) };
         }
         // SAFETY: owned by this free.
         unsafe { h.poison() };
@@ -265,6 +290,9 @@ impl Chunks {
     unsafe fn release<B: Backing>(b: &B, h: &mut Header) {
         let (base, total, align) = (h.base() as *mut u8, h.total, h.align.max(chunk::MIN_ALIGN));
         let raw = h.flags & F_RAW != 0;
+        if h.tag != 0 {
+            crate::hwtags::large_unregister(h);
+        }
         h.invalidate();
         // SAFETY: a raw block came from `b.alloc(total, align)`, any other from
         // `Direct.alloc(total, align)` (geometry is deterministic).
@@ -346,8 +374,11 @@ impl Chunks {
     unsafe fn check_redzones(rt: &Runtime, o: &Options, h: &Header, when: Found, regs: &Regs) {
         // SAFETY: forwarded from the caller's contract.
         if let Some(d) = unsafe { h.find_redzone_damage() } {
-            let access = Access::Corrupt { damage: d, when };
-            rt.report_object(o, Kind::OutOfBounds, access, Some(Object::of(h)), regs);
+            // Relaxed: set by the fault handler; a race only costs a second report.
+            if h.reported.load(Ordering::Relaxed) == 0 {
+                let access = Access::Corrupt { damage: d, when };
+                rt.report_object(o, Kind::OutOfBounds, access, Some(Object::of(h)), regs);
+            }
             // SAFETY: as above.
             unsafe { h.repair_redzones() };
         }
@@ -359,8 +390,11 @@ impl Chunks {
         unsafe { Self::check_redzones(rt, o, h, when, regs) };
         // SAFETY: as above; poisoned at free.
         if let Some(d) = unsafe { h.find_poison_damage() } {
-            let access = Access::Corrupt { damage: d, when };
-            rt.report_object(o, Kind::UseAfterFree, access, Some(Object::of(h)), regs);
+            // Relaxed: as above.
+            if h.reported.load(Ordering::Relaxed) == 0 {
+                let access = Access::Corrupt { damage: d, when };
+                rt.report_object(o, Kind::UseAfterFree, access, Some(Object::of(h)), regs);
+            }
             // SAFETY: as above.
             unsafe { h.repair_poison() };
         }

@@ -675,8 +675,9 @@ fn memory(b: &mut FixedBuf<BUF>, addr: usize, c: &Object) {
                 let _ = b.write_str(" ..");
             }
         }
-        if crate::hwtags::on() && crate::generic::contains(row) {
-            // SAFETY: a granule of the heap's space, which is taggable.
+        if crate::hwtags::on() {
+            // SAFETY: a granule of the object's window (the heap's space or a chunk's
+            // mapping); untagged memory reads as tag 0.
             let t = unsafe { crate::hwtags::mte::memory_tag(row) };
             let _ = write!(b, "  [{t:x}]");
         }

@@ -29,21 +29,26 @@
 //! - **The runtime's own accesses** (redzone and poison checks, the leak scan, reports) are
 //!   made with tag checks suspended (PSTATE.TCO, set while the re-entrancy guard is held).
 //!
-//! Not covered: objects larger than the heap's largest class (mapped on their own, untagged:
-//! generic mode's checks only), bytes past the end of an object inside its last granule
+//! - **Large objects** (mapped on their own, [`crate::chunks`]): the mapping is made taggable,
+//!   the object gets a random tag, the header and redzones keep 0, and the chunk is registered
+//!   (4096 at once) so the fault handler finds it; a chunk that finds the registry full, or a
+//!   kernel that refuses, stays untagged (generic mode's checks only).
+//!
+//! Not covered: bytes past the end of an object inside its last granule
 //! (read or written, MTE's granule is 16 bytes: generic mode's redzone check finds such
 //! writes at free), threads that existed before the runtime started and never allocate
 //! (they do not have tagged addresses enabled; a thread's first allocation enables them).
 
 pub mod mte;
 
+use crate::chunk::{Header, State};
 use crate::generic::heap::{class_size, state, Loc, Meta, HEAP};
 use crate::options::Options;
 use crate::report::{Access, Kind, Object};
 use crate::runtime::Runtime;
 use core::ffi::c_void;
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use mte::GRANULE;
 
 /// `si_code` of a synchronous tag-check fault.
@@ -213,10 +218,79 @@ pub(crate) fn suspend_checks(on_entry: bool) {
     }
 }
 
-/// Whether a fault is a tag-check fault on the heap, for [`on_fault`].
+/// Large chunks whose tag faults the handler can attribute: their headers' addresses (0:
+/// a free entry). A chunk that finds no entry stays untagged (generic checks only).
+const LARGE: usize = 4096;
+static LARGE_CHUNKS: [AtomicUsize; LARGE] = [const { AtomicUsize::new(0) }; LARGE];
+/// Where the next registration starts looking.
+static LARGE_HINT: AtomicUsize = AtomicUsize::new(0);
+
+/// Tags a fresh large chunk (mapped on its own): its mapping made taggable, its object's
+/// granules a random tag, the rest of the mapping (header, redzones) keeps 0; registered for
+/// the fault handler. Returns the pointer for the program (untagged when the kernel refuses
+/// or the registry is full).
+///
+/// # Safety
+/// `h` is a fresh chunk of ours mapped by the runtime on its own (not a raw chunk).
+pub(crate) unsafe fn tag_large(h: &mut Header) -> usize {
+    let user = h.user();
+    let (base, len) = (h.base(), h.total.next_multiple_of(4096));
+    // Relaxed: a starting point only.
+    let start = LARGE_HINT.fetch_add(1, Ordering::Relaxed);
+    let me = h as *mut Header as usize;
+    // AcqRel: the entry is ours once the exchange succeeds.
+    let Some(slot) = (0..LARGE)
+        .map(|i| &LARGE_CHUNKS[(start + i) % LARGE])
+        .find(|e| e.compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed).is_ok())
+    else {
+        return user;
+    };
+    if !mte::protect(base, len) {
+        // Release: the entry is free again.
+        slot.store(0, Ordering::Release);
+        return user;
+    }
+    let tagged = mte::random_tag(user, 0);
+    // SAFETY: the object's granules, in the chunk's mapping, now taggable.
+    unsafe { mte::set_tags(tagged, user + granules(h.size)) };
+    h.tag = mte::tag_of_ptr(tagged);
+    tagged
+}
+
+/// Takes a tagged large chunk out of the registry before it is unmapped.
+pub(crate) fn large_unregister(h: &Header) {
+    let me = h as *const Header as usize;
+    for e in &LARGE_CHUNKS {
+        // Relaxed: only the chunk's owner (this release) removes its entry.
+        if e.load(Ordering::Relaxed) == me {
+            // Release: pairs with the fault handler's Acquire loads.
+            e.store(0, Ordering::Release);
+            return;
+        }
+    }
+}
+
+/// The tagged large chunk whose mapping holds `addr`.
+fn large_find(addr: usize) -> Option<&'static Header> {
+    LARGE_CHUNKS.iter().find_map(|e| {
+        // Acquire pairs with the registration's AcqRel exchange: the header is written.
+        let h = e.load(Ordering::Acquire);
+        // SAFETY: a registered header lies in a mapping of ours until it is unregistered,
+        // which comes before the unmap; a chunk released meanwhile by another thread is
+        // a race the report may lose.
+        let h = (h != 0).then(|| unsafe { &*(h as *const Header) })?;
+        (h.valid() && (h.base()..h.base() + h.total).contains(&addr)).then_some(h)
+    })
+}
+
+/// Whether a fault is a tag-check fault on the heap or a tagged large chunk, for
+/// [`on_fault`].
 #[inline]
 pub(crate) fn claims(code: i32, addr: usize) -> Option<&'static Runtime> {
-    if !on() || code != SEGV_MTESERR || !crate::generic::contains(addr) {
+    if !on() || code != SEGV_MTESERR {
+        return None;
+    }
+    if !crate::generic::contains(addr) && large_find(addr).is_none() {
         return None;
     }
     // Acquire pairs with the AcqRel publication in `enable`.
@@ -312,6 +386,9 @@ pub(crate) fn on_fault(rt: &Runtime, addr: usize, write: bool, uc: *mut c_void) 
     // SAFETY: the address lies in the heap's space (`claims`), which is taggable.
     let mtag = unsafe { mte::memory_tag(a & !(GRANULE - 1)) };
     let size = crate::guarded::fault_size(uc);
+    if let Some(h) = large_find(a) {
+        return on_large_fault(rt, o, h, a, write, size, (ptag, mtag), uc);
+    }
     let Some(loc) = HEAP.locate(a) else {
         let access = Access::tagged(a, write, size, (ptag, mtag), false);
         return report(rt, o, Kind::InvalidAccess, access, None, uc);
@@ -355,6 +432,41 @@ pub(crate) fn on_fault(rt: &Runtime, addr: usize, write: bool, uc: *mut c_void) 
         // SAFETY: one granule of a gap or a free slot: nobody's.
         unsafe { mte::set_tags(mte::with_tag(granule, ptag), granule + GRANULE) };
     }
+}
+
+/// [`on_fault`] for a tagged large chunk `h`.
+#[allow(clippy::too_many_arguments)]
+fn on_large_fault(
+    rt: &Runtime,
+    o: &Options,
+    h: &Header,
+    a: usize,
+    write: bool,
+    size: Option<usize>,
+    tags: (u8, u8),
+    uc: *mut c_void,
+) {
+    let (user, end) = (h.user(), h.user() + granules(h.size));
+    let state = h.state();
+    let in_object = (user..end).contains(&a);
+    let kind = match state {
+        State::Quarantined => Kind::UseAfterFree,
+        _ if in_object => Kind::InvalidAccess,
+        _ => Kind::SlabOutOfBounds,
+    };
+    let live_owner = in_object && state == State::Live;
+    report(rt, o, kind, Access::tagged(a, write, size, tags, live_owner), Some(Object::of(h)), uc);
+    if live_owner {
+        mte::disable_thread_checks();
+        return;
+    }
+    // Relaxed: see the chunk checks.
+    h.reported.store(1, Ordering::Relaxed);
+    let granule = a & !(GRANULE - 1);
+    let (lo, hi) = if in_object { (user, end) } else { (granule, granule + GRANULE) };
+    // SAFETY: granules of the chunk's taggable mapping that no live object owns (a freed
+    // object, or the header and redzones, which the runtime reaches under TCO).
+    unsafe { mte::set_tags(mte::with_tag(lo, tags.0), hi) };
 }
 
 fn report(

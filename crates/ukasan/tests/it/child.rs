@@ -134,6 +134,13 @@ fn entry() {
             rust_free_site(p, l);
             println!("read={}", peek(p, 4));
         }
+        "huge-overflow-read" => {
+            // A chunk mapped on its own (300 kB).
+            let big = Layout::from_size_align(300_000, 8).unwrap();
+            let p = rust_alloc_site(big);
+            println!("read={}", peek(p, 300_000));
+            rust_free_site(p, big);
+        }
         "underflow-read" => {
             let p = rust_alloc_site(l);
             println!("read={}", peek(p, -1));
@@ -479,6 +486,19 @@ fn hw_tags_mode_reports_every_bad_read_and_write_at_the_access() {
     let r = c.only("use-after-free");
     assert_header(&r, "use-after-free write", "poke", "");
     assert!(has(&section_functions(&r, "Freed by thread"), "rust_free_site"), "{r}");
+    // Objects of the heap's largest classes and chunks mapped on their own are tagged too.
+    for (scenario, size) in [("large-use-after-free", 100_000), ("huge-use-after-free", 300_000)] {
+        let c = child(scenario, opts);
+        assert_eq!(c.reports().len(), 1, "{scenario}: {}", c.stderr);
+        let r = c.only("use-after-free");
+        assert_header(&r, "use-after-free write", "poke", "");
+        assert!(r.contains(&format!("inside of {size}-byte region")), "{r}");
+    }
+    let c = child("huge-overflow-read", opts);
+    let r = c.only("slab-out-of-bounds");
+    assert_header(&r, "slab-out-of-bounds read", "peek", "");
+    assert!(r.contains("located 0 bytes to the right of 300000-byte region"), "{r}");
+    assert!(c.stdout.contains("end"), "{}", c.stdout);
     // A stale pointer into a reused slot: the read is the new object's memory, so this
     // thread's checks go off; the free through it is caught by its tag all the same.
     let c = child("stale-pointer", "mode=hw-tags:quarantine_size_mb=0");
