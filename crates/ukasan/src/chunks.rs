@@ -192,14 +192,7 @@ impl Chunks {
             && h.tag != crate::hwtags::mte::tag_of_ptr(p as usize)
         {
             // A stale pointer (hw-tags mode): its chunk was unmapped, another mapped there.
-            let access = Access::Tagged {
-                addr: h.user(),
-                write: None,
-                size: None,
-                ptag: crate::hwtags::mte::tag_of_ptr(p as usize),
-                mtag: h.tag,
-                checks_off: false,
-            };
+            let access = Access::tagged_free(h.user(), p as usize, h.tag);
             rt.report_object(o, Kind::InvalidFree, access, Some(Object::of(h)), regs);
             return;
         }
@@ -491,7 +484,8 @@ impl Chunks {
 /// Blocks mapped on their own with `mmap` (large chunks), unmapped when released.
 struct Direct;
 
-const PAGE: usize = 4096;
+/// The page size the chunks' mappings are rounded to.
+pub(crate) const PAGE: usize = 4096;
 
 // SAFETY: `alloc` returns a fresh mapping of `size` bytes rounded up to pages, aligned to
 // `align` (`sys::map`), valid until `dealloc` unmaps that rounded size.

@@ -191,6 +191,13 @@ impl Access {
         Access::Tagged { addr, write: Some(write), size, ptag, mtag, checks_off }
     }
 
+    /// A free through `ptr` (tagged) of the object at `addr` whose tag is `mtag`, not the
+    /// pointer's (hw-tags mode).
+    pub(crate) fn tagged_free(addr: usize, ptr: usize, mtag: u8) -> Access {
+        let ptag = crate::hwtags::mte::tag_of_ptr(ptr);
+        Access::Tagged { addr, write: None, size: None, ptag, mtag, checks_off: false }
+    }
+
     /// Whether the access was a write (`None`: not a read or write).
     fn write(&self) -> Option<bool> {
         match *self {

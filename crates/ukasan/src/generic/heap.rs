@@ -9,8 +9,9 @@
 //!
 //! - **Space**: one `mmap(MAP_NORESERVE)` of `CLASSES << shift` bytes (4 GiB per class, or
 //!   `heap_region_mb`, when the system allows, smaller otherwise), never from the backing
-//!   allocator; pages are committed by first touch. A pointer is ours when it lies in the space; its class is
-//!   `offset >> shift` and its slot index one multiplication away ([`Class::index`]).
+//!   allocator; pages are committed by first touch. A pointer is ours when it lies in the
+//!   space; its class is `offset >> shift` and its slot index one multiplication away
+//!   ([`Class::index`]).
 //! - **Slots** hold an object at their start and redzone after it. The last 16 bytes of a slot
 //!   are always redzone (free slots included), so the bytes before an object are checked as
 //!   its left redzone: the gap after object `k` is split between `k` (its right redzone, the

@@ -477,20 +477,12 @@ pub(crate) unsafe fn free(
         let inside = m.state() == state::LIVE && p < loc.slot + m.size().max(1);
         return invalid_free(rt, o, p, inside.then(|| object(loc, m, false)), regs);
     }
-    if m.state() == state::LIVE {
-        if let Some(mtag) = hwtags::stale(tagged, m) {
-            // A stale pointer: its object was freed and the slot holds another one now.
-            let access = Access::Tagged {
-                addr: p,
-                write: None,
-                size: None,
-                ptag: hwtags::mte::tag_of_ptr(tagged),
-                mtag,
-                checks_off: false,
-            };
-            rt.report_object(o, Kind::InvalidFree, access, Some(object(loc, m, false)), regs);
-            return;
-        }
+    // `stale` first: off hw-tags mode it is a constant `None`, and no state load is made.
+    if let Some(mtag) = hwtags::stale(tagged, m).filter(|_| m.state() == state::LIVE) {
+        // A stale pointer: its object was freed and the slot holds another one now.
+        let access = Access::tagged_free(p, tagged, mtag);
+        rt.report_object(o, Kind::InvalidFree, access, Some(object(loc, m, false)), regs);
+        return;
     }
     if let Err(s) = m.take(state::LIVE) {
         if s == state::QUARANTINED && m.take(state::QUARANTINED).is_ok() {
@@ -661,14 +653,9 @@ pub(crate) fn realloc_in_place(
         unsafe { fill(p + new_size, old - new_size, REDZONE) };
     }
     if hwtags::on() {
-        let tag = hwtags::slot_tag(m);
-        // SAFETY: the slot is busy, ours; its granules are re-tagged for the new size: the
-        // object's keep (or get) its tag, the rest of the slot gets 0.
-        unsafe {
-            hwtags::retag(p, new_size, tag);
-            let end = p + new_size.next_multiple_of(hwtags::mte::GRANULE);
-            hwtags::clear(end, p + class_size(loc.class) - end);
-        }
+        // SAFETY: the slot is busy, ours; the object's granules keep (or get) its tag for the
+        // new size, the rest of the slot gets 0.
+        unsafe { hwtags::tag_object(p, new_size, p + class_size(loc.class), hwtags::slot_tag(m)) };
     }
     let t = rt.track(o, regs);
     // Relaxed: published by the Release store of LIVE.

@@ -199,6 +199,24 @@ pub(crate) fn ensure_fault_handler() {
     signal::ensure_handler();
 }
 
+/// The stack of a fault from the handler's `uc` into `buf` (at most `depth` frames): the
+/// number of frames, whether the first is the faulting instruction, and its pc. DWARF first:
+/// at a faulting instruction the frame-pointer walk cannot tell whether the function has
+/// pushed its frame record yet (a leaf often never does), so it would drop the caller; the
+/// CFI knows. Frame pointers etc. when DWARF cannot serve.
+pub(crate) fn fault_stack(
+    o: &Options,
+    uc: *mut c_void,
+    buf: &mut [usize; MAX_DEPTH],
+) -> (usize, bool, usize) {
+    // SAFETY: `uc` is the handler's live ucontext (the callers' contract).
+    let regs = unsafe { stacktrace::regs_from_ucontext(uc) };
+    let n = stacktrace::dwarf::capture_from(&regs, &mut buf[..o.depth])
+        .or_else(|_| stacktrace::capture_from(&regs, &mut buf[..o.depth]).map(|c| c.len))
+        .unwrap_or(0);
+    (n, n > 0 && buf[0] == regs.pc, regs.pc)
+}
+
 /// The size of the faulting load or store of a signal's `uc`, when decoded (aarch64).
 pub(crate) fn fault_size(uc: *mut c_void) -> Option<usize> {
     signal::a64_insn(uc).and_then(|(_, n)| n)
@@ -656,26 +674,18 @@ impl Pool {
             }
             obj
         });
-        // SAFETY: `uc` is the handler's live ucontext.
-        let regs = unsafe { stacktrace::regs_from_ucontext(uc) };
         let mut buf = [0usize; MAX_DEPTH];
-        // DWARF first: at a faulting instruction the frame-pointer walk cannot tell whether
-        // the function has pushed its frame record yet (a leaf often never does), so it
-        // would drop the caller; the CFI knows. Frame pointers etc. when DWARF cannot serve.
-        let n = stacktrace::dwarf::capture_from(&regs, &mut buf[..o.depth])
-            .or_else(|_| stacktrace::capture_from(&regs, &mut buf[..o.depth]).map(|c| c.len))
-            .unwrap_or(0);
-        let exact = n > 0 && buf[0] == regs.pc;
+        let (n, exact, pc) = fault_stack(o, uc, &mut buf);
         // A jump into the pool faults on the fetch itself: nothing to decode there. On
         // aarch64 the instruction says it (the ESR in the signal frame carries no size for
         // user faults: the kernel clears ISV/SAS).
-        let decodable = exact && !self.contains(regs.pc);
+        let decodable = exact && !self.contains(pc);
         let size = if !decodable {
             None
         } else if cfg!(target_arch = "aarch64") {
-            signal::a64_insn(uc).and_then(|(_, n)| n)
+            fault_size(uc)
         } else {
-            decode::access_size(regs.pc)
+            decode::access_size(pc)
         };
         let access = Access::Fault { addr, write, size };
         rt.report_stack(o, kind, access, obj, &buf[..n], exact);

@@ -178,18 +178,30 @@ pub(crate) unsafe fn tag_new(loc: Loc, m: &Meta, size: usize) -> u8 {
             exclude |= 1 << t;
         }
     }
-    let tagged = mte::random_tag(loc.slot, exclude);
-    let end = loc.slot + granules(size);
+    let tag = mte::tag_of_ptr(mte::random_tag(loc.slot, exclude));
     // SAFETY: the slot is ours (caller), in the taggable space.
-    unsafe {
-        mte::set_tags(tagged, end);
-        mte::set_tags(end, loc.slot + class_size(loc.class));
-    }
-    mte::tag_of_ptr(tagged)
+    unsafe { tag_object(loc.slot, size, loc.slot + class_size(loc.class), tag) };
+    tag
 }
 
-/// Gives the granules of `[lo, lo + len)` (an object being freed, or the part of one a
-/// shrinking `realloc` cut) tag 0; `lo` granule-aligned.
+/// Gives the granules of the object of `size` bytes at `slot` tag `tag` and the rest of the
+/// slot, up to `slot_end`, tag 0 (a fresh object, or one `realloc` resized in place).
+///
+/// # Safety
+/// The slot is ours (busy or not handed out), in the taggable space.
+#[inline]
+pub(crate) unsafe fn tag_object(slot: usize, size: usize, slot_end: usize, tag: u8) {
+    let slot = untag(slot);
+    let end = slot + granules(size);
+    // SAFETY: forwarded; both ranges lie in the slot.
+    unsafe {
+        mte::set_tags(mte::with_tag(slot, tag), end);
+        mte::set_tags(end, slot_end);
+    }
+}
+
+/// Gives the granules of `[lo, lo + len)` (an object being freed) tag 0; `lo`
+/// granule-aligned.
 ///
 /// # Safety
 /// The range lies in a busy slot of ours.
@@ -197,16 +209,6 @@ pub(crate) unsafe fn tag_new(loc: Loc, m: &Meta, size: usize) -> u8 {
 pub(crate) unsafe fn clear(lo: usize, len: usize) {
     // SAFETY: forwarded.
     unsafe { mte::set_tags(untag(lo), untag(lo) + granules(len)) };
-}
-
-/// Gives the granules of `[lo, lo + len)` tag `tag` (a growing `realloc` in place).
-///
-/// # Safety
-/// As [`clear`].
-#[inline]
-pub(crate) unsafe fn retag(lo: usize, len: usize, tag: u8) {
-    // SAFETY: forwarded.
-    unsafe { mte::set_tags(mte::with_tag(lo, tag), untag(lo) + granules(len)) };
 }
 
 /// While the re-entrancy guard is held: tag checks of this thread suspended, so the runtime
@@ -234,7 +236,7 @@ static LARGE_HINT: AtomicUsize = AtomicUsize::new(0);
 /// `h` is a fresh chunk of ours mapped by the runtime on its own (not a raw chunk).
 pub(crate) unsafe fn tag_large(h: &mut Header) -> usize {
     let user = h.user();
-    let (base, len) = (h.base(), h.total.next_multiple_of(4096));
+    let (base, len) = (h.base(), h.total.next_multiple_of(crate::chunks::PAGE));
     // Relaxed: a starting point only.
     let start = LARGE_HINT.fetch_add(1, Ordering::Relaxed);
     let me = h as *mut Header as usize;
@@ -383,11 +385,14 @@ fn neighbour(loc: Loc, index: usize) -> Option<Loc> {
 pub(crate) fn on_fault(rt: &Runtime, addr: usize, write: bool, uc: *mut c_void) {
     let Some(o) = rt.options() else { return };
     let (a, ptag) = (untag(addr), mte::tag_of_ptr(addr));
-    // SAFETY: the address lies in the heap's space (`claims`), which is taggable.
-    let mtag = unsafe { mte::memory_tag(a & !(GRANULE - 1)) };
+    let granule = a & !(GRANULE - 1);
+    // SAFETY: the address lies in the heap's space or a tagged chunk (`claims`): taggable.
+    let mtag = unsafe { mte::memory_tag(granule) };
     let size = crate::guarded::fault_size(uc);
-    if let Some(h) = large_find(a) {
-        return on_large_fault(rt, o, h, a, write, size, (ptag, mtag), uc);
+    if !crate::generic::contains(a) {
+        if let Some(h) = large_find(a) {
+            return on_large_fault(rt, o, h, a, write, size, (ptag, mtag), uc);
+        }
     }
     let Some(loc) = HEAP.locate(a) else {
         let access = Access::tagged(a, write, size, (ptag, mtag), false);
@@ -409,25 +414,24 @@ pub(crate) fn on_fault(rt: &Runtime, addr: usize, write: bool, uc: *mut c_void) 
     });
     // Whose granule it is decides how the access goes on: one nobody owns takes the
     // pointer's tag; one of a live object cannot, so this thread stops checking.
-    let granule = a & !(GRANULE - 1);
-    let live_owner =
-        matches!(cur.state, state::LIVE | state::BUSY) && granule < cur.start + granules(cur.size);
+    let cur_end = cur.start + granules(cur.size);
+    let live_owner = matches!(cur.state, state::LIVE | state::BUSY) && granule < cur_end;
     report(rt, o, kind, Access::tagged(a, write, size, (ptag, mtag), live_owner), obj, uc);
-    if !live_owner {
-        // What the access does once through is this report's bug: the redzone and poison
-        // checks repair it without another.
-        for l in [Some(loc), at].into_iter().flatten() {
-            let m = HEAP.meta(l.class, l.index);
-            // Relaxed: see `generic::reported`.
-            m.align_log.fetch_or(crate::generic::heap::A_REPORTED, Ordering::Relaxed);
-        }
-    }
     if live_owner {
         mte::disable_thread_checks();
-    } else if cur.state == state::QUARANTINED && granule < cur.start + granules(cur.size) {
+        return;
+    }
+    // What the access does once through is this report's bug: the redzone and poison
+    // checks repair it without another.
+    for l in [Some(loc), at].into_iter().flatten() {
+        let m = HEAP.meta(l.class, l.index);
+        // Relaxed: see `generic::reported`.
+        m.align_log.fetch_or(crate::generic::heap::A_REPORTED, Ordering::Relaxed);
+    }
+    if cur.state == state::QUARANTINED && granule < cur_end {
         // The whole freed object, once: a loop over it faults once.
         // SAFETY: a quarantined object's granules, in the taggable space; nobody owns them.
-        unsafe { mte::set_tags(mte::with_tag(cur.start, ptag), cur.start + granules(cur.size)) };
+        unsafe { mte::set_tags(mte::with_tag(cur.start, ptag), cur_end) };
     } else {
         // SAFETY: one granule of a gap or a free slot: nobody's.
         unsafe { mte::set_tags(mte::with_tag(granule, ptag), granule + GRANULE) };
@@ -477,15 +481,8 @@ fn report(
     obj: Option<Object>,
     uc: *mut c_void,
 ) {
-    // SAFETY: `uc` is the handler's live ucontext.
-    let regs = unsafe { stacktrace::regs_from_ucontext(uc) };
     let mut buf = [0usize; crate::options::MAX_DEPTH];
-    // DWARF first, as for a guarded fault: at a faulting instruction only the CFI knows
-    // whether the function has pushed its frame record yet.
-    let n = stacktrace::dwarf::capture_from(&regs, &mut buf[..o.depth])
-        .or_else(|_| stacktrace::capture_from(&regs, &mut buf[..o.depth]).map(|c| c.len))
-        .unwrap_or(0);
-    let exact = n > 0 && buf[0] == regs.pc;
+    let (n, exact, _) = crate::guarded::fault_stack(o, uc, &mut buf);
     rt.report_stack(o, kind, access, obj, &buf[..n], exact);
 }
 
