@@ -43,15 +43,17 @@ struct Range {
     proven: bool,
 }
 
-thread_local! {
-    // Const-initialised, no destructor: no allocation and no registration at thread exit.
+/// The thread's cached ranges (all zero: empty).
+struct Cached {
     /// The thread's own stack.
-    static THREAD: Cell<Range> =
-        const { Cell::new(Range { lo: 0, hi: 0, floor: 0, proven: false }) };
+    own: Cell<Range>,
     /// The last other stack found in the maps (a fiber's, `swapcontext`).
-    static OTHER: Cell<Range> =
-        const { Cell::new(Range { lo: 0, hi: 0, floor: 0, proven: false }) };
+    other: Cell<Range>,
 }
+
+// All-zero bytes are two empty ranges; `Cached` is `!Sync`: the reference stays on its thread.
+// Static TLS: there from the thread's first instruction to its last (no teardown gap).
+crate::static_tls!(fn cached() -> &'static Cached = "__ukasan_stack_bounds_tls");
 
 /// How far below its top the main thread's stack may grow: `RLIMIT_STACK`, at most 128 MiB
 /// (the kernel keeps at least that much free below the stack top for it: `mmap_base`).
@@ -72,8 +74,7 @@ pub fn current(sp: usize) -> Option<StackBounds> {
     if sp < 4096 {
         return None;
     }
-    // `try_with`: during thread teardown the TLS slot may be gone; then look up uncached.
-    let t = THREAD.try_with(Cell::get).unwrap_or_default();
+    let t = cached().own.get();
     if t.lo <= sp && sp < t.hi {
         return Some(StackBounds { lo: t.lo, hi: t.hi });
     }
@@ -81,7 +82,7 @@ pub fn current(sp: usize) -> Option<StackBounds> {
         // The main thread's stack grew down to `sp`: the kernel keeps it one mapping from
         // there to the top, and nothing else lives within `floor` of the top.
         let lo = sp & !4095;
-        let _ = THREAD.try_with(|c| c.set(Range { lo, ..t }));
+        cached().own.set(Range { lo, ..t });
         return Some(StackBounds { lo, hi: t.hi });
     }
     slow(sp, t)
@@ -93,7 +94,7 @@ fn slow(sp: usize, t: Range) -> Option<StackBounds> {
     if let Some(b) = altstack().filter(|b| b.contains(sp, 1)) {
         return Some(b);
     }
-    let o = OTHER.try_with(Cell::get).unwrap_or_default();
+    let o = cached().other.get();
     if o.lo <= sp && sp < o.hi {
         return Some(StackBounds { lo: o.lo, hi: o.hi });
     }
@@ -104,14 +105,18 @@ fn slow(sp: usize, t: Range) -> Option<StackBounds> {
     // The thread's own stack is the main `[stack]`, or the mapping that holds this thread's
     // static TLS (glibc places it at the top of every other thread's stack), or else the
     // first stack the thread is seen on that is not its `sigaltstack` (under valgrind, for
-    // one, the main stack is not labelled). (`try_with`: no TLS left during thread teardown.)
-    let tls = THREAD.try_with(|c| c as *const Cell<Range> as usize).unwrap_or(0);
+    // one, the main stack is not labelled).
+    let tls = cached() as *const Cached as usize;
     let proven = m.main_stack || (m.start <= tls && tls < m.end);
     let own = proven || t == Range::default();
     let floor =
         if m.main_stack { m.end.saturating_sub(main_stack_limit()).min(m.start) } else { m.start };
     let r = Range { lo: m.start, hi: m.end, floor, proven };
-    let _ = if own { THREAD.try_with(|c| c.set(r)) } else { OTHER.try_with(|c| c.set(r)) };
+    if own {
+        cached().own.set(r)
+    } else {
+        cached().other.set(r)
+    };
     Some(StackBounds { lo: m.start, hi: m.end })
 }
 
@@ -141,7 +146,7 @@ pub fn has_room(bytes: usize) -> bool {
     if current(here).is_none() {
         return false;
     }
-    let t = THREAD.try_with(Cell::get).unwrap_or_default();
+    let t = cached().own.get();
     t.proven && (t.floor <= here && here < t.hi) && here - t.floor >= bytes
 }
 
@@ -155,7 +160,7 @@ mod tests {
         let a = &x as *const u64 as usize;
         let b = current(a).unwrap();
         assert!(b.contains(a, 8));
-        let t = THREAD.with(Cell::get);
+        let t = cached().own.get();
         assert_eq!((t.lo, t.hi), (b.lo, b.hi));
         assert_eq!(current(a), Some(b));
         assert!(!b.contains(b.hi - 4, 8));
@@ -171,7 +176,7 @@ mod tests {
             let y = 2u64;
             let b = current(&y as *const u64 as usize).unwrap();
             // Its own stack, recognised by the TLS at its top.
-            let t = THREAD.with(Cell::get);
+            let t = cached().own.get();
             assert_eq!((t.lo, t.hi, t.floor, t.proven), (b.lo, b.hi, b.lo, true));
             assert!(has_room(64 << 10));
             assert!(!has_room(b.hi - b.lo + 1));
@@ -191,8 +196,8 @@ mod tests {
             let p = heap.as_ptr() as usize + 4096;
             let b = current(p).unwrap();
             assert!(b.contains(p, 8));
-            assert_eq!(THREAD.with(Cell::get).lo, own.lo, "the thread's range is kept");
-            let o = OTHER.with(Cell::get);
+            assert_eq!(cached().own.get().lo, own.lo, "the thread's range is kept");
+            let o = cached().other.get();
             assert_eq!((o.lo, o.hi), (b.lo, b.hi));
             // Answered from the cache now.
             assert_eq!(current(p + 8), Some(b));

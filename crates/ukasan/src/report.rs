@@ -713,6 +713,15 @@ pub fn is_runtime_function(name: &str) -> bool {
     PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
+/// Whether a source file is Rust's standard library (`alloc`, `core`, `std`, ...): as rustc's
+/// distributed std records it (`/rustc/<commit>/library/...`), or built from the rust-src
+/// component (`.../rustlib/src/rust/library/...`). Inlined frames are named by their bare
+/// DWARF names (`dealloc`, `drop_in_place<..>`), so the file tells them apart.
+pub fn is_runtime_file(file: &str) -> bool {
+    (file.starts_with("/rustc/") && file.contains("/library/"))
+        || file.contains("/rustlib/src/rust/library/")
+}
+
 /// The function name for a header: of the first frame of `frames` with a function of the
 /// program (see [`is_runtime_function`]; within a frame, the innermost such of its inlined
 /// functions), else of the first frame; its module and offset when nothing names it, its
@@ -746,14 +755,18 @@ fn frame_name<const N: usize>(
 ) -> bool {
     if o.symbolize {
         let frames = symbolize::with_global(|s| s.symbolize(ra, !exact));
-        let mut named = frames.iter().filter_map(|f| Some((f.function.as_deref()?, f.offset)));
+        let mut named = frames
+            .iter()
+            .filter_map(|f| Some((f.function.as_deref()?, f.offset, f.file.as_deref())));
         if let Some(innermost) = named.clone().next() {
             let pick = if skip_runtime {
-                named.find(|(n, _)| !is_runtime_function(n))
+                named.find(|&(n, _, file)| {
+                    !is_runtime_function(n) && !file.is_some_and(is_runtime_file)
+                })
             } else {
                 Some(innermost)
             };
-            let Some((name, offset)) = pick else {
+            let Some((name, offset, _)) = pick else {
                 return false;
             };
             let _ = write!(b, "{name}+0x{offset:x}");
@@ -1194,6 +1207,25 @@ mod tests {
             "stdio_flush",
         ] {
             assert!(!is_runtime_function(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn runtime_files_are_rusts_standard_library() {
+        for file in [
+            "/rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/alloc/src/alloc.rs",
+            "/rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/core/src/ptr/mod.rs",
+            "/root/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu/lib/rustlib/src/rust/library/std/src/panicking.rs",
+        ] {
+            assert!(is_runtime_file(file), "{file}");
+        }
+        for file in [
+            "/work/main/crates/ukasan/tests/it/child.rs",
+            "/home/me/src/library/books.rs",
+            "src/main.rs",
+            "/rustc/notes.c",
+        ] {
+            assert!(!is_runtime_file(file), "{file}");
         }
     }
 

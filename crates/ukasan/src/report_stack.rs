@@ -150,7 +150,9 @@ mod tests {
         });
         if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
             assert!(contains(outer), "{outer:#x}");
-            assert!(contains(inner) && inner < outer, "{inner:#x} {outer:#x}");
+            // In place: not back at the top (the inner call may be inlined into the outer
+            // closure's frame, so `<=`).
+            assert!(contains(inner) && inner <= outer, "{inner:#x} {outer:#x}");
         }
         assert!(!contains(sp()));
         // Released: another thread takes it.

@@ -5,29 +5,38 @@ use core::cell::{Cell, UnsafeCell};
 use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-/// The runtime's per-thread state, in one thread-local (in a preloaded library every
-/// thread-local access is a `__tls_get_addr` call; one variable lets the compiler share it
-/// across the accesses of an entry point).
+/// The runtime's per-thread state ([`stacktrace::static_tls!`]): all-zero bytes are its
+/// initial value.
 pub(crate) struct Thread {
     pub(crate) tid: Cell<u32>,
     pub(crate) in_runtime: Cell<bool>,
-    /// The thread's heap cache (`generic::heap::Cache`).
-    pub(crate) cache: Cell<*mut u8>,
     /// The heap cache was handed back at thread exit.
     pub(crate) exited: Cell<bool>,
+    /// The thread's heap cache (`generic::heap::Cache`).
+    pub(crate) cache: Cell<*mut u8>,
+    /// Guarded mode: allocations left before this thread's next sampled one (0: sample the
+    /// next).
+    pub(crate) countdown: Cell<u32>,
+    /// Guarded mode: state of this thread's placement coin (xorshift; 0: not seeded yet).
+    pub(crate) coin: Cell<u32>,
 }
 
-thread_local! {
-    // Const-initialised `Cell`s without destructors: no allocation, no registration at thread
-    // exit, usable from the first malloc of a thread to its last.
-    pub(crate) static THREAD: Thread = const {
-        Thread {
-            tid: Cell::new(0),
-            in_runtime: Cell::new(false),
-            cache: Cell::new(core::ptr::null_mut()),
-            exited: Cell::new(false),
-        }
-    };
+/// Handle of this thread's [`Thread`]: `THREAD.with(|t| ...)`.
+pub(crate) struct ThreadKey;
+
+/// This thread's runtime state.
+pub(crate) static THREAD: ThreadKey = ThreadKey;
+
+// All-zero bytes are a valid `Thread`, which is `!Sync`: the reference stays on its thread.
+stacktrace::static_tls!(fn thread() -> &'static Thread = "__ukasan_thread_tls");
+
+impl ThreadKey {
+    /// Runs `f` on this thread's state (in the preloaded library, a load and an add: no
+    /// `__tls_get_addr` call, of which `thread_local!` made several per malloc and free).
+    #[inline(always)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&Thread) -> R) -> R {
+        f(thread())
+    }
 }
 
 /// The kernel thread id of the caller (`gettid`), cached per thread.

@@ -42,3 +42,68 @@ impl Site {
         Site { key_xor_word: AtomicU64::new(0), word: AtomicU64::new(0) }
     }
 }
+
+/// Defines `fn NAME() -> &'static T`: this thread's `T`, in a block of `.tbss` named SYM that
+/// the loader zeroes for every new thread. On Linux x86-64 and arm64 it is reached through an
+/// initial-exec GOT entry (a load and an add of the thread pointer, in an executable and a
+/// preloaded library alike, where `thread_local!` costs a `__tls_get_addr` call per access);
+/// elsewhere it is a const-initialised `thread_local!`. No destructor, no registration at
+/// thread exit: usable from a thread's first malloc to its last, and in signal handlers.
+///
+/// The invocation asserts that all-zero bytes are a valid `T` (cells, atomics, integers, raw
+/// pointers) and that `T`'s alignment is at most 64 (the block has `T`'s size and alignment).
+/// The reference must not outlive its thread: make `T` `!Sync` (cells), or only ever use it
+/// within one call.
+///
+/// ```ignore
+/// stacktrace::static_tls!(fn state() -> &'static State = "__mycrate_state");
+/// ```
+#[doc(hidden)]
+#[macro_export]
+macro_rules! static_tls {
+    ($(#[$m:meta])* $vis:vis fn $name:ident() -> &'static $ty:ty = $sym:literal) => {
+        $crate::__static_tls_arch!($(#[$m])* $vis fn $name() -> &'static $ty = $sym);
+        const _: () = assert!(::core::mem::align_of::<$ty>() <= 64);
+    };
+}
+
+/// [`static_tls!`] where no initial-exec access is written: a const-initialised
+/// `thread_local!`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_tls_portable {
+    ($(#[$m:meta])* $vis:vis fn $name:ident() -> &'static $ty:ty = $sym:literal) => {
+        $(#[$m])*
+        #[inline(always)]
+        $vis fn $name() -> &'static $ty {
+            ::std::thread_local! {
+                // SAFETY: the invocation asserts that all-zero bytes are a valid value.
+                static T: $ty = const { unsafe { ::core::mem::zeroed() } };
+            }
+            // SAFETY: the thread-local has no destructor and lives as long as its thread; the
+            // invocation keeps the reference on the thread.
+            T.with(|t| unsafe { &*(t as *const $ty) })
+        }
+    };
+}
+
+/// The `.tbss` block of [`static_tls!`] (ELF).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_tls_block {
+    ($ty:ty, $sym:literal) => {
+        ::core::arch::global_asm!(
+            ".pushsection .tbss,\"awT\",@nobits",
+            ".balign {align}",
+            concat!(".globl ", $sym),
+            concat!(".hidden ", $sym),
+            concat!(".type ", $sym, ", @tls_object"),
+            concat!($sym, ":"),
+            ".zero {size}",
+            concat!(".size ", $sym, ", {size}"),
+            ".popsection",
+            size = const ::core::mem::size_of::<$ty>(),
+            align = const ::core::mem::align_of::<$ty>(),
+        );
+    };
+}

@@ -173,3 +173,41 @@ pub(crate) unsafe fn read_gcspr() -> usize {
 pub(crate) fn read_scs_pointer() -> usize {
     0
 }
+
+/// [`crate::static_tls!`] on x86-64: initial-exec on Linux (`fs:0` holds the TCB's own address
+/// on glibc and musl, and the GOT entry the block's offset from it).
+#[doc(hidden)]
+#[macro_export]
+#[cfg(target_os = "linux")]
+macro_rules! __static_tls_arch {
+    ($(#[$m:meta])* $vis:vis fn $name:ident() -> &'static $ty:ty = $sym:literal) => {
+        $crate::__static_tls_block!($ty, $sym);
+        $(#[$m])*
+        #[inline(always)]
+        $vis fn $name() -> &'static $ty {
+            let p: usize;
+            // SAFETY: reads the block's initial-exec offset from the GOT and adds the thread
+            // pointer; no memory is written.
+            unsafe {
+                ::core::arch::asm!(
+                    concat!("mov {p}, qword ptr [rip + ", $sym, "@GOTTPOFF]"),
+                    "add {p}, qword ptr fs:[0]",
+                    p = out(reg) p,
+                    options(pure, readonly, nostack)
+                )
+            };
+            // SAFETY: the thread's zeroed block of `T`'s size and alignment, alive as
+            // long as the thread; the invocation asserts all-zero bytes are a valid value and
+            // keeps the reference on the thread.
+            unsafe { &*(p as *const $ty) }
+        }
+    };
+}
+
+/// [`crate::static_tls!`] on x86-64 off Linux: a `thread_local!`.
+#[doc(hidden)]
+#[macro_export]
+#[cfg(not(target_os = "linux"))]
+macro_rules! __static_tls_arch {
+    ($($t:tt)*) => { $crate::__static_tls_portable!($($t)*); };
+}

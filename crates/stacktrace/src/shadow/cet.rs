@@ -74,10 +74,8 @@ pub fn walk<M: Memory>(
     emit(entries(mem, ssp, region), caller_pc, buf)
 }
 
-thread_local! {
-    // The mapping holding this thread's shadow stack. Const-initialised, no destructor.
-    static REGION: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
-}
+// The mapping holding this thread's shadow stack (all zero: none cached; a `!Sync` cell).
+crate::static_tls!(fn region_cache() -> &'static Cell<(usize, usize)> = "__ukasan_cet_region_tls");
 
 /// Captures from the live CET shadow stack; `regs.pc` must be the return address into the
 /// caller of the capture entry point (an exact signal PC answers [`Unsupported::NoFrames`]).
@@ -95,7 +93,7 @@ pub fn capture_from(regs: &Regs, buf: &mut [usize]) -> Result<usize, Unsupported
     if regs.pc_is_exact {
         return Err(Unsupported::NoFrames);
     }
-    let region = super::cached_region(&REGION, ssp, false).ok_or(Unsupported::NotEnabled)?;
+    let region = super::cached_region(region_cache(), ssp, false).ok_or(Unsupported::NotEnabled)?;
     // SAFETY: `region` is the mapping that holds this thread's live SSP, i.e. its shadow
     // stack, which the kernel keeps mapped (and readable by plain loads) while shadow stacks
     // are on; they are on, as `rdsspq` answered.

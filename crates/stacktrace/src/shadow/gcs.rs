@@ -92,12 +92,16 @@ mod live {
     /// 0 = not yet asked, 1 = no FEAT_GCS, 2 = FEAT_GCS.
     static HWCAP: AtomicU8 = AtomicU8::new(0);
 
-    thread_local! {
-        // GCS on this thread: 0 = not yet asked, 1 = off, 2 = on (see the module docs).
-        static ON: Cell<u8> = const { Cell::new(0) };
-        // The mapping holding this thread's GCS. Const-initialised, no destructor.
-        pub(super) static REGION: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    /// This thread's GCS as known (all zero: not yet asked).
+    pub(super) struct Known {
+        /// GCS on this thread: 0 = not yet asked, 1 = off, 2 = on (see the module docs).
+        on: Cell<u8>,
+        /// The mapping holding this thread's GCS.
+        pub(super) region: Cell<(usize, usize)>,
     }
+
+    // All-zero bytes are valid; `Known` is `!Sync`: the reference stays on its thread.
+    crate::static_tls!(pub(super) fn known() -> &'static Known = "__ukasan_gcs_tls");
 
     /// Whether `GCSPR_EL0` may be read and describes this thread's GCS.
     pub(super) fn enabled() -> bool {
@@ -117,7 +121,7 @@ mod live {
         if hw != 2 {
             return false;
         }
-        match ON.try_with(Cell::get).unwrap_or(0) {
+        match known().on.get() {
             1 => return false,
             2 => return true,
             _ => {}
@@ -129,7 +133,7 @@ mod live {
             libc::prctl(PR_GET_SHADOW_STACK_STATUS, &mut status as *mut libc::c_ulong, 0, 0, 0)
         };
         let on = r == 0 && status & PR_SHADOW_STACK_ENABLE != 0;
-        let _ = ON.try_with(|c| c.set(if on { 2 } else { 1 }));
+        known().on.set(if on { 2 } else { 1 });
         on
     }
 }
@@ -153,8 +157,8 @@ pub fn capture_from(regs: &Regs, buf: &mut [usize]) -> Result<usize, Unsupported
         if regs.pc_is_exact {
             return Err(Unsupported::NoFrames);
         }
-        let region =
-            super::cached_region(&live::REGION, gcspr, false).ok_or(Unsupported::NotEnabled)?;
+        let region = super::cached_region(&live::known().region, gcspr, false)
+            .ok_or(Unsupported::NotEnabled)?;
         // SAFETY: `region` is the mapping holding this thread's live GCSPR, i.e. its GCS,
         // which the kernel keeps mapped and readable by plain loads while GCS is on.
         let mem = unsafe { super::LiveRegion::new(region) };

@@ -27,7 +27,6 @@ pub mod gcs;
 pub mod scs;
 
 use core::cell::Cell;
-use std::thread::LocalKey;
 
 use crate::Unsupported;
 
@@ -115,12 +114,11 @@ pub fn emit<I: Iterator<Item = usize>>(
 /// cached range. `None` when `addr` is in no readable mapping (or no writable one when
 /// `writable`).
 pub(crate) fn cached_region(
-    cache: &'static LocalKey<Cell<(usize, usize)>>,
+    cache: &'static Cell<(usize, usize)>,
     addr: usize,
     writable: bool,
 ) -> Option<Region> {
-    // `try_with`: during thread teardown the TLS slot may be gone; then look up uncached.
-    let (lo, hi) = cache.try_with(Cell::get).unwrap_or((0, 0));
+    let (lo, hi) = cache.get();
     if lo <= addr && addr < hi {
         return Some(Region { lo, hi });
     }
@@ -130,7 +128,7 @@ pub(crate) fn cached_region(
 #[cold]
 #[inline(never)]
 fn region_miss(
-    cache: &'static LocalKey<Cell<(usize, usize)>>,
+    cache: &'static Cell<(usize, usize)>,
     addr: usize,
     writable: bool,
 ) -> Option<Region> {
@@ -138,7 +136,7 @@ fn region_miss(
     if !m.read || (writable && !m.write) || m.end - m.start < 8 {
         return None;
     }
-    let _ = cache.try_with(|c| c.set((m.start, m.end)));
+    cache.set((m.start, m.end));
     Some(Region { lo: m.start, hi: m.end })
 }
 
@@ -221,21 +219,20 @@ pub(crate) mod tests {
         assert_eq!(mem.read(lo - 8), None);
     }
 
-    thread_local! {
-        static TEST_CACHE: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
-    }
+    // All zero: nothing cached; a `!Sync` cell.
+    crate::static_tls!(fn test_cache() -> &'static Cell<(usize, usize)> = "__ukasan_test_region_tls");
 
     #[test]
     fn region_cache_hits_after_a_miss_and_checks_permissions() {
         let local = 5usize;
         let a = &local as *const usize as usize;
-        let r = cached_region(&TEST_CACHE, a, true).expect("the stack is a rw mapping");
+        let r = cached_region(test_cache(), a, true).expect("the stack is a rw mapping");
         assert!(r.contains(a));
-        assert_eq!(TEST_CACHE.with(Cell::get), (r.lo, r.hi));
-        assert_eq!(cached_region(&TEST_CACHE, a, true), Some(r));
+        assert_eq!(test_cache().get(), (r.lo, r.hi));
+        assert_eq!(cached_region(test_cache(), a, true), Some(r));
         // Code is not writable: refused when a writable mapping is required.
         let code = emit_skips_own_frames_then_copies as fn() as usize;
-        assert_eq!(cached_region(&TEST_CACHE, code, true), None);
-        assert_eq!(cached_region(&TEST_CACHE, 8, false), None);
+        assert_eq!(cached_region(test_cache(), code, true), None);
+        assert_eq!(cached_region(test_cache(), 8, false), None);
     }
 }

@@ -41,18 +41,22 @@ use crate::{strip_pac, Regs, Unsupported};
 /// `-Zsanitizer=shadow-call-stack`, detected by the build script).
 pub const COMPILED: bool = cfg!(all(target_arch = "aarch64", ukasan_scs));
 
-thread_local! {
-    // Registered base of this thread's SCS (0 = none). Const-initialised, no destructor.
-    static BASE: Cell<usize> = const { Cell::new(0) };
-    // The mapping holding this thread's SCS.
-    static REGION: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+/// This thread's SCS as known (all zero: nothing registered or cached).
+struct Known {
+    /// Registered base of this thread's SCS (0 = none).
+    base: Cell<usize>,
+    /// The mapping holding this thread's SCS.
+    region: Cell<(usize, usize)>,
 }
+
+// All-zero bytes are valid; `Known` is `!Sync`: the reference stays on its thread.
+crate::static_tls!(fn known() -> &'static Known = "__ukasan_scs_tls");
 
 /// Registers the base of the current thread's shadow call stack: the address of its oldest
 /// entry slot, i.e. the value x18 had before the first push. 0 unregisters (the walk then
 /// relies on a base marker). Async-signal-safe.
 pub fn register_scs_base(base: usize) {
-    let _ = BASE.try_with(|c| c.set(base));
+    known().base.set(base);
 }
 
 /// Registers the current thread's whole shadow call stack: the mapping `[lo, hi)` that holds
@@ -61,15 +65,15 @@ pub fn register_scs_base(base: usize) {
 /// `/proc/self/maps` to find the mapping (which qemu-user can misreport while other threads
 /// map and unmap). Async-signal-safe.
 pub fn register_scs_stack(lo: usize, hi: usize, base: usize) {
-    let _ = REGION.try_with(|c| c.set((lo, hi)));
+    known().region.set((lo, hi));
     register_scs_base(base);
 }
 
 /// The current thread's registered `(lo, hi, base)` (see [`register_scs_stack`]; zeros for
 /// none). Async-signal-safe.
 pub fn registered_scs_stack() -> (usize, usize, usize) {
-    let (lo, hi) = REGION.try_with(Cell::get).unwrap_or((0, 0));
-    (lo, hi, BASE.try_with(Cell::get).unwrap_or(0))
+    let (lo, hi) = known().region.get();
+    (lo, hi, known().base.get())
 }
 
 /// The decoded entries of an SCS, newest first: see [`entries`].
@@ -168,8 +172,9 @@ pub fn capture_from(regs: &Regs, buf: &mut [usize]) -> Result<usize, Unsupported
     if regs.pc_is_exact {
         return Err(Unsupported::NoFrames);
     }
-    let region = super::cached_region(&REGION, x18 - 8, true).ok_or(Unsupported::NotEnabled)?;
-    let base = BASE.try_with(Cell::get).ok().filter(|&b| b != 0 && region.lo <= b && b <= x18);
+    let region =
+        super::cached_region(&known().region, x18 - 8, true).ok_or(Unsupported::NotEnabled)?;
+    let base = Some(known().base.get()).filter(|&b| b != 0 && region.lo <= b && b <= x18);
     // SAFETY: `region` is the readable and writable mapping holding `x18 - 8`; this build
     // reserves x18 for the shadow call stack (`COMPILED`), so the mapping is this thread's
     // shadow call stack (possibly merged with a neighbour), mapped while the thread runs.
@@ -274,8 +279,8 @@ mod tests {
     #[test]
     fn registration_is_per_thread() {
         register_scs_base(0x1234_0000);
-        let other = std::thread::spawn(|| BASE.with(Cell::get)).join().unwrap();
-        assert_eq!((BASE.with(Cell::get), other), (0x1234_0000, 0));
+        let other = std::thread::spawn(|| known().base.get()).join().unwrap();
+        assert_eq!((known().base.get(), other), (0x1234_0000, 0));
         register_scs_base(0);
     }
 

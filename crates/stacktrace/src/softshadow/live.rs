@@ -211,7 +211,7 @@ pub(super) fn capture_from(regs: &Regs, buf: &mut [usize]) -> Result<usize, Unsu
         }
         leave(st);
     }
-    general(st, regs, buf, true)
+    general(st, regs, buf, true, &mut None)
 }
 
 /// The steady path, `busy` held: [`walk::steady`] and the policy's bookkeeping. `None`: the
@@ -261,7 +261,7 @@ fn finish(
             }
             Ok(n)
         }
-        None => general(st, regs, buf, false),
+        None => general(st, regs, buf, false, &mut None),
     }
 }
 
@@ -334,6 +334,7 @@ fn general(
     regs: &Regs,
     buf: &mut [usize],
     try_steady: bool,
+    known: &mut Option<Known>,
 ) -> Result<usize, Unsupported> {
     if regs.pc_is_exact {
         return Err(Unsupported::NotEnabled);
@@ -341,7 +342,7 @@ fn general(
     if !enter(st) {
         return Err(Unsupported::Reentered);
     }
-    let r = locked(st, regs, buf, try_steady);
+    let r = locked(st, regs, buf, try_steady, known);
     leave(st);
     // Relaxed: a debug switch; see `set_cross_check`.
     if let (Ok(n), true) = (r, CROSS_CHECK.load(Relaxed)) {
@@ -356,6 +357,7 @@ fn locked(
     regs: &Regs,
     buf: &mut [usize],
     try_steady: bool,
+    known: &mut Option<Known>,
 ) -> Result<usize, Unsupported> {
     // Relaxed: a process-wide switch; a capture racing with the change may use either value.
     let enabled = ENABLED.load(Relaxed);
@@ -407,6 +409,9 @@ fn locked(
     let pol = Policy { patch, skip, extra: EXTRA };
     let o = walk::capture(&mut m, arr, len, regs, buf, pol);
     count(st, o.walked.min(o.n), o.n.saturating_sub(o.walked));
+    if let Some(i) = o.anchor {
+        *known = known_below(st, i, o.walked, o.n, buf.len());
+    }
     if o.patched > 0 {
         bump(&st.patched, o.patched);
         forget(st, o.base, o.patched);
@@ -436,6 +441,39 @@ fn locked(
 #[inline(always)]
 fn bump(c: &AtomicUsize, n: usize) {
     c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// A general capture's trace as the walked frames `buf[..walked]` on the known handle of the
+/// anchor entry's trace (`base`, `below` frames): see [`known_below`].
+#[derive(Clone, Copy, Debug)]
+struct Known {
+    base: u32,
+    below: usize,
+    walked: usize,
+}
+
+/// After a general capture of `n` frames that met the array at entry `anchor` after walking
+/// `walked` frames (the rest is `anchor`'s entry and those below, copied): the anchor's
+/// known handle, when its trace is exactly the copied part and the capture was not cut at
+/// `cap`.
+#[inline]
+fn known_below(
+    st: &ThreadState,
+    anchor: usize,
+    walked: usize,
+    n: usize,
+    cap: usize,
+) -> Option<Known> {
+    let nodes = nodes(st);
+    if nodes.is_null() || anchor >= CAPACITY || n >= cap.min(stackdepot::MAX_DEPTH) {
+        return None;
+    }
+    // SAFETY: `anchor < CAPACITY`: a word of the mapping made at set-up. The anchor is below
+    // every entry this capture staged, so its word was not forgotten.
+    // Relaxed: see `ThreadState::nodes`.
+    let w = unsafe { (*nodes.add(anchor)).load(Relaxed) };
+    let below = (w >> 32) as usize;
+    (w != 0 && walked + below == n).then_some(Known { base: w as u32, below, walked })
 }
 
 /// Counts a capture that walked `walked` frames and copied `copied`.
@@ -514,9 +552,18 @@ fn save_from(
             leave(st);
         }
     }
-    let n = general(st, regs, buf, false)?;
+    let mut known = None;
+    let n = general(st, regs, buf, false, &mut known)?;
     if n == 0 {
         return Err(Unsupported::NoFrames);
+    }
+    if let Some(Known { base, below, walked }) = known {
+        // The walked frames on the anchor's known trace (the same handle as a whole save).
+        let handle = stackdepot::save_on(Handle::from_raw(base), below, &buf[..walked]);
+        if !handle.is_none() {
+            bump(&st.incremental, 1);
+            return Ok(super::Saved { handle, frames: n, incremental: true });
+        }
     }
     Ok(super::Saved { handle: stackdepot::save(&buf[..n]), frames: n, incremental: false })
 }
@@ -552,6 +599,11 @@ fn steady_save(
         bump(&st.incremental, 1);
         return Some(Ok(super::Saved { handle, frames: below + k, incremental: true }));
     }
+    if base == 0 {
+        if let Some(saved) = save_on_known(st, nodes, arr, top, buf, k, cap) {
+            return Some(Ok(saved));
+        }
+    }
     let n = walk::copy_from(&m, arr, top, buf, k);
     if m.refused.get() {
         // The walk below an entry ended early: a cheaper backend serves this capture.
@@ -580,6 +632,62 @@ fn steady_save(
         j -= 1;
     }
     Some(Ok(super::Saved { handle, frames: n, incremental: false }))
+}
+
+/// Entries below the newest one searched for a known handle by [`save_on_known`].
+const KNOWN_SEARCH: usize = 64;
+
+/// The steady save when the newest entry's handle is not known (its frame was patched since
+/// the previous save) but that of an entry a few below it is, with no segment start between:
+/// the frames of the entries in between are saved on that handle one by one, each entry
+/// remembering its own, then the `k` walked frames (`buf[..k]`) on the newest. `None`: no
+/// such entry, or the trace would reach `cap` (the whole save handles truncation).
+#[inline(always)]
+fn save_on_known(
+    st: &ThreadState,
+    nodes: *const AtomicU64,
+    arr: &[Entry],
+    top: usize,
+    buf: &[usize],
+    k: usize,
+    cap: usize,
+) -> Option<super::Saved> {
+    let mut j = top;
+    let known = loop {
+        // A segment start's caller is not the entry below it: frames in between were not
+        // patched.
+        if arr[j].ra & walk::GAP != 0 || j == 0 || top - j >= KNOWN_SEARCH {
+            return None;
+        }
+        j -= 1;
+        // SAFETY: `j < top < CAPACITY`: a word of the mapping made at set-up.
+        // Relaxed: see `ThreadState::nodes`.
+        let w = unsafe { (*nodes.add(j)).load(Relaxed) };
+        if w != 0 {
+            break w;
+        }
+    };
+    let (mut h, mut below) = (Handle::from_raw(known as u32), (known >> 32) as usize);
+    if below + (top - j) + k > cap {
+        return None;
+    }
+    for (x, entry) in arr.iter().enumerate().take(top + 1).skip(j + 1) {
+        h = stackdepot::extend_on(h, below, &[entry.ra & !walk::GAP]);
+        if h.is_none() {
+            return None;
+        }
+        below += 1;
+        // SAFETY: `x <= top < CAPACITY`.
+        // Relaxed: see `ThreadState::nodes`.
+        unsafe { (*nodes.add(x)).store(u64::from(h.to_raw()) | (below as u64) << 32, Relaxed) };
+    }
+    let handle = Memo::of(nodes).save_on(st, h.to_raw(), below, &buf[..k]);
+    if handle.is_none() {
+        return None;
+    }
+    count(st, k, top - j);
+    bump(&st.incremental, 1);
+    Some(super::Saved { handle, frames: below + k, incremental: true })
 }
 
 /// The thread's save memo: the handles of its latest incremental saves, keyed by the base

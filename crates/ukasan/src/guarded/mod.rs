@@ -112,13 +112,6 @@ pub(crate) struct Pool {
     frozen: AtomicBool,
 }
 
-thread_local! {
-    /// Allocations left before this thread's next sampled one (0: sample the next).
-    static COUNTDOWN: Cell<u32> = const { Cell::new(0) };
-    /// State of this thread's placement coin (xorshift; 0: not seeded yet).
-    static COIN: Cell<u32> = const { Cell::new(0) };
-}
-
 /// The pool's pages are guarded by the kernel's guard markers (`MADV_GUARD_INSTALL`,
 /// Linux 6.13) in a read-write mapping, not by `mprotect`: opening and closing a slot then
 /// changes page-table entries only, where `mprotect` splits and merges the pool's VMA every
@@ -240,7 +233,8 @@ fn place_left(p: Placement) -> bool {
     match p {
         Placement::Right => false,
         Placement::Left => true,
-        Placement::Random => COIN.with(|c| {
+        Placement::Random => sys::THREAD.with(|t| {
+            let c = &t.coin;
             let mut x = c.get();
             if x == 0 {
                 // Seeded from this thread's TLS address (differs per thread and, with ASLR,
@@ -416,8 +410,8 @@ impl Pool {
         {
             return None;
         }
-        // One thread-local lookup (a `__tls_get_addr` call in the preloaded library).
-        let sampled = COUNTDOWN.with(|c| {
+        let sampled = sys::THREAD.with(|t| {
+            let c = &t.countdown;
             let left = c.get();
             c.set(if left > 1 { left - 1 } else { o.sample_rate });
             left <= 1
