@@ -717,14 +717,14 @@ pub fn is_runtime_function(name: &str) -> bool {
 /// distributed std records it (`/rustc/<commit>/library/...`), or built from the rust-src
 /// component (`.../rustlib/src/rust/library/...`). Inlined frames are named by their bare
 /// DWARF names (`dealloc`, `drop_in_place<..>`), so the file tells them apart.
-pub fn is_runtime_file(file: &str) -> bool {
+fn is_runtime_file(file: &str) -> bool {
     (file.starts_with("/rustc/") && file.contains("/library/"))
         || file.contains("/rustlib/src/rust/library/")
 }
 
 /// The function name for a header: of the first frame of `frames` with a function of the
-/// program (see [`is_runtime_function`]; within a frame, the innermost such of its inlined
-/// functions), else of the first frame; its module and offset when nothing names it, its
+/// program (see [`is_runtime_function`] and [`is_runtime_file`]; within a frame, the
+/// innermost such of its inlined functions), else of the first frame; its module and offset when nothing names it, its
 /// raw address when no module holds it; `<unknown>` for an empty stack.
 /// With `exact_first`, `frames[0]` is an exact instruction address (a fault), not a return
 /// address.

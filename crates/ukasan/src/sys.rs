@@ -21,40 +21,29 @@ pub(crate) struct Thread {
     pub(crate) coin: Cell<u32>,
 }
 
-/// Handle of this thread's [`Thread`]: `THREAD.with(|t| ...)`.
-pub(crate) struct ThreadKey;
-
-/// This thread's runtime state.
-pub(crate) static THREAD: ThreadKey = ThreadKey;
-
 // All-zero bytes are a valid `Thread`, which is `!Sync`: the reference stays on its thread.
-stacktrace::static_tls!(fn thread() -> &'static Thread = "__ukasan_thread_tls");
-
-impl ThreadKey {
-    /// Runs `f` on this thread's state (in the preloaded library, a load and an add: no
+stacktrace::static_tls!(
+    /// This thread's runtime state (in the preloaded library, a load and an add: no
     /// `__tls_get_addr` call, of which `thread_local!` made several per malloc and free).
-    #[inline(always)]
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&Thread) -> R) -> R {
-        f(thread())
-    }
-}
+    pub(crate) fn thread() -> &'static Thread = "__ukasan_thread_tls"
+);
 
 /// The kernel thread id of the caller (`gettid`), cached per thread.
 #[inline]
 pub fn tid() -> u32 {
-    let cached = THREAD.with(|t| t.tid.get());
+    let cached = thread().tid.get();
     if cached != 0 {
         return cached;
     }
     // SAFETY: gettid has no preconditions.
     let t = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
-    THREAD.with(|c| c.tid.set(t));
+    thread().tid.set(t);
     t
 }
 
 /// Forgets the cached thread id (the child of `fork` has a new one).
 pub fn reset_tid() {
-    THREAD.with(|c| c.tid.set(0));
+    thread().tid.set(0);
 }
 
 /// Marks the current thread as running inside the runtime while alive; allocation requests
@@ -67,7 +56,7 @@ impl Guard {
     /// Enters the runtime, or `None` when this thread is already inside it.
     #[inline]
     pub fn enter() -> Option<Guard> {
-        let g = THREAD.with(|t| if t.in_runtime.replace(true) { None } else { Some(Guard(())) });
+        let g = if thread().in_runtime.replace(true) { None } else { Some(Guard(())) };
         if g.is_some() {
             crate::hwtags::suspend_checks(true);
         }
@@ -77,7 +66,7 @@ impl Guard {
     /// Whether this thread is inside the runtime.
     #[inline]
     pub fn active() -> bool {
-        THREAD.with(|t| t.in_runtime.get())
+        thread().in_runtime.get()
     }
 }
 
@@ -85,7 +74,7 @@ impl Drop for Guard {
     #[inline]
     fn drop(&mut self) {
         crate::hwtags::suspend_checks(false);
-        THREAD.with(|t| t.in_runtime.set(false));
+        thread().in_runtime.set(false);
     }
 }
 

@@ -145,31 +145,31 @@ pub(crate) fn read_scs_pointer() -> usize {
 #[macro_export]
 #[cfg(target_os = "linux")]
 macro_rules! __static_tls_arch {
-    ($(#[$m:meta])* $vis:vis fn $name:ident() -> &'static $ty:ty = $sym:literal) => {
-        $crate::__static_tls_block!($ty, $sym);
-        $(#[$m])*
-        #[inline(always)]
-        $vis fn $name() -> &'static $ty {
-            let p: usize;
-            // SAFETY: loads the block's initial-exec offset from the GOT and adds the thread
-            // pointer; no memory is written.
-            unsafe {
-                ::core::arch::asm!(
-                    concat!("adrp {p}, :gottprel:", $sym),
-                    concat!("ldr {p}, [{p}, #:gottprel_lo12:", $sym, "]"),
-                    "mrs {t}, tpidr_el0",
-                    "add {p}, {p}, {t}",
-                    p = out(reg) p,
-                    t = out(reg) _,
-                    options(pure, readonly, nostack)
-                )
-            };
-            // SAFETY: as on x86-64: the thread's zeroed block of `T`'s size and alignment,
-            // alive as long as the thread; the invocation asserts all-zero bytes are a valid
-            // value and keeps the reference on the thread.
-            unsafe { &*(p as *const $ty) }
-        }
-    };
+    ($($t:tt)*) => { $crate::__static_tls_initial_exec!($($t)*); };
+}
+
+/// The address of this thread's block SYM of [`crate::static_tls!`] (Linux).
+#[doc(hidden)]
+#[macro_export]
+#[cfg(target_os = "linux")]
+macro_rules! __static_tls_addr {
+    ($sym:literal) => {{
+        let p: usize;
+        // SAFETY: loads the block's initial-exec offset from the GOT and adds the thread
+        // pointer; no memory is written.
+        unsafe {
+            ::core::arch::asm!(
+                concat!("adrp {p}, :gottprel:", $sym),
+                concat!("ldr {p}, [{p}, #:gottprel_lo12:", $sym, "]"),
+                "mrs {t}, tpidr_el0",
+                "add {p}, {p}, {t}",
+                p = out(reg) p,
+                t = out(reg) _,
+                options(pure, readonly, nostack)
+            )
+        };
+        p
+    }};
 }
 
 /// [`crate::static_tls!`] on arm64 off Linux: a `thread_local!`.

@@ -87,11 +87,13 @@ macro_rules! __static_tls_portable {
     };
 }
 
-/// The `.tbss` block of [`static_tls!`] (ELF).
+/// [`static_tls!`] by initial exec (ELF): a `.tbss` block named SYM of `T`'s size and
+/// alignment, and the accessor that adds the thread pointer to the block's offset, which the
+/// arch file's `__static_tls_addr!(SYM)` reads from the GOT.
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __static_tls_block {
-    ($ty:ty, $sym:literal) => {
+macro_rules! __static_tls_initial_exec {
+    ($(#[$m:meta])* $vis:vis fn $name:ident() -> &'static $ty:ty = $sym:literal) => {
         ::core::arch::global_asm!(
             ".pushsection .tbss,\"awT\",@nobits",
             ".balign {align}",
@@ -105,5 +107,14 @@ macro_rules! __static_tls_block {
             size = const ::core::mem::size_of::<$ty>(),
             align = const ::core::mem::align_of::<$ty>(),
         );
+        $(#[$m])*
+        #[inline(always)]
+        $vis fn $name() -> &'static $ty {
+            let p: usize = $crate::__static_tls_addr!($sym);
+            // SAFETY: the thread's zeroed block of `T`'s size and alignment, alive as long as
+            // the thread; the invocation asserts all-zero bytes are a valid value and keeps
+            // the reference on the thread.
+            unsafe { &*(p as *const $ty) }
+        }
     };
 }

@@ -180,28 +180,28 @@ pub(crate) fn read_scs_pointer() -> usize {
 #[macro_export]
 #[cfg(target_os = "linux")]
 macro_rules! __static_tls_arch {
-    ($(#[$m:meta])* $vis:vis fn $name:ident() -> &'static $ty:ty = $sym:literal) => {
-        $crate::__static_tls_block!($ty, $sym);
-        $(#[$m])*
-        #[inline(always)]
-        $vis fn $name() -> &'static $ty {
-            let p: usize;
-            // SAFETY: reads the block's initial-exec offset from the GOT and adds the thread
-            // pointer; no memory is written.
-            unsafe {
-                ::core::arch::asm!(
-                    concat!("mov {p}, qword ptr [rip + ", $sym, "@GOTTPOFF]"),
-                    "add {p}, qword ptr fs:[0]",
-                    p = out(reg) p,
-                    options(pure, readonly, nostack)
-                )
-            };
-            // SAFETY: the thread's zeroed block of `T`'s size and alignment, alive as
-            // long as the thread; the invocation asserts all-zero bytes are a valid value and
-            // keeps the reference on the thread.
-            unsafe { &*(p as *const $ty) }
-        }
-    };
+    ($($t:tt)*) => { $crate::__static_tls_initial_exec!($($t)*); };
+}
+
+/// The address of this thread's block SYM of [`crate::static_tls!`] (Linux).
+#[doc(hidden)]
+#[macro_export]
+#[cfg(target_os = "linux")]
+macro_rules! __static_tls_addr {
+    ($sym:literal) => {{
+        let p: usize;
+        // SAFETY: reads the block's initial-exec offset from the GOT and adds the thread
+        // pointer; no memory is written.
+        unsafe {
+            ::core::arch::asm!(
+                concat!("mov {p}, qword ptr [rip + ", $sym, "@GOTTPOFF]"),
+                "add {p}, qword ptr fs:[0]",
+                p = out(reg) p,
+                options(pure, readonly, nostack)
+            )
+        };
+        p
+    }};
 }
 
 /// [`crate::static_tls!`] on x86-64 off Linux: a `thread_local!`.

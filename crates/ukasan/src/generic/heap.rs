@@ -26,7 +26,7 @@
 //!   thread's cache at exit; a thread that allocates after that (other destructors) uses one
 //!   shared, locked cache.
 
-use crate::sys::{SpinLock, THREAD};
+use crate::sys::{thread, SpinLock};
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
@@ -494,7 +494,7 @@ impl Heap {
     /// returned at exit); `None` when no memory for a cache could be mapped.
     #[inline]
     pub fn with_cache<R>(&self, f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
-        let k = THREAD.with(|t| t.cache.get()) as *mut Cache;
+        let k = thread().cache.get() as *mut Cache;
         if !k.is_null() {
             // SAFETY: the thread's own cache, used only by this thread, and not re-entered
             // (the runtime's re-entrancy guard is held by every caller).
@@ -505,11 +505,11 @@ impl Heap {
 
     #[cold]
     fn with_cache_slow<R>(&self, f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
-        if !THREAD.with(|t| t.exited.get()) {
+        if !thread().exited.get() {
             // A thread's first allocation (or its first since a fork).
             crate::hwtags::thread_start();
             if let Some(k) = self.new_cache() {
-                THREAD.with(|t| t.cache.set(k.cast()));
+                thread().cache.set(k.cast());
                 // Relaxed: written once in `init`, before `ready`.
                 let key = self.key.load(Ordering::Relaxed);
                 // SAFETY: the key was created in `init`; the value is this thread's cache,
@@ -703,10 +703,9 @@ extern "C" fn thread_exit(p: *mut libc::c_void) {
     let Some(_g) = crate::sys::Guard::enter() else {
         return;
     };
-    THREAD.with(|t| {
-        t.cache.set(null_mut());
-        t.exited.set(true);
-    });
+    let t = thread();
+    t.cache.set(null_mut());
+    t.exited.set(true);
     let k = p as *mut Cache;
     // SAFETY: the value set by `with_cache_slow` for this thread; nobody else uses it.
     HEAP.flush(unsafe { &mut *k });

@@ -233,8 +233,8 @@ fn place_left(p: Placement) -> bool {
     match p {
         Placement::Right => false,
         Placement::Left => true,
-        Placement::Random => sys::THREAD.with(|t| {
-            let c = &t.coin;
+        Placement::Random => {
+            let c = &sys::thread().coin;
             let mut x = c.get();
             if x == 0 {
                 // Seeded from this thread's TLS address (differs per thread and, with ASLR,
@@ -246,7 +246,7 @@ fn place_left(p: Placement) -> bool {
             x ^= x << 5;
             c.set(x);
             x & 1 != 0
-        }),
+        }
     }
 }
 
@@ -410,12 +410,10 @@ impl Pool {
         {
             return None;
         }
-        let sampled = sys::THREAD.with(|t| {
-            let c = &t.countdown;
-            let left = c.get();
-            c.set(if left > 1 { left - 1 } else { o.sample_rate });
-            left <= 1
-        });
+        let c = &sys::thread().countdown;
+        let left = c.get();
+        c.set(if left > 1 { left - 1 } else { o.sample_rate });
+        let sampled = left <= 1;
         if !sampled {
             return None;
         }
