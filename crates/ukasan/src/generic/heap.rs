@@ -206,6 +206,9 @@ impl Meta {
 /// A central free list: slots linked through their first word.
 struct Central {
     head: usize,
+    /// Slots (index) up to which the region's pages, and their metadata's, are committed by
+    /// [`Heap::prefault`].
+    ahead: usize,
 }
 
 /// One size class.
@@ -250,6 +253,10 @@ pub struct Heap {
 /// when they go to the central list (see `Heap::decommit`).
 const DECOMMIT_PAGES: usize = 3;
 
+/// The stretch of a class's slots (and of their metadata) committed in one call by
+/// `Heap::prefault`.
+const PREFAULT_BYTES: usize = 64 << 10;
+
 // SAFETY: the raw pointers behind the spin locks are caches owned by the heap; the locks
 // serialize access to them.
 unsafe impl Sync for Heap {}
@@ -287,8 +294,10 @@ fn cache_cap(c: usize) -> usize {
 impl Heap {
     const fn new() -> Heap {
         #[allow(clippy::declare_interior_mutable_const)]
-        const CLASS: Class =
-            Class { central: SpinLock::new(Central { head: 0 }), carved: AtomicUsize::new(0) };
+        const CLASS: Class = Class {
+            central: SpinLock::new(Central { head: 0, ahead: 0 }),
+            carved: AtomicUsize::new(0),
+        };
         Heap {
             base: AtomicUsize::new(0),
             shift: AtomicUsize::new(0),
@@ -576,14 +585,14 @@ impl Heap {
             got += 1;
         }
         if got < want {
-            got += self.carve(c, &mut k.slots[c][got..want]);
+            got += self.carve(c, &mut central, &mut k.slots[c][got..want]);
         }
         drop(central);
         k.n[c] = got as u32;
     }
 
-    /// Carves fresh slots of class `c` into `out`; the caller holds the class lock.
-    fn carve(&self, c: usize, out: &mut [usize]) -> usize {
+    /// Carves fresh slots of class `c` into `out`; `central` is the class's, locked.
+    fn carve(&self, c: usize, central: &mut Central, out: &mut [usize]) -> usize {
         let size = class_size(c);
         let region = self.region(c);
         // Relaxed: carved only changes under the class lock, which we hold.
@@ -596,6 +605,7 @@ impl Heap {
             carved = 1;
         }
         let n = out.len().min(cap.saturating_sub(carved));
+        self.prefault(c, central, carved + n);
         for (i, o) in out[..n].iter_mut().enumerate() {
             let s = region + (carved + i) * size;
             // SAFETY: slot `carved + i` lies in the region (below capacity).
@@ -605,6 +615,34 @@ impl Heap {
         // Release pairs with the Acquire loads in `locate` and `carved`.
         self.classes[c].carved.store(carved + n, Ordering::Release);
         n
+    }
+
+    /// Commits the pages that slots `..end` of class `c` are about to touch, and those of
+    /// their metadata, a [`PREFAULT_BYTES`] stretch at a time, once the class has carved that
+    /// much (a program that uses a class little keeps faulting its few pages in one by one):
+    /// a program that keeps carving (the quarantine holds tens of MiB of freed slots) pays
+    /// one system call per stretch instead of a fault per page. Slot pages only for slots of
+    /// a page or less, each page of which carving touches anyway (its tails); larger slots
+    /// keep the pages their objects never use uncommitted.
+    fn prefault(&self, c: usize, central: &mut Central, end: usize) {
+        // Relaxed: written in `init`, before `ready`.
+        let page = self.page.load(Ordering::Relaxed);
+        let size = class_size(c);
+        if page == 0 || end <= central.ahead || end * size < PREFAULT_BYTES {
+            return;
+        }
+        let from = central.ahead.max(end.saturating_sub(PREFAULT_BYTES / size));
+        let to = (end + PREFAULT_BYTES / size).min(self.capacity(c));
+        let down = |a: usize| a & !(page - 1);
+        let up = |a: usize| a.next_multiple_of(page);
+        let region = self.region(c);
+        if size <= page {
+            crate::sys::prefault(down(region + from * size), up(region + to * size));
+        }
+        let top = region + (1 << self.geometry().1);
+        let meta = core::mem::size_of::<Meta>();
+        crate::sys::prefault(down(top - to * meta), up(top - from * meta));
+        central.ahead = to;
     }
 
     /// Moves the `n` oldest-cached slots of class `c` from `k` to the central list.
@@ -771,6 +809,51 @@ mod tests {
         }
         assert_eq!(class_for_aligned(MAX_SLOT + 1, 16), None);
         assert_eq!(class_for_aligned(16, 8192), None);
+    }
+
+    /// Whether the page at `addr` is resident.
+    fn resident(addr: usize) -> bool {
+        let mut v = 0u8;
+        // SAFETY: one page of a mapping of ours; `v` receives its one status byte.
+        let r = unsafe { libc::mincore((addr & !4095) as *mut libc::c_void, 1, &mut v) };
+        assert_eq!(r, 0);
+        v & 1 != 0
+    }
+
+    /// Carves `slots` slots of class `c` from `h`, a batch at a time, as refills do.
+    fn carve_n(h: &Heap, c: usize, slots: usize) {
+        let mut out = [0usize; 64];
+        let mut done = 0;
+        while done < slots {
+            let mut central = h.classes[c].central.lock();
+            done += h.carve(c, &mut central, &mut out);
+        }
+    }
+
+    #[test]
+    fn a_class_that_keeps_carving_has_its_next_pages_committed_ahead() {
+        let h = Heap::new();
+        assert!(h.init(24));
+        let page = h.page.load(Ordering::Relaxed);
+        // A class used a little: nothing ahead of its slots is committed.
+        carve_n(&h, 0, 64);
+        let frontier = h.region(0) + h.carved(0) * class_size(0);
+        assert!(!resident(frontier + 4 * page), "committed ahead of a little-used class");
+        // One that keeps carving: the stretch beyond what it carved is resident, slots and
+        // metadata.
+        carve_n(&h, 0, (PREFAULT_BYTES / class_size(0)) * 2);
+        let carved = h.carved(0);
+        let frontier = h.region(0) + carved * class_size(0);
+        assert!(resident(frontier + PREFAULT_BYTES / 2), "slots ahead not committed");
+        let meta = h.meta(0, carved - 1) as *const Meta as usize;
+        assert!(resident(meta - PREFAULT_BYTES / class_size(0) * 8), "metadata not committed");
+        // A class of slots larger than a page: its untouched slot pages stay uncommitted.
+        let big = class_for(3 * page);
+        carve_n(&h, big, PREFAULT_BYTES / class_size(big) + 8);
+        let s = h.region(big) + (h.carved(big) - 1) * class_size(big);
+        assert!(!resident(s + page), "a large slot's inner page was committed");
+        let m = h.meta(big, h.carved(big) + 4) as *const Meta as usize;
+        assert!(resident(m), "large class's metadata not committed ahead");
     }
 
     #[test]
