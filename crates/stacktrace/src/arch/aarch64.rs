@@ -139,16 +139,8 @@ pub(crate) fn read_scs_pointer() -> usize {
     v
 }
 
-/// [`crate::static_tls!`] on arm64: initial-exec on Linux (`tpidr_el0` plus the GOT entry's
-/// offset, which includes the TCB: TLS variant I).
-#[doc(hidden)]
-#[macro_export]
-#[cfg(target_os = "linux")]
-macro_rules! __static_tls_arch {
-    ($($t:tt)*) => { $crate::__static_tls_initial_exec!($($t)*); };
-}
-
-/// The address of this thread's block SYM of [`crate::static_tls!`] (Linux).
+/// The address of this thread's block SYM of [`crate::static_tls!`] (Linux; initial exec:
+/// `tpidr_el0` plus the GOT entry's offset, which includes the TCB: TLS variant I).
 #[doc(hidden)]
 #[macro_export]
 #[cfg(target_os = "linux")]
@@ -170,12 +162,4 @@ macro_rules! __static_tls_addr {
         };
         p
     }};
-}
-
-/// [`crate::static_tls!`] on arm64 off Linux: a `thread_local!`.
-#[doc(hidden)]
-#[macro_export]
-#[cfg(not(target_os = "linux"))]
-macro_rules! __static_tls_arch {
-    ($($t:tt)*) => { $crate::__static_tls_portable!($($t)*); };
 }

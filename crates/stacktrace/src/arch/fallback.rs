@@ -62,10 +62,3 @@ pub(crate) unsafe fn call_on_stack(
     // SAFETY: forwarded from the caller's contract on `f` and `arg`.
     unsafe { f(arg) }
 }
-
-/// [`crate::static_tls!`] on this architecture: a `thread_local!`.
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __static_tls_arch {
-    ($($t:tt)*) => { $crate::__static_tls_portable!($($t)*); };
-}

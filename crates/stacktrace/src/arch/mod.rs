@@ -67,6 +67,23 @@ macro_rules! static_tls {
     };
 }
 
+/// [`static_tls!`] by initial exec where the arch file gives `__static_tls_addr!` (Linux on
+/// x86-64 and arm64).
+#[doc(hidden)]
+#[macro_export]
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+macro_rules! __static_tls_arch {
+    ($($t:tt)*) => { $crate::__static_tls_initial_exec!($($t)*); };
+}
+
+/// [`static_tls!`] elsewhere: a `thread_local!`.
+#[doc(hidden)]
+#[macro_export]
+#[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64"))))]
+macro_rules! __static_tls_arch {
+    ($($t:tt)*) => { $crate::__static_tls_portable!($($t)*); };
+}
+
 /// [`static_tls!`] where no initial-exec access is written: a const-initialised
 /// `thread_local!`.
 #[doc(hidden)]

@@ -174,16 +174,9 @@ pub(crate) fn read_scs_pointer() -> usize {
     0
 }
 
-/// [`crate::static_tls!`] on x86-64: initial-exec on Linux (`fs:0` holds the TCB's own address
-/// on glibc and musl, and the GOT entry the block's offset from it).
-#[doc(hidden)]
-#[macro_export]
-#[cfg(target_os = "linux")]
-macro_rules! __static_tls_arch {
-    ($($t:tt)*) => { $crate::__static_tls_initial_exec!($($t)*); };
-}
-
-/// The address of this thread's block SYM of [`crate::static_tls!`] (Linux).
+/// The address of this thread's block SYM of [`crate::static_tls!`] (Linux; initial exec:
+/// `fs:0` holds the TCB's own address on glibc and musl, and the GOT entry the block's offset
+/// from it).
 #[doc(hidden)]
 #[macro_export]
 #[cfg(target_os = "linux")]
@@ -202,12 +195,4 @@ macro_rules! __static_tls_addr {
         };
         p
     }};
-}
-
-/// [`crate::static_tls!`] on x86-64 off Linux: a `thread_local!`.
-#[doc(hidden)]
-#[macro_export]
-#[cfg(not(target_os = "linux"))]
-macro_rules! __static_tls_arch {
-    ($($t:tt)*) => { $crate::__static_tls_portable!($($t)*); };
 }
