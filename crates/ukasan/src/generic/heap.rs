@@ -830,11 +830,28 @@ mod tests {
         }
     }
 
+    /// Whether `sys::prefault` commits pages on this system: the kernel may predate
+    /// MADV_POPULATE_WRITE (5.14) and an emulator (qemu-user) accepts it and does nothing.
+    fn prefault_commits() -> bool {
+        let p = crate::sys::map(2 * 4096, 4096, true).expect("map") as usize;
+        crate::sys::prefault(p, p + 2 * 4096);
+        let yes = resident(p) && resident(p + 4096);
+        // SAFETY: the two pages mapped above, used by nothing else.
+        unsafe { libc::munmap(p as *mut libc::c_void, 2 * 4096) };
+        yes
+    }
+
     #[test]
     fn a_class_that_keeps_carving_has_its_next_pages_committed_ahead() {
         let h = Heap::new();
         assert!(h.init(24));
         let page = h.page.load(Ordering::Relaxed);
+        let commits = prefault_commits();
+        if !commits {
+            eprintln!(
+                "MADV_POPULATE_WRITE commits nothing here: checking only what stays uncommitted"
+            );
+        }
         // A class used a little: nothing ahead of its slots is committed.
         carve_n(&h, 0, 64);
         let frontier = h.region(0) + h.carved(0) * class_size(0);
@@ -844,16 +861,18 @@ mod tests {
         carve_n(&h, 0, (PREFAULT_BYTES / class_size(0)) * 2);
         let carved = h.carved(0);
         let frontier = h.region(0) + carved * class_size(0);
-        assert!(resident(frontier + PREFAULT_BYTES / 2), "slots ahead not committed");
         let meta = h.meta(0, carved - 1) as *const Meta as usize;
-        assert!(resident(meta - PREFAULT_BYTES / class_size(0) * 8), "metadata not committed");
+        if commits {
+            assert!(resident(frontier + PREFAULT_BYTES / 2), "slots ahead not committed");
+            assert!(resident(meta - PREFAULT_BYTES / class_size(0) * 8), "metadata not committed");
+        }
         // A class of slots larger than a page: its untouched slot pages stay uncommitted.
         let big = class_for(3 * page);
         carve_n(&h, big, PREFAULT_BYTES / class_size(big) + 8);
         let s = h.region(big) + (h.carved(big) - 1) * class_size(big);
         assert!(!resident(s + page), "a large slot's inner page was committed");
         let m = h.meta(big, h.carved(big) + 4) as *const Meta as usize;
-        assert!(resident(m), "large class's metadata not committed ahead");
+        assert!(!commits || resident(m), "large class's metadata not committed ahead");
     }
 
     #[test]
