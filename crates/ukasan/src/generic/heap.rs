@@ -205,7 +205,13 @@ impl Meta {
 
 /// A central free list: slots linked through their first word.
 struct Central {
+    /// The list's first slot (0: empty). A free slot's first word links to the next.
     head: usize,
+    /// Its last slot (0: empty): slots whose pages were given back join the list there.
+    tail: usize,
+    /// Slots at the head of the list whose pages are resident (decommitting classes only,
+    /// see [`Heap::drain`]): a refill takes them before the cold ones behind.
+    dirty: usize,
     /// Slots (index) up to which the region's pages, and their metadata's, are committed by
     /// [`Heap::prefault`].
     ahead: usize,
@@ -247,11 +253,21 @@ pub struct Heap {
     page: AtomicUsize,
     /// Bytes of free slots' pages given back to the system (statistics).
     decommitted: AtomicUsize,
+    /// Bytes of the resident free slots in the central lists of decommitting classes
+    /// (every class's `Central::dirty` slots), held under [`DIRTY_MAX`].
+    dirty_bytes: AtomicUsize,
 }
 
 /// Slots of at least this many pages give the whole pages inside them back to the system
-/// when they go to the central list (see `Heap::decommit`).
+/// when they go to the central list over [`DIRTY_MAX`] (see `Heap::drain`).
 const DECOMMIT_PAGES: usize = 3;
+
+/// Bytes of free slots of decommitting classes the central lists keep resident, across the
+/// heap. A program that keeps cycling large buffers through the quarantine (git's zlib
+/// streams: the quarantine evicts 2 MiB at a time into the lists, and the next allocations
+/// take them back) reuses them with no page fault; one that freed a phase's worth of large
+/// objects has the rest of them given back.
+const DIRTY_MAX: usize = 16 << 20;
 
 /// The stretch of a class's slots (and of their metadata) committed in one call by
 /// `Heap::prefault`.
@@ -295,7 +311,7 @@ impl Heap {
     const fn new() -> Heap {
         #[allow(clippy::declare_interior_mutable_const)]
         const CLASS: Class = Class {
-            central: SpinLock::new(Central { head: 0, ahead: 0 }),
+            central: SpinLock::new(Central { head: 0, tail: 0, dirty: 0, ahead: 0 }),
             carved: AtomicUsize::new(0),
         };
         Heap {
@@ -309,6 +325,7 @@ impl Heap {
             caches_mapped: AtomicUsize::new(0),
             page: AtomicUsize::new(0),
             decommitted: AtomicUsize::new(0),
+            dirty_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -584,6 +601,15 @@ impl Heap {
             k.slots[c][got] = s;
             got += 1;
         }
+        if central.head == 0 {
+            central.tail = 0;
+        }
+        let warm = got.min(central.dirty);
+        if warm > 0 {
+            central.dirty -= warm;
+            // Relaxed: see `drain`.
+            self.dirty_bytes.fetch_sub(warm * class_size(c), Ordering::Relaxed);
+        }
         if got < want {
             got += self.carve(c, &mut central, &mut k.slots[c][got..want]);
         }
@@ -645,7 +671,11 @@ impl Heap {
         central.ahead = to;
     }
 
-    /// Moves the `n` oldest-cached slots of class `c` from `k` to the central list.
+    /// Moves the `n` oldest-cached slots of class `c` from `k` to the central list. Slots of
+    /// a decommitting class ([`decommits`]) stay resident and go to the head of the list
+    /// while the heap's resident free bytes are under [`DIRTY_MAX`]; past that, their inner
+    /// pages are given back ([`Heap::decommit`]) and they join the list at its tail, behind
+    /// the resident ones.
     fn drain(&self, k: &mut Cache, c: usize, n: usize) {
         let have = k.n[c] as usize;
         let n = n.min(have);
@@ -657,30 +687,58 @@ impl Heap {
             // SAFETY: free slots are the heap's; the first word of a free slot is its link.
             unsafe { *(w[0] as *mut usize) = w[1] };
         }
-        self.decommit(c, list);
+        let tracked = self.decommits(c);
+        let bytes = n * class_size(c);
+        // Relaxed: a budget; threads draining at once may pass it by a batch each.
+        let cold = tracked && self.dirty_bytes.load(Ordering::Relaxed) + bytes > DIRTY_MAX;
+        if cold {
+            self.decommit(c, list);
+        }
         {
             let mut central = self.classes[c].central.lock();
-            // SAFETY: as above, for the last slot of the run.
-            unsafe { *(list[n - 1] as *mut usize) = central.head };
-            central.head = list[0];
+            if cold && central.head != 0 {
+                // SAFETY: as above: the run ends the list; the old tail links to it.
+                unsafe {
+                    *(list[n - 1] as *mut usize) = 0;
+                    *(central.tail as *mut usize) = list[0];
+                }
+            } else {
+                // SAFETY: as above, for the last slot of the run.
+                unsafe { *(list[n - 1] as *mut usize) = central.head };
+                if central.head == 0 {
+                    central.tail = list[n - 1];
+                }
+                central.head = list[0];
+                if tracked && !cold {
+                    central.dirty += n;
+                    // Relaxed: see above.
+                    self.dirty_bytes.fetch_add(bytes, Ordering::Relaxed);
+                }
+            }
+            if cold {
+                central.tail = list[n - 1];
+            }
         }
         k.slots[c].copy_within(n..have, 0);
         k.n[c] = (have - n) as u32;
     }
 
-    /// Gives the whole pages inside the free slots `list` of class `c` back to the system,
-    /// for slots of at least [`DECOMMIT_PAGES`] pages: what a thread caches stays resident,
-    /// what goes to the central list (a phase of the program that freed many large objects
-    /// and now allocates others) does not. The first page keeps the free-list link, the last
-    /// one the always-redzone tail; the pages in between come back as zeros when the slot is
-    /// used again (its gap is filled with redzone at allocation, as always).
+    /// Whether the slots of class `c` give their inner pages back in [`Heap::drain`]: slots
+    /// of at least [`DECOMMIT_PAGES`] pages.
+    fn decommits(&self, c: usize) -> bool {
+        // Relaxed: written in `init`, before `ready`.
+        let page = self.page.load(Ordering::Relaxed);
+        page != 0 && class_size(c) >= DECOMMIT_PAGES * page
+    }
+
+    /// Gives the whole pages inside the free slots `list` of a decommitting class `c` back to
+    /// the system. The first page keeps the free-list link, the last one the always-redzone
+    /// tail; the pages in between come back as zeros when the slot is used again (its gap is
+    /// filled with redzone at allocation, as always).
     fn decommit(&self, c: usize, list: &[usize]) {
         // Relaxed: written in `init`, before `ready`.
         let page = self.page.load(Ordering::Relaxed);
         let cs = class_size(c);
-        if page == 0 || cs < DECOMMIT_PAGES * page {
-            return;
-        }
         let mut bytes = 0;
         for &s in list {
             let lo = (s + 8).next_multiple_of(page);
@@ -873,6 +931,74 @@ mod tests {
         assert!(!resident(s + page), "a large slot's inner page was committed");
         let m = h.meta(big, h.carved(big) + 4) as *const Meta as usize;
         assert!(!commits || resident(m), "large class's metadata not committed ahead");
+    }
+
+    #[test]
+    fn free_large_slots_stay_resident_up_to_the_dirty_budget_and_go_out_first() {
+        let h = Heap::new();
+        // Regions of 64 MiB: room for more than the budget's slots.
+        assert!(h.init(26));
+        let page = h.page.load(Ordering::Relaxed);
+        let c = class_for(8 * page);
+        assert!(h.decommits(c) && !h.decommits(class_for(page)));
+        let cs = class_size(c);
+        let total = DIRTY_MAX / cs + 4 * cache_cap(c);
+        let mut slots = Vec::new();
+        while slots.len() < total {
+            let mut out = [0usize; 64];
+            let want = (total - slots.len()).min(64);
+            let n = h.carve(c, &mut h.classes[c].central.lock(), &mut out[..want]);
+            assert!(n > 0, "region full");
+            slots.extend_from_slice(&out[..n]);
+        }
+        // A word in a middle page of each slot: it reads zero once the pages went back.
+        let mid = |s: usize| (s + cs / 2) & !(page - 1);
+        // SAFETY: a word of a whole page inside a carved slot of this test's heap.
+        let warm = |s: usize| unsafe { *(mid(s) as *const usize) } == s;
+        for &s in &slots {
+            // SAFETY: as above; the slot is not handed out.
+            unsafe { *(mid(s) as *mut usize) = s };
+        }
+        // SAFETY: a fresh cache of this test's heap, used by this thread only.
+        let k = unsafe { &mut *h.new_cache().expect("cache") };
+        for &s in &slots {
+            h.release_to(k, c, s);
+        }
+        let n = k.n[c] as usize;
+        h.drain(k, c, n);
+        let dirty = h.classes[c].central.lock().dirty;
+        let bytes = h.dirty_bytes.load(Ordering::Relaxed);
+        assert_eq!(bytes, dirty * cs);
+        assert!(bytes <= DIRTY_MAX && bytes + batch(c) * cs > DIRTY_MAX, "{bytes} B kept");
+        // Where MADV_DONTNEED gives pages back (not under qemu-user), the rest went back.
+        let gives_back = {
+            let p = crate::sys::map(page, page, true).expect("map");
+            // SAFETY: the page just mapped, ours.
+            unsafe { crate::zap::give_back(p as usize, p as usize + page) }
+        };
+        if gives_back {
+            assert_eq!(slots.iter().filter(|&&s| warm(s)).count(), dirty);
+        }
+        // Refills hand out the resident slots first, then the cold ones.
+        let mut out = Vec::new();
+        while out.len() < total {
+            h.refill(k, c);
+            let got = k.n[c] as usize;
+            assert!(got > 0);
+            out.extend_from_slice(&k.slots[c][..got]);
+            k.n[c] = 0;
+        }
+        assert_eq!(h.dirty_bytes.load(Ordering::Relaxed), 0);
+        let mut sorted = out.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), total, "a slot handed out twice");
+        assert!(out[..dirty].iter().all(|&s| warm(s)), "a cold slot before a resident one");
+        if gives_back {
+            assert!(out[dirty..].iter().all(|&s| !warm(s)));
+        }
+        let central = h.classes[c].central.lock();
+        assert!(central.head == 0 && central.tail == 0 && central.dirty == 0);
     }
 
     #[test]
