@@ -696,7 +696,8 @@ impl Heap {
         }
         {
             let mut central = self.classes[c].central.lock();
-            if cold && central.head != 0 {
+            let empty = central.head == 0;
+            if cold && !empty {
                 // SAFETY: as above: the run ends the list; the old tail links to it.
                 unsafe {
                     *(list[n - 1] as *mut usize) = 0;
@@ -705,18 +706,15 @@ impl Heap {
             } else {
                 // SAFETY: as above, for the last slot of the run.
                 unsafe { *(list[n - 1] as *mut usize) = central.head };
-                if central.head == 0 {
-                    central.tail = list[n - 1];
-                }
                 central.head = list[0];
-                if tracked && !cold {
-                    central.dirty += n;
-                    // Relaxed: see above.
-                    self.dirty_bytes.fetch_add(bytes, Ordering::Relaxed);
-                }
             }
-            if cold {
+            if cold || empty {
                 central.tail = list[n - 1];
+            }
+            if tracked && !cold {
+                central.dirty += n;
+                // Relaxed: see above.
+                self.dirty_bytes.fetch_add(bytes, Ordering::Relaxed);
             }
         }
         k.slots[c].copy_within(n..have, 0);
@@ -972,9 +970,13 @@ mod tests {
         assert!(bytes <= DIRTY_MAX && bytes + batch(c) * cs > DIRTY_MAX, "{bytes} B kept");
         // Where MADV_DONTNEED gives pages back (not under qemu-user), the rest went back.
         let gives_back = {
-            let p = crate::sys::map(page, page, true).expect("map");
-            // SAFETY: the page just mapped, ours.
-            unsafe { crate::zap::give_back(p as usize, p as usize + page) }
+            let p = crate::sys::map(page, page, true).expect("map") as usize;
+            // SAFETY: the page just mapped, ours, then unmapped.
+            unsafe {
+                let yes = crate::zap::give_back(p, p + page);
+                libc::munmap(p as *mut libc::c_void, page);
+                yes
+            }
         };
         if gives_back {
             assert_eq!(slots.iter().filter(|&&s| warm(s)).count(), dirty);
